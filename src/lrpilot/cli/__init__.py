@@ -1,0 +1,49 @@
+"""The ``lrpilot`` command line.
+
+Each subcommand lives in its own module under ``lrpilot.cli`` exposing
+``register(subparsers)``, which adds an ``argparse`` parser whose ``func`` default is the
+handler ``func(args) -> int``. Errors in user input (``ValueError``, which includes
+``lrpilot.errors.ConfigError``, and unreadable files) print one line and exit with code 2;
+``TrainingAborted`` exits with code 1. No traceback reaches the user for either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from lrpilot.errors import TrainingAborted
+
+# Subcommand modules, in the order ``lrpilot --help`` lists them.
+SUBCOMMAND_MODULES: tuple[str, ...] = ("lrpilot.cli.tasks_cmd",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lrpilot",
+        description="Learning-rate and batch-size autopilot for PyTorch training.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TrainingAborted as exc:
+        print(f"lrpilot {args.command}: stopped: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"lrpilot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Exceptions shared by every lrpilot module.
+
+``ConfigError`` is a ``ValueError``: bad user input (a config value, a CLI argument, a
+file that cannot be parsed). The CLI turns it into a one-line message and exit code 2.
+``TrainingAborted`` is raised when a run cannot go on (for example the divergence guard
+ran out of rescues); the CLI turns it into a one-line message and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Invalid user input: the message names the field, the value and what is allowed."""
+
+
+class TrainingAborted(RuntimeError):
+    """A run stopped on purpose with an explanation (not a bug)."""
+
+
+def check_range(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Return ``float(value)`` or raise ``ConfigError`` naming ``name``, the value and the range.
+
+    >>> check_range("gamma", 0.5, low=0, high=1, low_inclusive=False)
+    0.5
+    """
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v >= low if low_inclusive else v > low
+    if ok and high is not None:
+        ok = v <= high if high_inclusive else v < high
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        lb = "[" if (low is not None and low_inclusive) else "("
+        hb = "]" if (high is not None and high_inclusive) else ")"
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: {lb}{lo}, {hi}{hb}")
+    return v
+
+
+def check_int(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as an int or raise ``ConfigError`` naming ``name`` and the range.
+
+    >>> check_int("steps", 10, low=1)
+    10
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else str(low)
+        hi = "inf" if high is None else str(high)
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: [{lo}, {hi}]")
+    return value
