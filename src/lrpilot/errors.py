@@ -17,6 +17,12 @@ class TrainingAborted(RuntimeError):
     """A run stopped on purpose with an explanation (not a bug)."""
 
 
+def _show(value: object) -> str:
+    """``repr`` shortened for messages (a 400-digit integer stays readable)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}...({len(text)} characters)"
+
+
 def check_range(
     name: str,
     value: float,
@@ -35,7 +41,10 @@ def check_range(
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float
+        v = math.inf
     ok = math.isfinite(v)
     if ok and low is not None:
         ok = v >= low if low_inclusive else v > low
@@ -46,7 +55,7 @@ def check_range(
         hi = "inf" if high is None else f"{high:g}"
         lb = "[" if (low is not None and low_inclusive) else "("
         hb = "]" if (high is not None and high_inclusive) else ")"
-        raise ConfigError(f"{name}={value!r} is out of range; allowed: {lb}{lo}, {hi}{hb}")
+        raise ConfigError(f"{name}={_show(value)} is out of range; allowed: {lb}{lo}, {hi}{hb}")
     return v
 
 
@@ -64,5 +73,5 @@ def check_int(name: str, value: object, *, low: int | None = None, high: int | N
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else str(low)
         hi = "inf" if high is None else str(high)
-        raise ConfigError(f"{name}={value!r} is out of range; allowed: [{lo}, {hi}]")
+        raise ConfigError(f"{name}={_show(value)} is out of range; allowed: [{lo}, {hi}]")
     return value
