@@ -1,0 +1,450 @@
+"""Decisions on a recorded LR-sweep curve: pure, deterministic functions of ``(lr, loss)``.
+
+Nothing here trains or plots. The steps, for ``x = log10(lr)``:
+
+1. **Smoothing** (centred, no lag): a running median of 3 removes single spikes, a blow-up
+   is capped at ``L0 + 2 * max(L0 - min, 10 * roughness)`` so that it cannot leak backwards,
+   then a local-linear Gaussian kernel regression in ``x`` with bandwidth ``h`` decades
+   (default ``h = 2 * median spacing``, at least 0.05)::
+
+       (a_j, b_j) = argmin sum_i w_ij (y_i - a - b (x_i - x_j))^2,   w_ij = exp(-(x_i - x_j)^2 / (2 h^2))
+
+   ``smoothed_j = a_j`` and the derivative ``dloss/dlog10(lr) = b_j`` (no lag and no bias at
+   the ends, unlike an EMA). The curve ends at the first non-finite loss.
+2. **Noise**: ``sigma = 1.4826 * median|y_i - smoothed_i|`` (robust residual scale, with
+   ``y`` capped as above).
+3. **Instability point**: with ``L0`` the loss before the first update and ``Lmin`` the
+   smallest smoothed loss, the level is ``Lmin + max(RISE * (L0 - Lmin), MARGIN * sigma)``
+   (``RISE = 0.5``: half of the progress is lost again; ``MARGIN = 3``: or, when the loss
+   barely fell, a rise well above the noise). ``lr_unstable`` is where the smoothed loss,
+   having been at or below that level, first climbs above it and stays above for at least
+   ``HOLD = 0.4`` decades of LR (or to the end of the sweep), interpolated linearly in
+   ``x``. Shorter excursions are noise; a later recovery does not undo the instability (a
+   peak LR beyond it is risky). If the loss turns non-finite first, ``lr_unstable`` is
+   halfway (in ``x``) between the last finite and the first non-finite LR.
+4. **Interval**: the 10%..90% range of the same crossing over ``BOOTSTRAP`` moving-block
+   residual-bootstrap curves (blocks of ``2h``, fixed seed: deterministic), widened by half
+   an LR step on each side.
+5. **Verdicts** instead of a made-up number: ``"flat"`` (the smoothed loss never moves more
+   than ``4 sigma``), ``"diverged at once"`` (unstable within the first three tested LRs),
+   ``"never diverged"`` (no lasting climb by the end of the sweep), ``"too short"`` (fewer
+   than 5 finite points) and ``"ok"``.
+6. **Suggestion** (the recommended PEAK LR for the intended schedule and optimizer)::
+
+       suggestion = f(schedule) * r ** kappa(optimizer) * lr_unstable
+
+   ``lr_unstable`` is measured with the probe batch ``b``; ``r = B / b`` is the ratio of the
+   training batch ``B`` to it (``lrpilot find`` probes with ``b = B // 8``, so ``r = 8``,
+   :data:`~lrpilot.finder.protocol.PROBE_BATCH_DIVISOR`). ``r ** kappa`` carries the
+   instability point over to the training batch with the optimizer family's batch-size
+   scaling rule (:data:`OPTIMIZER_FAMILIES`): linear for SGD (``kappa = 1``; Goyal et al.
+   2017) and square root for Adam-type optimizers (``kappa = 1/2``; Malladi et al. 2022).
+   ``f(schedule)`` (:data:`SCHEDULE_FRACTIONS`) is the one calibrated constant per schedule,
+   shared by all optimizers and tasks. At ``r = 8`` an Adam suggestion is thus
+   ``sqrt(8) = 2.83`` times smaller than an SGD one for the same ``lr_unstable``. Its interval
+   is ``(q_lo * lo, q_hi * hi) * r ** kappa`` where ``(lo, hi)`` is the interval of
+   ``lr_unstable`` and ``(q_lo, q_hi)`` = ``CALIBRATION_RATIOS[schedule]``, the smallest and
+   largest best-LR / ``(r ** kappa * lr_unstable)`` among the calibration tasks.
+
+>>> import math
+>>> lrs = [10 ** (-4 + 0.1 * i) for i in range(41)]
+>>> losses = [2.0 - 1.5 / (1 + math.exp(-3 * (math.log10(lr) + 2.5))) for lr in lrs]
+>>> losses = [y + max(0.0, 40 * (lr - 0.03)) for y, lr in zip(losses, lrs)]
+>>> a = analyze_curve(lrs, losses, initial_loss=2.0)
+>>> exact = 0.03 + 0.75 / 40  # Lmin + 0.5 * (L0 - Lmin) = 1.25 is crossed here
+>>> a.verdict, abs(math.log10(a.lr_unstable / exact)) < 0.05  # within half an LR step
+('ok', True)
+>>> a.interval[0] <= a.lr_unstable <= a.interval[1]
+True
+>>> analyze_curve(lrs, [2.0] * 41, initial_loss=2.0).verdict
+'flat'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lrpilot.errors import ConfigError, check_range
+from lrpilot.finder.protocol import PROBE_BATCH_DIVISOR
+
+RISE = 0.5
+MIN_POINTS = 5
+MARGIN = 3.0
+BOOTSTRAP = 100
+HOLD = 0.4  # decades a climb must last to count (a shorter one is noise)
+VERDICTS = ("ok", "flat", "never diverged", "diverged at once", "too short")
+
+#: Optimizer family -> batch-size scaling exponent ``kappa``: the peak LR is taken to grow as
+#: ``batch ** kappa``. ``"sgd"`` (SGD, with or without momentum): linear scaling rule
+#: (P. Goyal et al., "Accurate, Large Minibatch SGD", 2017); ``"adam"`` (Adam, AdamW, NAdam,
+#: RAdam, Adamax): square-root scaling rule (S. Malladi et al., "On the SDEs and Scaling Rules
+#: for Adaptive Gradient Algorithms", NeurIPS 2022).
+OPTIMIZER_FAMILIES: dict[str, float] = {
+    "adam": 0.5,
+    "sgd": 1.0,
+}
+
+#: ``f(schedule)``: the suggested peak LR as a fraction of the instability point carried over
+#: to the training batch (``r ** kappa * lr_unstable``, module doc step 6), per intended
+#: schedule (``lrpilot.schedules.from_config`` shapes: ``"one_cycle"`` = PyTorch OneCycleLR
+#: with its default momentum / beta1 cycle 0.95 -> 0.85 -> 0.95, 30% warm-up from peak/25,
+#: cosine down to peak/25e4; ``"cosine"`` = linear warm-up from 0 over the first epoch, then
+#: cosine to 0, momentum fixed). Calibrated by ``bench/finder_quality.py --calibrate`` with
+#: the ``lrpilot find`` protocol (``lrpilot.finder.protocol``, ``r = 8``) on digits-cnn,
+#: mnist1d-cnn (SGD, momentum 0.9) and mnist1d-mlp (AdamW), 15 epochs at batch 64, 3 seeds
+#: per LR, the median ``lr_unstable`` of 5 finder seeds per task: the value minimising the
+#: worst miss over the calibration rows, measured in units of the targets (accuracy
+#: shortfall / 0.5 point against the half-decade grid-best, interpolated on that grid
+#: refined by quarter-decade points; and ``|ln(suggestion / grid-best LR)| / ln 1.5``).
+#: Fitted: 0.205 (one-cycle) and 0.122 (cosine), both targets met on all six calibration rows
+#: by that interpolation (worst miss 0.86 and 0.57 of a target). Trained at the suggestion
+#: (3 seeds), five of the six rows meet both targets; mnist1d-mlp/cosine lands 0.8 point
+#: below its grid-best (its 3-seed means scatter by about 1 point). The one-cycle value is
+#: higher because momentum is lowest (0.85) at the peak. Without the optimizer term (one
+#: fraction for SGD and Adam alike) the best fit misses the targets by up to 2.3x on the
+#: calibration rows. Held-out task/optimizer pairs (digits-cnn and mnist1d-cnn with AdamW,
+#: mnist1d-mlp with SGD) are less accurate: see ``bench/results/finder_quality_table.txt``.
+SCHEDULE_FRACTIONS: dict[str, float] = {
+    "one_cycle": 0.205,
+    "cosine": 0.122,
+}
+
+#: Per schedule, the smallest and largest best LR / ``(r ** kappa * median lr_unstable)``
+#: over the calibration tasks (best LR on the refined grid): how far a task may sit from the
+#: fitted fraction.
+CALIBRATION_RATIOS: dict[str, tuple[float, float]] = {
+    "one_cycle": (0.16, 0.27),
+    "cosine": (0.086, 0.26),
+}
+
+
+def family_exponent(family: str) -> float:
+    """``kappa`` of an optimizer family; unknown names raise listing the valid ones.
+
+    >>> family_exponent("adam"), family_exponent("sgd")
+    (0.5, 1.0)
+    """
+    if family not in OPTIMIZER_FAMILIES:
+        raise ConfigError(
+            f"optimizer family {family!r} has no calibrated finder rule; valid: "
+            + ", ".join(sorted(OPTIMIZER_FAMILIES))
+        )
+    return OPTIMIZER_FAMILIES[family]
+
+
+def _transfer(family: str, batch_ratio: float) -> float:
+    """``r ** kappa``: the instability point carried from the probe to the training batch."""
+    kappa = family_exponent(family)
+    ratio = check_range("batch_ratio", batch_ratio, low=0, low_inclusive=False)
+    return float(ratio) ** kappa
+
+
+def schedule_fraction(schedule: str) -> float:
+    """The calibrated fraction for ``schedule``; unknown names raise listing the valid ones."""
+    if schedule not in SCHEDULE_FRACTIONS:
+        raise ConfigError(
+            f"schedule={schedule!r} has no calibrated finder rule; valid: "
+            + ", ".join(sorted(SCHEDULE_FRACTIONS))
+        )
+    return SCHEDULE_FRACTIONS[schedule]
+
+
+def suggest_peak_lr(
+    lr_unstable: float | None,
+    schedule: str,
+    family: str,
+    batch_ratio: float = PROBE_BATCH_DIVISOR,
+) -> float | None:
+    """``f(schedule) * batch_ratio ** kappa(family) * lr_unstable`` (module doc, step 6);
+    ``None`` when there is no instability point. ``batch_ratio`` = training batch / probe
+    batch (8 in the ``lrpilot find`` protocol the fractions were calibrated with).
+
+    >>> suggest_peak_lr(0.1, "one_cycle", "sgd") == SCHEDULE_FRACTIONS["one_cycle"] * 8 * 0.1
+    True
+    >>> sgd = suggest_peak_lr(0.1, "cosine", "sgd")
+    >>> round(sgd / suggest_peak_lr(0.1, "cosine", "adam"), 4)  # sqrt(8)
+    2.8284
+    >>> suggest_peak_lr(0.1, "cosine", "sgd", batch_ratio=1) == suggest_peak_lr(
+    ...     0.1, "cosine", "adam", batch_ratio=1)
+    True
+    """
+    fraction = schedule_fraction(schedule)
+    transfer = _transfer(family, batch_ratio)
+    if lr_unstable is None:
+        return None
+    return fraction * transfer * lr_unstable
+
+
+def suggestion_interval(
+    unstable_interval: tuple[float, float] | None,
+    schedule: str,
+    family: str,
+    batch_ratio: float = PROBE_BATCH_DIVISOR,
+) -> tuple[float, float] | None:
+    """``(q_lo * lo, q_hi * hi) * batch_ratio ** kappa``: the measurement interval of
+    ``lr_unstable`` times the spread of the calibration ratios (module doc, step 6).
+
+    >>> lo, hi = suggestion_interval((0.1, 0.2), "one_cycle", "sgd", batch_ratio=1)
+    >>> lo == CALIBRATION_RATIOS["one_cycle"][0] * 0.1, hi == CALIBRATION_RATIOS["one_cycle"][1] * 0.2
+    (True, True)
+    """
+    schedule_fraction(schedule)
+    transfer = _transfer(family, batch_ratio)
+    if unstable_interval is None:
+        return None
+    q_lo, q_hi = CALIBRATION_RATIOS[schedule]
+    return (q_lo * transfer * unstable_interval[0], q_hi * transfer * unstable_interval[1])
+
+
+def _spacing(x: np.ndarray) -> float:
+    """Median gap between distinct sorted ``x`` (pooled repeats repeat the same LRs)."""
+    u = np.unique(np.asarray(x, dtype=float))
+    return float(np.median(np.diff(u))) if u.size > 1 else 0.0
+
+
+def median3(values: Sequence[float]) -> np.ndarray:
+    """Centred running median of 3 (the ends are kept).
+
+    >>> median3([1.0, 9.0, 1.0, 2.0]).tolist()
+    [1.0, 1.0, 2.0, 2.0]
+    """
+    y = np.asarray(values, dtype=float)
+    if y.size < 3:
+        return y.copy()
+    out = y.copy()
+    out[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
+    return out
+
+
+def smooth_curve(
+    x: Sequence[float], y: Sequence[float], bandwidth: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local-linear Gaussian smoothing of finite ``y`` against ``x``.
+
+    Returns ``(smoothed, slope, n_eff)`` at every ``x`` (NaN where the fit is undefined).
+
+    >>> s, b, _ = smooth_curve([0, 1, 2, 3, 4], [1, 3, 5, 7, 9])
+    >>> [round(float(v), 6) for v in s], [round(float(v), 6) for v in b]
+    ([1.0, 3.0, 5.0, 7.0, 9.0], [2.0, 2.0, 2.0, 2.0, 2.0])
+    """
+    xs = np.asarray(x, dtype=float)
+    ys = np.asarray(y, dtype=float)
+    n = xs.size
+    smoothed = np.full(n, np.nan)
+    slope = np.full(n, np.nan)
+    n_eff = np.zeros(n)
+    ok = np.isfinite(ys) & np.isfinite(xs)
+    if ok.sum() < 2:
+        smoothed[ok] = ys[ok]
+        return smoothed, slope, n_eff
+    xo, yo = xs[ok], ys[ok]
+    if bandwidth is None:
+        spacing = _spacing(xo) or 0.1
+        bandwidth = max(2.0 * float(spacing), 0.05)
+    d = xo[None, :] - xs[:, None]  # rows: evaluation points, columns: data points
+    w = np.exp(-0.5 * (d / bandwidth) ** 2)
+    sw, swd, swdd = w.sum(1), (w * d).sum(1), (w * d * d).sum(1)
+    swy, swdy = w @ yo, (w * d) @ yo
+    det = sw * swdd - swd * swd
+    n_eff[:] = sw
+    good = det > 1e-12 * np.maximum(sw * swdd, 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        smoothed = np.where(good, (swdd * swy - swd * swdy) / det, swy / sw)
+        slope = np.where(good, (sw * swdy - swd * swy) / det, 0.0)
+    return smoothed, slope, n_eff
+
+
+@dataclass(frozen=True)
+class CurveAnalysis:
+    """What :func:`analyze_curve` decides (all LRs in absolute units)."""
+
+    smoothed: tuple[float, ...]
+    slope: tuple[float, ...]  # d smoothed / d log10(lr)
+    noise: float
+    verdict: str
+    lr_unstable: float | None
+    interval: tuple[float, float] | None  # range of lr_unstable
+    lr_min_loss: float | None  # LR at the smallest smoothed loss
+    message: str
+
+
+def _crossing(
+    x: np.ndarray, s: np.ndarray, level: float, hold: float | None = HOLD, start: int = 0
+) -> float | None:
+    """Where ``s`` first climbs above ``level`` and stays above it for ``hold`` decades of
+    ``x`` (or to the end of the curve; non-finite counts as above). Candidates come after
+    ``start`` and after the curve has been at or below ``level``; ``hold=None`` asks for a
+    climb that lasts to the end. Interpolated linearly; ``None`` when there is no such climb.
+    """
+    above = ~np.isfinite(s) | (s > level)
+    n = x.size
+    below = np.flatnonzero(~above[start:])
+    if n == 0 or below.size == 0:
+        return None
+    first_below = start + int(below[0])
+    for k in range(first_below + 1, n):
+        if not above[k] or above[k - 1]:
+            continue
+        end = n if hold is None else int(np.searchsorted(x, x[k] + hold, side="right"))
+        if above[k:end].all():
+            prev = k - 1
+            if not np.isfinite(s[k]) or s[k] == s[prev]:
+                return float(x[k])
+            t = min(max((level - s[prev]) / (s[k] - s[prev]), 0.0), 1.0)
+            return float(x[prev] + t * (x[k] - x[prev]))
+    return None
+
+
+def _level(l0: float, lmin: float, noise: float, rise: float, margin: float) -> float:
+    """The loss level whose lasting crossing marks the instability (module doc, step 3)."""
+    return lmin + max(rise * max(l0 - lmin, 0.0), margin * noise)
+
+
+def _bootstrap_crossings(
+    x: np.ndarray,
+    smoothed: np.ndarray,
+    resid: np.ndarray,
+    l0: float,
+    noise: float,
+    rise: float,
+    margin: float,
+    hold: float | None,
+    bandwidth: float | None,
+    x_end: float,
+) -> np.ndarray:
+    """Crossing points of ``BOOTSTRAP`` moving-block residual-bootstrap curves (fixed seed,
+    so the result is deterministic). A curve without a crossing counts as ``x_end``."""
+    n = x.size
+    if n < MIN_POINTS or BOOTSTRAP <= 0:
+        return np.empty(0)
+    spacing = _spacing(x)
+    bw = bandwidth if bandwidth is not None else max(2.0 * spacing, 0.05)
+    block = int(min(max(1, round(2.0 * bw / spacing)), n)) if spacing > 0 else 1
+    rng = np.random.default_rng(0)
+    n_blocks = -(-n // block)
+    out = np.empty(BOOTSTRAP)
+    for b in range(BOOTSTRAP):
+        starts = rng.integers(0, n - block + 1, size=n_blocks)
+        idx = (starts[:, None] + np.arange(block)[None, :]).ravel()[:n]
+        s_star, _, _ = smooth_curve(x, smoothed + resid[idx], bw)
+        j = int(np.nanargmin(s_star))
+        level = _level(l0, float(s_star[j]), noise, rise, margin)
+        cross = _crossing(x, s_star, level, hold)
+        out[b] = x_end if cross is None else cross
+    return out
+
+
+def analyze_curve(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    initial_loss: float | None = None,
+    *,
+    rise: float = RISE,
+    margin: float = MARGIN,
+    hold: float | None = HOLD,
+    bandwidth: float | None = None,
+) -> CurveAnalysis:
+    """Smooth the raw curve, find the instability point and give a verdict (module doc)."""
+    lr = np.asarray(lrs, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if lr.shape != y.shape:
+        raise ConfigError(f"lrs and losses differ in length: {lr.size} vs {y.size}")
+    if np.any(~np.isfinite(lr)) or np.any(lr <= 0):
+        raise ConfigError("learning rates must be finite and > 0")
+    x = np.log10(lr) if lr.size else lr
+    finite = np.isfinite(y)
+    first_bad = int(np.argmin(finite)) if not finite.all() else None
+    # Only the part before the first non-finite loss is a curve.
+    cut = first_bad if first_bad is not None else y.size
+    xc, yc = x[:cut], y[:cut]
+    n_fin = int(cut)
+    filtered = median3(yc)
+    capped = yc
+    l0_given = initial_loss is not None and math.isfinite(initial_loss)
+    if n_fin >= MIN_POINTS:
+        # Cap the blow-up so that it cannot leak backwards through the kernel.
+        ref = float(initial_loss) if l0_given else float(filtered[0])
+        rough = float(1.4826 * np.median(np.abs(np.diff(filtered)))) if n_fin > 1 else 0.0
+        cap = ref + 2.0 * max(ref - float(filtered.min()), 10.0 * rough)
+        filtered = np.minimum(filtered, cap)
+        capped = np.minimum(yc, cap)
+    smoothed, slope, _ = smooth_curve(xc, filtered, bandwidth)
+    pad = np.full(y.size - cut, np.nan)
+    smoothed_all = tuple(float(v) for v in np.concatenate([smoothed, pad]))
+    slope_all = tuple(float(v) for v in np.concatenate([slope, pad]))
+
+    def result(verdict, lr_u=None, interval=None, lr_min=None, noise=0.0, message=""):
+        return CurveAnalysis(
+            smoothed_all, slope_all, float(noise), verdict, lr_u, interval, lr_min, message
+        )
+
+    if n_fin < MIN_POINTS:
+        if first_bad is not None and first_bad <= 2:
+            return result(
+                "diverged at once",
+                message=f"the loss was non-finite at the {first_bad + 1}. tested LR "
+                f"({lr[first_bad]:.3g}); lower start_lr",
+            )
+        return result(
+            "too short",
+            message=f"only {n_fin} finite points (need {MIN_POINTS}); use more steps",
+        )
+    resid = np.abs(capped - smoothed)
+    noise = float(1.4826 * np.median(resid))
+    l0 = float(initial_loss) if initial_loss is not None and math.isfinite(initial_loss) else None
+    if l0 is None:
+        l0 = float(smoothed[0])
+    jmin = int(np.nanargmin(smoothed))
+    lmin = float(smoothed[jmin])
+    lr_min = float(lr[jmin])
+    span = float(np.nanmax(smoothed) - lmin)
+    tiny = 1e-9 * max(1.0, abs(l0))  # rounding floor for exactly smooth curves
+    noise = max(noise, tiny)
+    tol = 4.0 * noise
+    if first_bad is None and span <= tol and abs(l0 - lmin) <= tol:
+        return result(
+            "flat",
+            lr_min=lr_min,
+            noise=noise,
+            message=f"the loss moved by at most {span:.3g} (noise {noise:.3g}); widen the "
+            "LR range or check that the model trains",
+        )
+    level = _level(l0, lmin, noise, rise, margin)
+    step = _spacing(x)
+    x_cross = _crossing(xc, smoothed, level, hold)
+    if x_cross is None and first_bad is not None:
+        # The loss became non-finite before the smoothed curve climbed: the instability lies
+        # between the last finite and the first non-finite LR.
+        x_cross = 0.5 * (x[first_bad - 1] + x[first_bad])
+        lo_x, hi_x = x[first_bad - 1], x[first_bad]
+    elif x_cross is not None:
+        x_end = 0.5 * (x[first_bad - 1] + x[first_bad]) if first_bad is not None else xc[-1]
+        boots = _bootstrap_crossings(
+            xc, smoothed, filtered - smoothed, l0, noise, rise, margin, hold, bandwidth, x_end
+        )
+        q_lo, q_hi = np.quantile(boots, [0.1, 0.9]) if boots.size else (x_cross, x_cross)
+        lo_x = min(float(q_lo), x_cross) - 0.5 * step
+        hi_x = max(float(q_hi), x_cross) + 0.5 * step
+    else:
+        return result(
+            "never diverged",
+            lr_min=lr_min,
+            noise=noise,
+            message=f"the loss did not climb back up to {level:.4g} by {lr[-1]:.3g}; raise end_lr",
+        )
+    lr_u = float(10**x_cross)
+    interval = (float(10**lo_x), float(10**hi_x))
+    if x_cross <= x[min(2, x.size - 1)]:
+        return result(
+            "diverged at once",
+            lr_u,
+            interval,
+            lr_min,
+            noise,
+            message=f"unstable already at {lr_u:.3g}, within the first tested LRs; lower start_lr",
+        )
+    return result("ok", lr_u, interval, lr_min, noise, "")

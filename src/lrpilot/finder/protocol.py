@@ -1,0 +1,52 @@
+"""The probing protocol ``lrpilot find`` uses and the suggestion rule was calibrated with.
+
+For a training set of ``n`` samples and a training batch ``B``:
+
+* probe batch ``b = max(1, B // 8)``: small batches give many tested LRs within the budget;
+  in the calibration runs (``bench/finder_quality.py``) they also gave the most consistent
+  ratio between the best peak LR and ``lr_unstable`` across tasks;
+* budget: half an epoch, ``n // 2`` samples, so ``steps = n // 2 // b - 1`` (one extra
+  forward pass measures the last step);
+* LRs from ``1e-5`` to ``10`` on a geometric grid; ``repeats = 1``.
+
+The suggestion is meant for training at batch ``B``; the rule carries ``lr_unstable`` over
+with ``(B / b) ** kappa`` (``lrpilot.finder.decision``, step 6). The calibration used
+``B = 64``, ``B / b = 8``; other batch sizes rely on that scaling assumption.
+
+>>> probe_plan(4000, 64)
+ProbePlan(batch_size=8, steps=249, start_lr=1e-05, end_lr=10.0, samples_budget=2000)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lrpilot.errors import ConfigError, check_int
+
+PROBE_BATCH_DIVISOR = 8
+START_LR = 1e-5
+END_LR = 10.0
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    batch_size: int
+    steps: int
+    start_lr: float
+    end_lr: float
+    samples_budget: int
+
+
+def probe_plan(train_size: int, batch_size: int, budget_epochs: float = 0.5) -> ProbePlan:
+    """The probe batch, number of sweep steps and LR range for a half-epoch budget."""
+    train_size = check_int("train_size", train_size, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    probe = max(1, batch_size // PROBE_BATCH_DIVISOR)
+    budget = int(train_size * budget_epochs)
+    steps = budget // probe - 1
+    if steps < 5:
+        raise ConfigError(
+            f"the finder budget ({budget} samples = {budget_epochs} epoch of {train_size}) "
+            f"allows only {max(steps, 0)} steps of batch {probe}; need at least 5"
+        )
+    return ProbePlan(probe, steps, START_LR, END_LR, budget)

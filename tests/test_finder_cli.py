@@ -1,0 +1,125 @@
+"""``lrpilot find``: exit codes, --json fields, PNG output (on a tiny task)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from lrpilot.cli import main
+from lrpilot.finder.decision import SCHEDULE_FRACTIONS
+from lrpilot.tasks import Task, accuracy
+
+
+def tiny_task() -> Task:
+    """A 2-class problem small enough for a sub-second finder run."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(640, 8, generator=g)
+    y = (x[:, :2].sum(1) > 0).long()
+    return Task(
+        name="tiny",
+        build_model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
+        train_set=TensorDataset(x[:512], y[:512]),
+        val_set=TensorDataset(x[512:], y[512:]),
+        loss_fn=nn.functional.cross_entropy,
+        metrics={"accuracy": accuracy},
+        defaults={"epochs": 2, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1}},
+    )
+
+
+TASK = f"{__name__}:tiny_task"
+
+
+def test_json_fields(capsys):
+    assert main(["find", "--task", TASK, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in (
+        "lrs",
+        "losses",
+        "smoothed",
+        "slope",
+        "lr_unstable",
+        "unstable_interval",
+        "suggestion",
+        "suggestion_interval",
+        "confidence",
+        "verdict",
+        "message",
+        "schedule",
+        "samples",
+        "skipped_steps",
+        "optimizer_steps",
+        "epochs_of_compute",
+        "probe_batch_size",
+        "optimizer_family",
+        "batch_ratio",
+    ):
+        assert key in out, key
+    assert len(out["lrs"]) == len(out["losses"]) == len(out["smoothed"])
+    assert out["schedule"] == "one_cycle" and out["optimizer"] == "sgd"
+    assert out["batch_size"] == 32 and out["probe_batch_size"] == 4
+    assert out["samples"] <= 256  # at most half an epoch of the 512 training samples
+    assert out["epochs_of_compute"] == pytest.approx(out["samples"] / 512)
+    assert out["verdict"] == "ok", out["message"]  # the tiny task has a clear instability
+    # SGD: the instability point is carried linearly from the probe batch 4 to the batch 32.
+    assert out["optimizer_family"] == "sgd" and out["batch_ratio"] == 8
+    assert out["suggestion"] == pytest.approx(
+        SCHEDULE_FRACTIONS["one_cycle"] * 8 * out["lr_unstable"], rel=1e-12
+    )
+    lo, hi = out["suggestion_interval"]
+    assert lo <= out["suggestion"] <= hi
+
+
+def test_json_adamw_uses_square_root_transfer_and_actual_batch_ratio(capsys):
+    # batch 12 -> probe batch 1 (12 // 8): the ratio is 12, not the nominal 8.
+    argv = ["find", "--task", TASK, "--optimizer", "adamw", "--batch-size", "12", "--json"]
+    assert main([*argv, "--schedule", "cosine"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["optimizer_family"] == "adam" and out["probe_batch_size"] == 1
+    assert out["batch_ratio"] == 12
+    if out["verdict"] == "ok":
+        assert out["suggestion"] == pytest.approx(
+            SCHEDULE_FRACTIONS["cosine"] * 12**0.5 * out["lr_unstable"], rel=1e-12
+        )
+    else:
+        assert out["suggestion"] is None
+
+
+def test_png_written_and_text_output(tmp_path, capsys):
+    png = tmp_path / "sub" / "finder.png"
+    code = main(
+        ["find", "--task", TASK, "--optimizer", "adamw", "--schedule", "cosine", "--png", str(png)]
+    )
+    assert code == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert not list(png.parent.glob("*.tmp*"))
+    assert "tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--task", "no-such-task"], "no-such-task"),
+        (["--task", TASK, "--batch-size", "0"], "--batch-size=0"),
+        (["--task", TASK, "--batch-size", "100000"], "larger than the training set"),
+        (["--task", TASK, "--schedule", "step"], "one_cycle"),
+        (["--task", TASK, "--png", "plot.jpg"], ".png"),
+        (["--task", TASK, "--seed", "-1"], "--seed=-1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["find", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_bad_optimizer_choice_is_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["find", "--task", TASK, "--optimizer", "lion"])
+    assert info.value.code == 2

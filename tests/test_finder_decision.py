@@ -1,0 +1,227 @@
+"""Pure decision functions on synthetic curves with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lrpilot.errors import ConfigError
+from lrpilot.finder.core import combine_records
+from lrpilot.finder.decision import (
+    CALIBRATION_RATIOS,
+    OPTIMIZER_FAMILIES,
+    SCHEDULE_FRACTIONS,
+    analyze_curve,
+    median3,
+    smooth_curve,
+    suggest_peak_lr,
+    suggestion_interval,
+)
+from lrpilot.finder.protocol import PROBE_BATCH_DIVISOR
+from lrpilot.finder.sweep import SweepRecord
+
+LRS = [10 ** (-5 + 0.05 * i) for i in range(121)]  # 1e-5 .. 10, 20 points per decade
+
+
+def _u_curve(lr_break=0.1, noise=0.0, seed=0, l0=2.3, floor=0.8, offset=0.0):
+    """Falls from l0 to floor around 1e-3, then climbs by 3 * (l0 - floor) per decade from
+    lr_break: the level floor + 0.5 * (l0 - floor) is crossed at lr_break * 10 ** (1 / 6)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for lr in LRS:
+        x = math.log10(lr)
+        y = floor + (l0 - floor) / (1 + math.exp(6 * (x + 3)))
+        if lr > lr_break:
+            y += 3.0 * (l0 - floor) * (x - math.log10(lr_break))
+        out.append(y + offset + noise * rng.standard_normal())
+    return out
+
+
+def test_crossing_matches_closed_form_and_interval_contains_it():
+    a = analyze_curve(LRS, _u_curve(), initial_loss=2.3)
+    # level = 0.8 + 0.5 * 1.5 = 1.55: 4.5 * (x - x_break) = 0.75 -> x = x_break + 1/6
+    exact = 0.1 * 10 ** (1 / 6)
+    assert a.verdict == "ok"
+    assert abs(math.log10(a.lr_unstable / exact)) < 0.05
+    assert a.interval[0] <= a.lr_unstable <= a.interval[1]
+
+
+def test_same_answer_for_negative_losses():
+    pos = analyze_curve(LRS, _u_curve(), initial_loss=2.3)
+    neg = analyze_curve(LRS, _u_curve(offset=-100.0), initial_loss=2.3 - 100.0)
+    assert neg.verdict == "ok"
+    assert neg.lr_unstable == pytest.approx(pos.lr_unstable, rel=1e-6)
+
+
+def test_single_spike_is_ignored():
+    clean = _u_curve(noise=0.02, seed=1)
+    spiky = list(clean)
+    spiky[40] += 50.0  # one absurd batch at lr = 1e-3
+    spiky[70] = 1e6
+    a, b = analyze_curve(LRS, clean, 2.3), analyze_curve(LRS, spiky, 2.3)
+    assert b.verdict == "ok"
+    assert b.lr_unstable == pytest.approx(a.lr_unstable, rel=0.05)
+
+
+def test_noise_gives_a_wider_interval_that_still_covers_the_truth():
+    exact = 0.1 * 10 ** (1 / 6)
+    quiet = analyze_curve(LRS, _u_curve(noise=0.01, seed=2), 2.3)
+    noisy = analyze_curve(LRS, _u_curve(noise=0.3, seed=2), 2.3)
+    width = [math.log10(x.interval[1] / x.interval[0]) for x in (quiet, noisy)]
+    assert width[1] > width[0]
+    assert noisy.interval[0] <= exact * 1.3 and noisy.interval[1] >= exact / 1.3
+
+
+def test_deterministic():
+    y = _u_curve(noise=0.2, seed=3)
+    assert analyze_curve(LRS, y, 2.3) == analyze_curve(LRS, y, 2.3)
+
+
+def test_verdict_flat():
+    rng = np.random.default_rng(0)
+    y = list(2.3 + 0.01 * rng.standard_normal(len(LRS)))
+    a = analyze_curve(LRS, y, 2.3)
+    assert a.verdict == "flat" and a.lr_unstable is None and "moved" in a.message
+
+
+def test_verdict_never_diverged():
+    y = [2.3 - 1.5 / (1 + math.exp(-3 * (math.log10(lr) + 3))) for lr in LRS]
+    a = analyze_curve(LRS, y, 2.3)
+    assert a.verdict == "never diverged" and a.lr_unstable is None and "end_lr" in a.message
+
+
+def test_verdict_diverged_at_once():
+    y = [2.3 + 0.5 * i for i in range(len(LRS))]
+    assert analyze_curve(LRS, y, 2.3).verdict == "diverged at once"
+    nan_first = [math.nan, *y[1:]]
+    a = analyze_curve(LRS, nan_first, 2.3)
+    assert a.verdict == "diverged at once" and a.lr_unstable is None
+
+
+def test_verdict_too_short_and_empty():
+    assert analyze_curve(LRS[:3], [2.3, 2.2, 2.1], 2.3).verdict == "too short"
+    assert analyze_curve([], [], None).verdict == "too short"
+
+
+def test_nan_after_progress_brackets_the_instability():
+    y = _u_curve()
+    k = next(i for i, lr in enumerate(LRS) if lr > 0.1)  # NaN right where the climb starts
+    y = y[:k] + [math.nan] * (len(y) - k)
+    a = analyze_curve(LRS, y, 2.3)
+    assert a.verdict == "ok"
+    assert LRS[k - 1] <= a.lr_unstable <= LRS[k]
+    assert a.interval == pytest.approx((LRS[k - 1], LRS[k]))
+
+
+def test_bad_inputs():
+    with pytest.raises(ConfigError, match="differ in length"):
+        analyze_curve([1e-3, 1e-2], [1.0], None)
+    with pytest.raises(ConfigError, match="> 0"):
+        analyze_curve([0.0, 1e-2], [1.0, 1.0], None)
+    with pytest.raises(ConfigError, match="one_cycle"):
+        suggest_peak_lr(0.1, "linear", "sgd")
+    with pytest.raises(ConfigError, match=r"'lion'.*adam, sgd"):
+        suggest_peak_lr(0.1, "cosine", "lion")
+    for bad in (0.0, -8.0, math.nan):
+        with pytest.raises(ConfigError, match="batch_ratio"):
+            suggest_peak_lr(0.1, "cosine", "sgd", batch_ratio=bad)
+    with pytest.raises(ConfigError, match="'lion'"):
+        combine_records([], "cosine", "lion")
+
+
+def test_smoothing_is_centred_and_exact_on_lines():
+    x = np.linspace(-4, 0, 41)
+    s, slope, _ = smooth_curve(x, 3 * x + 1)
+    assert np.allclose(s, 3 * x + 1) and np.allclose(slope, 3.0)
+    # A symmetric bump stays where it is (an EMA would shift it to the right).
+    bump = np.exp(-((x + 2) ** 2) / 0.1)
+    s, _, _ = smooth_curve(x, bump)
+    assert x[int(np.argmax(s))] == pytest.approx(-2.0)
+    assert median3([1.0, 9.0, 1.0, 1.0]).tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
+@pytest.mark.parametrize("ratio", [1.0, 2.0, 8.0, 12.5])
+def test_suggestion_closed_form_per_optimizer_family(schedule, ratio):
+    f = SCHEDULE_FRACTIONS[schedule]
+    assert OPTIMIZER_FAMILIES == {"sgd": 1.0, "adam": 0.5}  # linear / square-root scaling
+    sgd = suggest_peak_lr(0.04, schedule, "sgd", ratio)
+    adam = suggest_peak_lr(0.04, schedule, "adam", ratio)
+    assert sgd == pytest.approx(f * ratio * 0.04, rel=1e-12)
+    assert adam == pytest.approx(f * math.sqrt(ratio) * 0.04, rel=1e-12)
+    assert sgd / adam == pytest.approx(math.sqrt(ratio), rel=1e-12)
+    assert suggest_peak_lr(None, schedule, "adam", ratio) is None
+    lo, hi = CALIBRATION_RATIOS[schedule]
+    assert lo <= f <= hi  # the fitted fraction lies within the calibration tasks' spread
+    assert suggestion_interval((0.01, 0.05), schedule, "adam", ratio) == pytest.approx(
+        (lo * math.sqrt(ratio) * 0.01, hi * math.sqrt(ratio) * 0.05), rel=1e-12
+    )
+    assert suggestion_interval(None, schedule, "sgd", ratio) is None
+
+
+def test_default_batch_ratio_is_the_protocol_divisor():
+    assert PROBE_BATCH_DIVISOR == 8
+    assert suggest_peak_lr(0.1, "cosine", "sgd") == suggest_peak_lr(0.1, "cosine", "sgd", 8)
+
+
+@pytest.mark.parametrize("family, ratio", [("sgd", 8.0), ("adam", 8.0), ("adam", 2.0)])
+def test_suggestion_is_the_documented_rule_and_result_serialises(family, ratio):
+    lrs = LRS[:90]
+    losses = _u_curve()[:90]
+    rec = SweepRecord(lrs, losses, 2.3, 90 * 8, 89, 2, "diverged")
+    res = combine_records([rec], "cosine", family, ratio)
+    assert res.verdict == "ok"
+    transfer = ratio ** (1.0 if family == "sgd" else 0.5)
+    assert res.optimizer_family == family and res.batch_ratio == ratio
+    assert res.suggestion == pytest.approx(
+        SCHEDULE_FRACTIONS["cosine"] * transfer * res.lr_unstable, rel=1e-12
+    )
+    assert res.suggest("one_cycle") == pytest.approx(
+        SCHEDULE_FRACTIONS["one_cycle"] * transfer * res.lr_unstable, rel=1e-12
+    )
+    lo, hi = CALIBRATION_RATIOS["cosine"]
+    assert res.suggestion_interval == pytest.approx(
+        (lo * transfer * res.unstable_interval[0], hi * transfer * res.unstable_interval[1])
+    )
+    assert res.suggestion_interval[0] <= res.suggestion <= res.suggestion_interval[1]
+    assert res.confidence in ("high", "medium", "low")
+    d = json.loads(json.dumps(res.to_dict()))
+    for key in (
+        "lrs",
+        "losses",
+        "smoothed",
+        "lr_unstable",
+        "suggestion",
+        "verdict",
+        "samples",
+        "optimizer_family",
+        "batch_ratio",
+    ):
+        assert key in d
+    assert d["skipped_steps"] == 2
+    with pytest.raises(ConfigError):
+        res.suggest("warmup_only")
+
+
+def test_repeats_are_pooled_and_spread_widens_the_interval():
+    a = SweepRecord(LRS, _u_curve(lr_break=0.1, noise=0.02, seed=1), 2.3, 0, 0, 0, "completed")
+    b = SweepRecord(LRS, _u_curve(lr_break=0.2, noise=0.02, seed=2), 2.3, 0, 0, 0, "completed")
+    res = combine_records([a, b], "one_cycle", "sgd")
+    assert res.verdict == "ok"
+    r1, r2 = res.repeat_lr_unstable
+    assert r1 < r2
+    assert res.unstable_interval[0] <= r1 and res.unstable_interval[1] >= r2
+    assert r1 <= res.lr_unstable <= r2
+    assert len(res.lrs) == 2 * len(LRS)
+
+
+def test_unusable_curve_gives_no_number():
+    rec = SweepRecord(LRS, [2.3] * len(LRS), 2.3, 0, 0, 0, "completed")
+    res = combine_records([rec], "one_cycle", "adam")
+    assert res.verdict == "flat"
+    assert res.suggestion is None and res.suggestion_interval is None
+    assert res.confidence == "none"
+    assert res.suggest("cosine") is None
