@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from lrpilot.errors import TrainingAborted
 
 # Subcommand modules, in the order ``lrpilot --help`` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("lrpilot.cli.tasks_cmd",)
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "lrpilot.cli.schedule_cmd",
+    "lrpilot.cli.tasks_cmd",
+    "lrpilot.cli.fit_cmd",
+    "lrpilot.cli.diagnose_cmd",
+    "lrpilot.cli.find_cmd",
+    "lrpilot.cli.batch_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

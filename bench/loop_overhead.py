@@ -1,0 +1,161 @@
+"""Loop overhead: samples/s of ``lrpilot.fit`` versus a bare PyTorch loop.
+
+Both train ``mnist1d-cnn`` with the same model initialisation, data, per-epoch shuffled
+order, batch size (64), SGD settings (task defaults) and warmup+cosine schedule, and both
+evaluate on the validation set once per epoch. The bare loop is what one would write by
+hand: index the in-memory tensors, forward, backward, ``optimizer.step()``,
+``LambdaLR.step()``. ``lrpilot.fit`` adds its default logging (metrics.jsonl every 10
+steps, TensorBoard, progress off), the divergence guard, per-epoch checkpoints and
+summary. Runs are interleaved and repeated; the table reports medians. Wall time covers
+the whole training call (model build to summary), not process start or dataset creation.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/loop_overhead.py [--epochs 15] [--repeats 9]``
+(about 1.5 minutes on one core).
+Target: lrpilot within 3% of the bare loop (ratio >= 0.97).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch
+
+from lrpilot import fit
+from lrpilot.tasks import get_task
+from lrpilot.train.config import parse_config
+
+SCHEDULE = {"name": "cosine", "lr": 0.1, "warmup": {"epochs": 1}}
+
+
+def bare_loop(epochs: int, batch_size: int, seed: int) -> tuple[float, float, float]:
+    """Hand-written loop; returns (samples/s, samples per CPU second, final val accuracy)."""
+    task = get_task("mnist1d-cnn")
+    cfg = parse_config({"task": "mnist1d-cnn"})
+    t0, c0 = time.perf_counter(), time.process_time()
+    torch.manual_seed(seed)
+    model = task.build_model()
+    o = cfg.optimizer
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+    x, y = task.train_set.tensors
+    xv, yv = task.val_set.tensors
+    n = len(x)
+    spe = math.ceil(n / batch_size)
+    warm, total = spe, spe * epochs
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return step / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    loss_fn = task.loss_fn
+    correct = 0
+    for epoch in range(epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        for idx in torch.randperm(n, generator=gen).split(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            correct = 0
+            for i in range(0, len(xv), 256):
+                out = model(xv[i : i + 256])
+                correct += int((out.argmax(1) == yv[i : i + 256]).sum())
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n * epochs / elapsed, n * epochs / cpu, correct / len(xv)
+
+
+def lrpilot_loop(epochs: int, batch_size: int, seed: int, **extra) -> tuple[float, float, float]:
+    config = {
+        "task": "mnist1d-cnn",
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "schedule": SCHEDULE,
+        "device": "cpu",
+        **extra,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fit(config, os.path.join(tmp, "run"), progress="none")
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = result.summary["samples_seen"]
+    return n / elapsed, n / cpu, result.summary["final"]["val_accuracy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    get_task("mnist1d-cnn")  # build the dataset once, outside the timings
+    variants = {
+        "bare PyTorch loop": lambda: bare_loop(args.epochs, args.batch_size, 0),
+        "lrpilot fit (defaults)": lambda: lrpilot_loop(args.epochs, args.batch_size, 0),
+        "lrpilot fit (guard off)": lambda: lrpilot_loop(
+            args.epochs, args.batch_size, 0, guard={"enabled": False}
+        ),
+        "lrpilot fit (log_every=1)": lambda: lrpilot_loop(
+            args.epochs, args.batch_size, 0, log_every=1
+        ),
+    }
+    for fn in variants.values():  # warm-up (imports, allocator)
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    cpu_rates: dict[str, list[float]] = {k: [] for k in variants}
+    accs: dict[str, float] = {}
+    from rich.progress import track
+
+    for _ in track(range(args.repeats), description="repeats", transient=True):
+        for name, fn in variants.items():  # interleaved
+            rate, cpu_rate, acc = fn()
+            rates[name].append(rate)
+            cpu_rates[name].append(cpu_rate)
+            accs[name] = acc
+    base = "bare PyTorch loop"
+    print(
+        f"mnist1d-cnn, batch {args.batch_size}, {args.epochs} epochs, warmup+cosine, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, {args.repeats} interleaved "
+        f"repeats"
+    )
+    print(
+        f"{'variant':<28}{'samples/s':>10}{'min':>8}{'max':>8}{'ratio':>7}"
+        f"{'cpu samples/s':>15}{'ratio':>7}{'val acc':>9}"
+    )
+    for name, values in rates.items():
+        # paired ratios (each repeat against the bare run next to it), then the median:
+        # robust to the machine's speed drifting during the benchmark
+        ratio = statistics.median(v / b for v, b in zip(values, rates[base], strict=True))
+        cpu_ratio = statistics.median(
+            v / b for v, b in zip(cpu_rates[name], cpu_rates[base], strict=True)
+        )
+        print(
+            f"{name:<28}{statistics.median(values):>10.0f}{min(values):>8.0f}"
+            f"{max(values):>8.0f}{ratio:>7.3f}{statistics.median(cpu_rates[name]):>15.0f}"
+            f"{cpu_ratio:>7.3f}{accs[name]:>9.3f}"
+        )
+    print(
+        "samples/s: training samples over the wall time of the whole training call (median, "
+        "min, max of the repeats); cpu: per CPU-second of the process (all threads); ratio: "
+        "median over repeats of variant / bare of the same repeat. Target: ratio >= 0.97 "
+        "for 'lrpilot fit (defaults)'."
+    )
+
+
+if __name__ == "__main__":
+    main()

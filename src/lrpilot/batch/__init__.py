@@ -1,0 +1,50 @@
+"""Batch size: what fits, what is useful, and how the learning rate follows.
+
+* :mod:`lrpilot.batch.memory`: :func:`max_batch_size` / :func:`probe_memory`, the largest
+  per-device batch that fits (CUDA: out-of-memory search; CPU: fitted peak-RSS model).
+* :mod:`lrpilot.batch.noise`: :func:`noise_scale` and the online :class:`NoiseScale`
+  record, the gradient noise scale ``B_simple = tr(Σ)/|G|²`` (McCandlish et al. 2018).
+* :mod:`lrpilot.batch.scaling`: :func:`scale_lr` under a named rule (linear, sqrt, none)
+  and :func:`scale_warmup`.
+* :mod:`lrpilot.batch.plan`: :func:`plan_accumulation`, per-device batch, accumulation and
+  learning rate for a nominal batch on N processes.
+* :mod:`lrpilot.batch.distributed`: helpers for ``torchrun`` (process group, sharding,
+  DDP, SyncBatchNorm).
+
+>>> from lrpilot import batch
+>>> batch.scale_lr(0.1, 64, 256)
+0.4
+"""
+
+from __future__ import annotations
+
+from lrpilot.batch.memory import MemoryProbe, max_batch_size, probe_memory
+from lrpilot.batch.noise import NoiseScale, NoiseScaleResult, noise_scale, unbiased_estimates
+from lrpilot.batch.plan import AccumulationPlan, has_batchnorm, plan_accumulation
+from lrpilot.batch.scaling import (
+    get_rule,
+    list_rules,
+    register_rule,
+    rule_for_optimizer,
+    scale_lr,
+    scale_warmup,
+)
+
+__all__ = [
+    "AccumulationPlan",
+    "MemoryProbe",
+    "NoiseScale",
+    "NoiseScaleResult",
+    "get_rule",
+    "has_batchnorm",
+    "list_rules",
+    "max_batch_size",
+    "noise_scale",
+    "plan_accumulation",
+    "probe_memory",
+    "register_rule",
+    "rule_for_optimizer",
+    "scale_lr",
+    "scale_warmup",
+    "unbiased_estimates",
+]

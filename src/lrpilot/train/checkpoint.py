@@ -1,0 +1,196 @@
+"""Atomic checkpoints with fallback to the previous valid one.
+
+Layout of ``<run>/checkpoints/``: ``latest.pt`` (newest), ``previous.pt`` (the one before,
+kept for fallback) and ``best.pt`` (model weights at the best monitored epoch).
+
+Writing (:func:`atomic_save`): ``torch.save`` to a temporary file in the same directory,
+flush, ``os.fsync``, ``os.replace`` onto the final name, then ``fsync`` the directory, so a
+crash at any moment leaves either the old file or the new one, never a torn file under
+the final name. Rotation (:meth:`CheckpointManager.save`) renames ``latest`` to
+``previous`` before installing the new ``latest``; a crash between the two renames leaves
+``previous`` valid.
+
+Reading (:func:`load_checkpoint`): ``torch.load(..., weights_only=True)`` (no arbitrary
+pickle code runs), then a format check. :meth:`CheckpointManager.newest_valid` tries every
+candidate, reports why the bad ones were skipped, and returns the valid one with the
+highest step.
+
+>>> import tempfile, torch
+>>> with tempfile.TemporaryDirectory() as d:
+...     m = CheckpointManager(d)
+...     _ = m.save({"step": 3, "w": torch.ones(2)})
+...     _ = m.save({"step": 5, "w": torch.zeros(2)})
+...     _ = open(m.latest_path, "wb").write(b"garbage")   # simulate a torn write
+...     ckpt, notes = m.newest_valid()
+...     ckpt["step"], len(notes)
+(3, 1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrpilot.errors import ConfigError
+
+FORMAT_VERSION = 1
+_FORMAT_KEY = "lrpilot_checkpoint_version"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def encode(obj: Any) -> bytes:
+    """``torch.save`` into memory (done on the training thread: pickling holds the GIL;
+    only the file I/O goes to the writer thread)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, flush, fsync, rename, dir fsync)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (temp file, flush, fsync, rename)."""
+    atomic_write_bytes(encode(obj), path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and check one checkpoint; raise ``ConfigError`` with the reason if unusable."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"checkpoint {path} does not exist") from exc
+    except Exception as exc:  # torn/corrupted files raise many different errors
+        raise ConfigError(
+            f"checkpoint {path} is truncated or corrupted ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(obj, dict) or _FORMAT_KEY not in obj:
+        raise ConfigError(f"checkpoint {path} is not an lrpilot checkpoint")
+    if obj[_FORMAT_KEY] != FORMAT_VERSION:
+        raise ConfigError(
+            f"checkpoint {path} has format version {obj[_FORMAT_KEY]}, "
+            f"this lrpilot reads version {FORMAT_VERSION}"
+        )
+    return obj
+
+
+class CheckpointManager:
+    """Writes and finds the checkpoints of one run directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.latest_path = self.directory / "latest.pt"
+        self.previous_path = self.directory / "previous.pt"
+        self.best_path = self.directory / "best.pt"
+
+    def encode(self, state: dict) -> bytes:
+        """The bytes of a checkpoint file for ``state`` (format version added)."""
+        return encode({**state, _FORMAT_KEY: FORMAT_VERSION})
+
+    def save(self, state: dict | bytes) -> Path:
+        """Write ``state`` (or its :meth:`encode` d bytes) as the new ``latest``; the old
+        one becomes ``previous``."""
+        data = state if isinstance(state, bytes) else self.encode(state)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".latest.", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if self.latest_path.exists():
+                os.replace(self.latest_path, self.previous_path)
+            os.replace(tmp, self.latest_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.directory)
+        return self.latest_path
+
+    def save_best(self, state: dict) -> Path:
+        atomic_save({**state, _FORMAT_KEY: FORMAT_VERSION}, self.best_path)
+        return self.best_path
+
+    def candidates(self) -> list[Path]:
+        return [p for p in (self.latest_path, self.previous_path) if p.exists()]
+
+    def newest_valid(self) -> tuple[dict | None, list[str]]:
+        """``(checkpoint or None, notes)``: the valid candidate with the highest ``step``;
+        ``notes`` says, one line each, which files were skipped and why."""
+        notes: list[str] = []
+        best: dict | None = None
+        for path in self.candidates():
+            try:
+                ckpt = load_checkpoint(path)
+            except ConfigError as exc:
+                notes.append(f"{exc}; falling back to an older checkpoint")
+                continue
+            if best is None or int(ckpt.get("step", -1)) > int(best.get("step", -1)):
+                best = ckpt
+        return best, notes
+
+
+class BackgroundWriter:
+    """Runs checkpoint writes on one background thread, in submission order, so the
+    training thread never waits for ``fsync``. At most ``max_pending`` writes are queued
+    (submitting more waits for the oldest); an error of a finished write is re-raised by
+    the next :meth:`submit` or :meth:`wait`. The caller passes CPU copies (training goes
+    on mutating its tensors). A process killed mid-write leaves the previous files intact
+    (atomic renames)."""
+
+    def __init__(self, max_pending: int = 3) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrpilot-ckpt")
+        self._pending: list[Any] = []
+        self.max_pending = max_pending
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        while self._pending and (self._pending[0].done() or len(self._pending) >= self.max_pending):
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)

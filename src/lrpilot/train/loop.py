@@ -1,0 +1,990 @@
+"""The training loop behind ``lrpilot fit``.
+
+One optimizer step = ``accumulate`` micro-batches of ``batch_size`` samples (the last group
+of an epoch may be shorter). Each micro-batch loss is weighted by its share of the step's
+samples, so the accumulated gradient is the gradient of the mean loss over every sample of
+the step, exactly as one big batch would give. The loop owns the step counter; the
+schedule (:func:`lrpilot.schedules.attach`) is stepped once after every optimizer step
+that happened (a step skipped by the fp16 ``GradScaler`` does not advance it and is
+counted in ``summary.json``). A plateau controller, if configured, gets one report per
+epoch.
+
+Order of work at the end of an epoch: evaluate, write the ``epoch`` record, report to the
+plateau, update best/early-stopping state (writing ``checkpoints/best.pt`` on a new best),
+then write the checkpoint. ``checkpoint_every``: ``auto`` (default) checkpoints whenever
+``CHECKPOINT_SECONDS`` (60) of wall time have passed since the last one, mid-epoch or at an
+epoch end, and at the end of the run, so a crash loses at most about a minute of work
+whatever the epoch length; ``epoch`` at every epoch end; ``N`` every N optimizer steps
+(and at every epoch end). The
+state is captured (CPU copies) on the training thread and written (fsync, atomic rename)
+on one background thread, together with the TensorBoard scalars, so training does not
+wait for the disk; everything is on disk before ``summary.json`` is written.
+
+Divergence guard: see :mod:`lrpilot.train.guard` (a rescue rewinds to a snapshot of the
+same epoch and lowers the whole schedule; the global step counter keeps counting).
+
+Costs on the hot path per optimizer step: one host sync for the loss (the guard reads it
+every step; on CUDA this is one ``.item()``), the gradient norm only on logged steps or
+when clipping, no per-sample collate for in-memory ``TensorDataset`` s.
+
+Extension points (kept as single functions): :func:`build_train_data` (data order and
+batches), :func:`wrap_model` (device placement / future DDP), :func:`is_main_process`
+(every file write goes through it), :func:`finish_run` (builds ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fnmatch
+import inspect
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from lrpilot.batch import distributed as bdist
+from lrpilot.errors import ConfigError, TrainingAborted
+from lrpilot.history import History
+from lrpilot.tasks import Task, get_task
+from lrpilot.train.checkpoint import (
+    BackgroundWriter,
+    CheckpointManager,
+    atomic_write_bytes,
+    encode,
+)
+from lrpilot.train.config import (
+    FitConfig,
+    apply_overrides,
+    default_mode,
+    load_yaml,
+    parse_config,
+)
+from lrpilot.train.data import BatchFetcher, DataOrder
+from lrpilot.train.early_stop import BestTracker
+from lrpilot.train.guard import (
+    DIVERGED,
+    OK,
+    DivergenceGuard,
+    cpu_clone,
+    restore_snapshot,
+    take_snapshot,
+)
+from lrpilot.train.result import RunResult
+from lrpilot.train.rng import capture_rng, restore_rng, seed_everything
+from lrpilot.train.runlog import Progress, RunLogger
+
+LOOP_STATE_VERSION = 1
+#: ``checkpoint_every: auto`` writes a checkpoint when this much wall time has passed since
+#: the last one (checked after every optimizer step), and always at the end of the run
+CHECKPOINT_SECONDS = 60.0
+_MAIN_LR_PARAM = {"one_cycle": "max_lr", "linear": "start_lr"}
+
+
+# ----------------------------------------------------------------------------- setup
+def is_main_process() -> bool:
+    """Whether this process writes files and prints (rank 0, or no process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def wrap_model(model: nn.Module, cfg: FitConfig, device: torch.device) -> nn.Module:
+    """Place the model on ``device``; under torchrun wrap it in DDP (SyncBatchNorm on CUDA),
+    see :mod:`lrpilot.batch.distributed`."""
+    model = model.to(device)
+    env = bdist.current_env()
+    return bdist.wrap_ddp(model, device, env) if env.distributed else model
+
+
+def build_param_groups(
+    model: nn.Module, layer_lr: Mapping[str, float]
+) -> tuple[list[dict], list[float], list[str]]:
+    """Param groups for ``layer_lr``: ``(groups, multipliers, labels)``.
+
+    Each parameter goes to the first pattern (in config order) that matches, with
+    ``fnmatch``, its module name (``"0"``, ``"encoder.layer1"``) or its full parameter name
+    (``"0.bias"``); unmatched parameters form the first group with multiplier 1. A pattern
+    matching nothing is an error (a silently ignored option would be worse).
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> _, mults, labels = build_param_groups(m, {"2": 0.1})
+    >>> mults, labels
+    ([1.0, 0.1], ['default', '2'])
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not layer_lr:
+        return [{"params": [p for _, p in named]}], [1.0], ["default"]
+    buckets: dict[str, list[nn.Parameter]] = {"default": []}
+    buckets.update({pattern: [] for pattern in layer_lr})
+    for name, param in named:
+        module = name.rsplit(".", 1)[0] if "." in name else ""
+        for pattern in layer_lr:
+            if fnmatch.fnmatchcase(module, pattern) or fnmatch.fnmatchcase(name, pattern):
+                buckets[pattern].append(param)
+                break
+        else:
+            buckets["default"].append(param)
+    for pattern in layer_lr:
+        if not buckets[pattern]:
+            modules = sorted({n.rsplit(".", 1)[0] for n, _ in named if "." in n})
+            raise ConfigError(
+                f"layer_lr pattern {pattern!r} matches no parameter; module names: "
+                f"{', '.join(modules)}"
+            )
+    groups, mults, labels = [], [], []
+    for label, params in buckets.items():
+        if params:
+            groups.append({"params": params})
+            mults.append(1.0 if label == "default" else float(layer_lr[label]))
+            labels.append(label)
+    return groups, mults, labels
+
+
+def build_optimizer(cfg: FitConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def schedule_mapping(cfg: FitConfig) -> dict:
+    """The schedule config with ``optimizer.lr`` filled in where the schedule has no LR
+    (rule in :mod:`lrpilot.train.config`); a constant schedule when none is given."""
+    if cfg.schedule is None:
+        return {"name": "constant", "lr": cfg.optimizer.lr}
+    mapping = dict(cfg.schedule)
+    name = mapping.get("name")
+    if isinstance(name, str):
+        import lrpilot.schedules as schedules
+
+        factory = getattr(schedules, name, None)
+        key = _MAIN_LR_PARAM.get(name, "lr")
+        if callable(factory) and key not in mapping:
+            try:
+                params = inspect.signature(factory).parameters
+            except (TypeError, ValueError):  # pragma: no cover
+                params = {}
+            if key in params:
+                mapping[key] = cfg.optimizer.lr
+    return mapping
+
+
+def build_schedule(cfg: FitConfig, steps_per_epoch: int, total_steps: int):  # type: ignore[no-untyped-def]
+    """``(schedule, momentum schedule or None, Plateau or None)`` from the config."""
+    from lrpilot.schedules import Plateau, from_config, momentum_from_config
+
+    mapping = schedule_mapping(cfg)
+    try:
+        schedule = from_config(mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+        schedule = bdist.scale_schedule(schedule, cfg.lr_scaling, cfg.batch_size, cfg.accumulate)
+        momentum = momentum_from_config(
+            mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"schedule: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"schedule: {exc}") from exc
+    if momentum is not None and cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0:
+        raise ConfigError(
+            "schedule: a momentum cycle needs optimizer.momentum > 0 with sgd "
+            "(PyTorch's SGD ignores momentum set to 0 at construction)"
+        )
+    plateau = None
+    if cfg.plateau is not None:
+        params = {k: v for k, v in cfg.plateau.items() if k != "monitor"}
+        try:
+            plateau = Plateau(**params)
+        except ValueError as exc:
+            raise ConfigError(f"plateau: {exc}") from exc
+    return schedule, momentum, plateau
+
+
+@dataclass
+class TrainData:
+    """Everything the loop needs to produce batches."""
+
+    order: DataOrder
+    fetch: BatchFetcher
+    val_fetch: BatchFetcher
+    val_batch_size: int
+    num_train: int
+
+
+def build_train_data(cfg: FitConfig, task: Task, device: torch.device) -> TrainData:
+    """Data order and batch fetchers (the single place a distributed sampler would go)."""
+    n = len(task.train_set)
+    return TrainData(
+        order=bdist.make_order(n, cfg.batch_size, cfg.accumulate, cfg.seed),
+        fetch=BatchFetcher(task.train_set, device),
+        val_fetch=BatchFetcher(task.val_set, device),
+        val_batch_size=max(cfg.batch_size, 256),
+        num_train=n,
+    )
+
+
+def autocast_context(enabled: bool, device: torch.device):  # type: ignore[no-untyped-def]
+    """bf16 autocast on CPU, fp16 on CUDA; a no-op when AMP is off."""
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def evaluate(
+    model: nn.Module, task: Task, data: TrainData, amp: bool, device: torch.device
+) -> dict[str, float]:
+    """Sample-weighted mean validation loss and metrics (``val_loss``, ``val_<name>``)."""
+    was_training = model.training
+    model.eval()
+    total = 0
+    loss_sum = 0.0
+    metric_sums = dict.fromkeys(task.metrics, 0.0)
+    with torch.inference_mode():
+        for inputs, targets in data.val_fetch.sequential(data.val_batch_size):
+            with autocast_context(amp, device):
+                outputs = model(inputs)
+                loss = task.loss_fn(outputs, targets)
+            size = len(targets)
+            total += size
+            loss_sum += float(loss) * size
+            outputs = outputs.float()
+            for name, fn in task.metrics.items():
+                metric_sums[name] += float(fn(outputs, targets)) * size
+    model.train(was_training)
+    out = {"val_loss": loss_sum / max(total, 1)}
+    out.update({f"val_{k}": v / max(total, 1) for k, v in metric_sums.items()})
+    return out
+
+
+def grad_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Total L2 norm of the gradients (as ``clip_grad_norm_`` computes it)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def params_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (one fused norm, one host sync)."""
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all())
+
+
+# -------------------------------------------------------------------------- run state
+@dataclass
+class LoopState:
+    """The loop's own counters (plain data, saved in every checkpoint)."""
+
+    step: int = 0  # optimizer steps completed (including skipped/discarded ones)
+    epoch: int = 0  # epoch in progress
+    micro: int = 0  # next micro-batch index within the epoch
+    samples: int = 0  # training samples processed
+    epoch_loss_sum: float = 0.0
+    epoch_loss_samples: int = 0
+    skipped_steps: int = 0  # fp16 GradScaler overflow skips
+    elapsed: float = 0.0  # wall seconds in earlier segments (before a resume)
+    train_time: float = 0.0  # seconds spent in training steps
+    events: list[dict] = field(default_factory=list)
+    last_epoch_record: dict | None = None
+    best_record: dict | None = None
+    stopped_early: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": LOOP_STATE_VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro": self.micro,
+            "samples": self.samples,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_loss_samples": self.epoch_loss_samples,
+            "skipped_steps": self.skipped_steps,
+            "elapsed": self.elapsed,
+            "train_time": self.train_time,
+            "events": [dict(e) for e in self.events],
+            "last_epoch_record": self.last_epoch_record,
+            "best_record": self.best_record,
+            "stopped_early": self.stopped_early,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != LOOP_STATE_VERSION:
+            raise ConfigError(f"loop state version {state.get('version')!r} is not supported")
+        for key in (
+            "step",
+            "epoch",
+            "micro",
+            "samples",
+            "epoch_loss_sum",
+            "epoch_loss_samples",
+            "skipped_steps",
+            "elapsed",
+            "train_time",
+            "last_epoch_record",
+            "best_record",
+            "stopped_early",
+        ):
+            setattr(self, key, state[key])
+        self.events = [dict(e) for e in state["events"]]
+
+
+def _resolve_raw(config: FitConfig | Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    if isinstance(config, FitConfig):
+        return config.to_dict()
+    if isinstance(config, (str, Path)):
+        return load_yaml(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise ConfigError(f"config must be a mapping, a FitConfig or a YAML path, got {config!r}")
+
+
+def _default_run_dir(task_name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = task_name.replace(":", "_").replace("/", "_")
+    base = Path("runs") / f"{safe}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for key in keys:
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {vb!r} -> {va!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------- fit
+def fit(
+    config: FitConfig | Mapping[str, Any] | str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    progress: str = "auto",
+    task: Task | None = None,
+) -> RunResult:
+    """Train a task as configured; write the run directory; return a :class:`RunResult`.
+
+    ``config`` is a mapping, a :class:`FitConfig` or a YAML path; ``overrides`` are
+    ``key=value`` strings (``--set``). ``task`` may pass a ``Task`` object directly
+    (``config["task"]`` may then be omitted). With ``resume=True`` the run continues in
+    ``out_dir`` from its newest valid checkpoint (bit-identical to never stopping).
+    ``progress``: ``auto`` (rich bar on a terminal, plain lines otherwise), ``rich``,
+    ``plain`` or ``none``.
+    """
+    raw = apply_overrides(_resolve_raw(config), list(overrides))
+    if task is not None and "task" not in raw:
+        raw["task"] = task.name
+    cfg = parse_config(raw, task=task)
+    task = task if task is not None and cfg.task == task.name else get_task(cfg.task)
+    if resume and out_dir is None:
+        raise ConfigError("resume needs the run directory (out_dir / --out DIR)")
+    env = bdist.init_from_env(cfg.device)  # torchrun: one process group, rank 0 writes
+    run_dir = Path(out_dir) if out_dir is not None else _default_run_dir(cfg.task)
+    run_dir = bdist.broadcast_object(run_dir)  # one run directory for all processes
+    if resume:
+        saved_path = run_dir / "config.yaml"
+        if not saved_path.is_file():
+            raise ConfigError(f"cannot resume: {saved_path} does not exist")
+        saved = load_yaml(saved_path)
+        diff = _config_diff(cfg.to_dict(), saved)
+        if diff:
+            raise ConfigError("cannot resume with a different config; changed: " + "; ".join(diff))
+    elif (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; use --resume or another --out"
+        )
+    try:
+        trainer = _Trainer(cfg, task, run_dir, progress)
+        return trainer.run(resume)
+    finally:
+        if env.started:
+            bdist.shutdown()
+
+
+class _Trainer:
+    """Holds the objects of one run; ``run()`` is the loop. Not public API."""
+
+    def __init__(self, cfg: FitConfig, task: Task, run_dir: Path, progress: str) -> None:
+        # Build (and validate) everything before the run directory is touched.
+        self.cfg, self.task, self.run_dir = cfg, task, run_dir
+        self.main = is_main_process()
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.model = wrap_model(task.build_model(), cfg, self.device)
+        groups, mults, self.group_labels = build_param_groups(self.model, cfg.layer_lr)
+        self.optimizer = build_optimizer(cfg, groups)
+        self.data = build_train_data(cfg, task, self.device)
+        self.steps_per_epoch = self.data.order.steps_per_epoch()
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        schedule, momentum, plateau = build_schedule(cfg, self.steps_per_epoch, self.total_steps)
+        from lrpilot.schedules import attach
+
+        self.schedule = schedule
+        self.adapter = attach(
+            self.optimizer, schedule, momentum=momentum, multipliers=mults, plateau=plateau
+        )
+        self.plateau = plateau
+        g = cfg.guard
+        self.guard = DivergenceGuard(
+            window=g.window,
+            threshold=g.threshold,
+            patience=g.patience,
+            horizon=g.horizon,
+            min_history=g.min_history,
+            max_rescues=g.max_rescues,
+        )
+        self.scaler = None
+        if cfg.amp and self.device.type == "cuda":
+            self.scaler = torch.amp.GradScaler("cuda")
+        es = cfg.early_stopping
+        if es is not None:
+            self.tracker = BestTracker(
+                es.monitor, es.mode, patience=es.patience, min_delta=es.min_delta
+            )
+        else:
+            self.tracker = BestTracker("val_loss", default_mode("val_loss"))
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.noise = bdist.NoiseMonitor(self.model, **cfg.noise_scale) if cfg.noise_scale else None
+        self.state = LoopState()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        # guard snapshots: the last two good states (a rescue restores the older one)
+        self.snapshots: list[dict] = []
+        self.best_model: dict | None = None
+        self.progress_mode = progress if self.main else "none"
+        self.ckpts = CheckpointManager(run_dir / "checkpoints")
+        self.writer = BackgroundWriter()
+        self._last_ckpt = time.monotonic()
+        self._best_written = True
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self, metrics_bytes: int) -> dict:
+        """Everything a resume needs, as CPU copies (safe to write from another thread)."""
+        loop = self.state.state_dict()
+        loop["elapsed"] = self._elapsed()
+        return {
+            "step": self.state.step,
+            # unwrapped: the weights load into a bare model, whatever the world size
+            "model": cpu_clone(bdist.unwrap(self.model).state_dict()),
+            "optimizer": cpu_clone(self.optimizer.state_dict()),
+            "schedule": self.adapter.state_dict(),
+            "guard": self.guard.state_dict(),
+            "guard_snapshots": list(self.snapshots),  # already CPU copies, never mutated
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "loop": loop,
+            "tracker": self.tracker.state_dict(),
+            "best_model": self.best_model,
+            "metrics_bytes": metrics_bytes,
+            "noise": None if self.noise is None else self.noise.state_dict(),
+            "world_size": bdist.current_env().world_size,
+        }
+
+    def _save_checkpoint(self) -> None:
+        """Capture the state now; write it (fsync, atomic rename) on the writer thread."""
+        if not self.main or self.log is None:
+            return
+        self._last_ckpt = time.monotonic()
+        self._write_best()
+        data = self.ckpts.encode(self._checkpoint_state(self.log.flush()))
+        self.writer.submit(self._write_checkpoint, data)
+
+    def _write_best(self) -> None:
+        """Queue ``checkpoints/best.pt`` if the best weights changed since the last write."""
+        if not self.main or self._best_written or self.best_model is None:
+            return
+        record = self.state.best_record or {}
+        best = {
+            "model": self.best_model,
+            "epoch": record.get("epoch"),
+            "step": record.get("step"),
+            "monitor": self.tracker.monitor,
+            "value": self.tracker.best,
+        }
+        self.writer.submit(atomic_write_bytes, encode(best), self.ckpts.best_path)
+        self._best_written = True
+
+    def _write_checkpoint(self, data: bytes) -> None:
+        assert self.log is not None
+        self.log.fsync()  # the metrics the checkpoint refers to are on disk first
+        self.ckpts.save(data)
+
+    def _load_checkpoint(self, ckpt: dict) -> None:
+        bdist.check_resume_world_size(ckpt.get("world_size", 1))
+        bdist.unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.adapter.load_state_dict(ckpt["schedule"])
+        self.guard.load_state_dict(ckpt["guard"])
+        self.snapshots = list(ckpt["guard_snapshots"])
+        if self.scaler is not None and ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state.load_state_dict(ckpt["loop"])
+        self.tracker.load_state_dict(ckpt["tracker"])
+        self.best_model = ckpt["best_model"]
+        self._best_written = True  # best.pt was written together with that checkpoint
+        if self.noise is not None and ckpt.get("noise") is not None:
+            self.noise.load_state_dict(ckpt["noise"])
+        restore_rng(ckpt["rng"])
+
+    def _elapsed(self) -> float:
+        return self.state.elapsed + (time.perf_counter() - self._t0)
+
+    # ---------------------------------------------------------------------------- run
+    def run(self, resume: bool) -> RunResult:
+        cfg = self.cfg
+        messages: list[str] = []
+        ckpt = None
+        if resume:
+            ckpt, messages = self.ckpts.newest_valid()
+            if ckpt is None:
+                messages.append(
+                    "no valid checkpoint found; starting again from step 0"
+                    if not self.ckpts.candidates()
+                    else "no checkpoint could be read; starting again from step 0"
+                )
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(
+                yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8"
+            )
+        if ckpt is not None:
+            self._load_checkpoint(ckpt)
+            messages.append(f"resuming from step {self.state.step} (epoch {self.state.epoch + 1})")
+        self.log = (
+            RunLogger(
+                self.run_dir,
+                resume_bytes=ckpt["metrics_bytes"] if ckpt is not None else None,
+                purge_step=self.state.step + 1 if ckpt is not None else None,
+                submit=self.writer.submit,
+            )
+            if self.main
+            else None
+        )
+        self.progress = Progress(self.progress_mode, self.total_steps, cfg.epochs)
+        for line in messages:
+            self.progress.message(f"lrpilot fit: {line}")
+        if not self.snapshots and cfg.guard.enabled:
+            self.snapshots = [self._snapshot()]
+        self._t0 = time.perf_counter()
+        self.progress.start(self.state.step, self.state.epoch)
+        status = "completed"
+        try:
+            self._train()
+            if self.state.stopped_early:
+                status = "early_stopped"
+        except TrainingAborted:
+            status = "aborted"
+            self._finish(status)
+            raise
+        except BaseException:
+            self.progress.close()
+            try:
+                self.writer.close()
+            finally:
+                if self.log is not None:
+                    self.log.close()
+            raise
+        summary = self._finish(status)
+        history = History.read_jsonl(self.run_dir / "metrics.jsonl") if self.main else History()
+        return RunResult(
+            summary=summary, history=history, run_dir=self.run_dir, model=bdist.unwrap(self.model)
+        )
+
+    def _log(self, record: dict) -> None:
+        if self.log is not None:
+            self.log.write(record)
+
+    def _snapshot(self) -> dict:
+        """The state a guard rescue returns to (CPU copies; checkpointable)."""
+        snap = take_snapshot(self.state.step, self.model, self.optimizer)
+        snap.update(
+            epoch=self.state.epoch,
+            micro=self.state.micro,
+            epoch_loss_sum=self.state.epoch_loss_sum,
+            epoch_loss_samples=self.state.epoch_loss_samples,
+            schedule=self.adapter.state_dict(),
+            scaler=None if self.scaler is None else self.scaler.state_dict(),
+        )
+        return snap
+
+    def _restore(self, snap: dict) -> None:
+        restore_snapshot(snap, self.model, self.optimizer)
+        self.adapter.load_state_dict(snap["schedule"])
+        if self.scaler is not None and snap["scaler"] is not None:
+            self.scaler.load_state_dict(snap["scaler"])
+        self.state.micro = snap["micro"]
+        self.state.epoch_loss_sum = snap["epoch_loss_sum"]
+        self.state.epoch_loss_samples = snap["epoch_loss_samples"]
+
+    def _train(self) -> None:
+        cfg, state, model, optimizer = self.cfg, self.state, self.model, self.optimizer
+        task, adapter, guard, scaler = self.task, self.adapter, self.guard, self.scaler
+        guard_on = cfg.guard.enabled
+        snapshot_every = cfg.guard.snapshot_every
+        acc = cfg.accumulate
+        log_every = cfg.log_every
+        ckpt_every = cfg.checkpoint_every
+        by_steps = isinstance(ckpt_every, int)
+        by_time = ckpt_every == "auto"
+        loss_fn = task.loss_fn
+        device = self.device
+        amp = cfg.amp
+        # hot-path constants: no per-step context objects or process-group queries on a
+        # single process without AMP
+        null = contextlib.nullcontext()
+        ddp = bdist.current_env().distributed
+        model.train()
+        while state.epoch < cfg.epochs and not state.stopped_early:
+            epoch = state.epoch
+            micro = self.data.order.micro_batches(epoch)
+            rescued = True
+            while rescued:  # a guard rescue rewinds to a snapshot inside this epoch
+                rescued = False
+                batches = self.data.fetch.iterate(micro[state.micro :])
+                for begin in range(state.micro, len(micro), acc):
+                    t_step = time.perf_counter()
+                    group = micro[begin : begin + acc]
+                    sizes = [idx.shape[0] for idx in group]
+                    n_step = sum(sizes)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_total: Any = None
+                    noise = self.noise
+                    if noise is not None:
+                        noise.begin_step(state.step + 1, n_step)
+                    for k, size in enumerate(sizes):
+                        inputs, targets = next(batches)
+                        # DDP: all-reduce once per optimizer step (no_sync before the last)
+                        with bdist.sync_context(model, k == len(sizes) - 1) if ddp else null:
+                            with autocast_context(amp, device) if amp else null:
+                                loss = loss_fn(model(inputs), targets)
+                            scaled = loss * (size / n_step) if acc > 1 else loss
+                            if noise is not None:
+                                noise.before_backward()
+                            if scaler is not None:
+                                scaler.scale(scaled).backward()
+                            else:
+                                scaled.backward()
+                            if noise is not None:
+                                noise.after_backward(size / n_step if acc > 1 else 1.0, size)
+                        loss_total = (
+                            scaled.detach() if loss_total is None else loss_total + scaled.detach()
+                        )
+                    step_no = state.step + 1
+                    log_now = step_no % log_every == 0 or step_no == 1
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    if noise is not None:
+                        noise.end_step(scaler.get_scale() if scaler is not None else 1.0)
+                    norm_t = None
+                    if cfg.grad_clip is not None:
+                        norm_t = nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                    elif log_now:
+                        norm_t = grad_norm(self.params)
+                    loss_value = float(bdist.mean_over_processes(loss_total) if ddp else loss_total)
+                    norm_value = float(norm_t) if norm_t is not None else None
+                    lr_used = optimizer.param_groups[0]["lr"]
+                    self.last_lr = lr_used
+                    verdict = OK
+                    if guard_on:
+                        verdict = guard.observe(loss_value, norm_value if scaler is None else None)
+                    if verdict != DIVERGED:
+                        if scaler is not None:
+                            scale_before = scaler.get_scale()
+                            scaler.step(optimizer)
+                            scaler.update()
+                            if scaler.get_scale() < scale_before:
+                                state.skipped_steps += 1  # overflow: no update, no schedule step
+                            else:
+                                adapter.step()
+                        else:
+                            optimizer.step()
+                            adapter.step()
+                    state.step = step_no
+                    state.micro = begin + len(group)
+                    state.samples += n_step
+                    if verdict != DIVERGED:
+                        state.epoch_loss_sum += loss_value * n_step
+                        state.epoch_loss_samples += n_step
+                    state.train_time += time.perf_counter() - t_step
+                    if log_now or verdict != OK:
+                        record = {
+                            "type": "step",
+                            "step": step_no,
+                            "epoch": epoch,
+                            "lr": lr_used,
+                            "train_loss": loss_value,
+                        }
+                        if norm_value is not None:
+                            record["grad_norm"] = norm_value
+                        if noise is not None and math.isfinite(noise.value):
+                            record["noise_scale"] = noise.value
+                        self._log(record)
+                        self.progress.step(step_no, epoch, loss_value, lr_used)
+                    if verdict == DIVERGED:
+                        if scaler is not None:
+                            scaler.update()  # close this step's unscale_ (state is restored)
+                        self._rescue(loss_value, norm_value)
+                        rescued = True
+                        break
+                    if (
+                        guard_on
+                        and guard.healthy
+                        and step_no - self.snapshots[-1]["step"] >= snapshot_every
+                        and state.micro < len(micro)
+                        and params_finite(model)
+                    ):
+                        self.snapshots = [self.snapshots[-1], self._snapshot()]
+                    if state.micro < len(micro) and (
+                        step_no % ckpt_every == 0
+                        if by_steps
+                        else by_time and time.monotonic() - self._last_ckpt >= CHECKPOINT_SECONDS
+                    ):
+                        self._save_checkpoint()
+            self._end_epoch(epoch)
+
+    def _rescue(self, loss: float, norm: float | None) -> None:
+        """Go back to the older guard snapshot, lower the whole schedule, record it."""
+        cfg, state, guard = self.cfg, self.state, self.guard
+        if not math.isfinite(loss):
+            reason = "non-finite loss"
+        elif norm is not None and not math.isfinite(norm):
+            reason = "non-finite gradient norm"
+        else:
+            reason = (
+                f"loss far above its recent level in {guard.patience} of the last "
+                f"{guard.horizon} steps"
+            )
+        if guard.exhausted:
+            event = {
+                "type": "event",
+                "step": state.step,
+                "epoch": state.epoch,
+                "action": "guard_abort",
+                "reason": reason,
+                "loss": loss,
+                "rescues": guard.rescues,
+                "lr_scale": self.adapter.lr_scale,
+            }
+            state.events.append(event)
+            self._log(event)
+            raise TrainingAborted(
+                f"divergence guard: {reason} at step {state.step} after {guard.rescues} "
+                f"rescue(s) (guard.max_rescues={cfg.guard.max_rescues}); the schedule was "
+                f"already scaled by {self.adapter.lr_scale:g}; lower the learning rate "
+                f"(optimizer.lr / schedule lr) and rerun"
+            )
+        # The newest snapshot may already hold the start of the trouble: go back to the
+        # older one and forget the newer.
+        snapshot = self.snapshots[0]
+        self.snapshots = [snapshot]
+        new_scale = self.adapter.lr_scale * cfg.guard.factor
+        self._restore(snapshot)
+        self.adapter.set_lr_scale(new_scale)  # re-writes the LRs (and momentum) now
+        guard.record_rescue()
+        event = {
+            "type": "event",
+            "step": state.step,
+            "epoch": state.epoch,
+            "action": "guard_rescue",
+            "reason": reason,
+            "loss": loss,
+            "restored_step": snapshot["step"],
+            "schedule_step": self.adapter.last_epoch,
+            "lr_scale": new_scale,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "rescue": guard.rescues,
+        }
+        state.events.append(event)
+        self._log(event)
+        self.progress.message(
+            f"lrpilot fit: guard rescue {guard.rescues}/{cfg.guard.max_rescues} at step "
+            f"{state.step} ({reason}); back to the state of step {snapshot['step']}, "
+            f"schedule scaled by {new_scale:g}"
+        )
+
+    def _end_epoch(self, epoch: int) -> None:
+        cfg, state = self.cfg, self.state
+        metrics = evaluate(self.model, self.task, self.data, cfg.amp, self.device)
+        metrics = bdist.broadcast_object(metrics)  # rank 0's: every process decides alike
+        train_loss = (
+            state.epoch_loss_sum / state.epoch_loss_samples
+            if state.epoch_loss_samples
+            else math.nan
+        )
+        record = {
+            "type": "epoch",
+            "epoch": epoch,
+            "step": state.step,
+            "lr": self.last_lr,
+            "train_loss": train_loss,
+            **metrics,
+            "time": self._elapsed(),
+        }
+        self._log(record)
+        self.progress.epoch(record)
+        if self.plateau is not None:
+            assert cfg.plateau is not None
+            value = record[cfg.plateau["monitor"]]
+            self.adapter.report(value)
+        improved = self.tracker.update(record[self.tracker.monitor], epoch=epoch, step=state.step)
+        if improved:
+            # kept in memory (restore_best, checkpoints); best.pt is written with the next
+            # checkpoint and at the end of the run
+            state.best_record = dict(record)
+            self.best_model = cpu_clone(bdist.unwrap(self.model).state_dict())
+            self._best_written = False
+        state.last_epoch_record = record
+        if cfg.early_stopping is not None and self.tracker.should_stop:
+            state.stopped_early = True
+        state.epoch = epoch + 1
+        state.micro = 0
+        state.epoch_loss_sum = 0.0
+        state.epoch_loss_samples = 0
+        if cfg.guard.enabled:
+            self.snapshots = [self._snapshot()]  # rescues never cross an epoch boundary
+        last = state.epoch >= cfg.epochs or state.stopped_early
+        if (
+            last
+            or cfg.checkpoint_every != "auto"
+            or time.monotonic() - self._last_ckpt >= CHECKPOINT_SECONDS
+        ):
+            self._save_checkpoint()
+
+    # ------------------------------------------------------------------------- finish
+    def _diagnose(self) -> list[dict]:
+        """``lrpilot.diagnose`` of the run's metrics, printed and returned as dicts (a
+        failure of the diagnosis is reported, never fatal to the run)."""
+        from lrpilot.diagnosis import diagnose
+
+        try:
+            if self.log is not None:
+                self.log.flush()
+            findings = diagnose(History.read_jsonl(self.run_dir / "metrics.jsonl"))
+        except Exception as exc:  # the run itself is done; say why there is no diagnosis
+            findings, error = [], f"diagnosis failed: {type(exc).__name__}: {exc}"
+            if self.progress_mode != "none":
+                self.progress.message(f"lrpilot fit: {error}")
+            return [{"error": error}]
+        if self.progress_mode != "none":
+            for finding in findings:
+                self.progress.message(f"lrpilot fit: diagnosis: {finding.describe()}")
+        return [f.to_dict() for f in findings]
+
+    def _finish(self, status: str) -> dict:
+        self.progress.close()
+        self._write_best()  # e.g. an aborted run: the best weights so far
+        summary = finish_run(self, status)  # (overlaps with the last writes)
+        if self.main:
+            summary["diagnosis"] = self._diagnose()
+        self.writer.close()  # every checkpoint is on disk before summary.json appears
+        if self.main:
+            atomic_json(summary, self.run_dir / "summary.json")
+            if self.log is not None:
+                self.log.close()
+            if self.progress_mode != "none":
+                self.progress.message(
+                    f"lrpilot fit: {status}; run directory {self.run_dir} "
+                    f"(TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'})"
+                )
+        return summary
+
+
+def atomic_json(obj: Any, path: Path) -> None:
+    import json
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def finish_run(trainer: _Trainer, status: str) -> dict[str, Any]:
+    """The end of a run: restore best weights if asked, build ``summary.json``."""
+    cfg, state = trainer.cfg, trainer.state
+    es = cfg.early_stopping
+    restored = False
+    if (
+        es is not None
+        and es.restore_best
+        and trainer.best_model is not None
+        and status != "aborted"
+    ):
+        bdist.unwrap(trainer.model).load_state_dict(trainer.best_model)
+        restored = True
+    wall = trainer._elapsed()
+    final = {k: v for k, v in (state.last_epoch_record or {}).items() if k not in ("type",)}
+    best = None
+    if state.best_record is not None:
+        best = {
+            "monitor": trainer.tracker.monitor,
+            "mode": trainer.tracker.mode,
+            "value": trainer.tracker.best,
+            **{k: v for k, v in state.best_record.items() if k != "type"},
+        }
+    rescues = [e for e in state.events if e.get("action") == "guard_rescue"]
+    return {
+        "task": cfg.task,
+        "status": status,
+        "epochs_run": state.epoch,
+        "epochs_planned": cfg.epochs,
+        "steps_run": state.step,
+        "steps_planned": trainer.total_steps,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "optimizer_steps_skipped": state.skipped_steps,
+        "samples_seen": state.samples,
+        "effective_batch_size": bdist.effective_batch(cfg.batch_size, cfg.accumulate),
+        "world_size": bdist.current_env().world_size,
+        "lr_scale_factor": bdist.lr_scale_factor(
+            cfg.lr_scaling, bdist.effective_batch(cfg.batch_size, cfg.accumulate)
+        ),
+        "noise_scale": trainer.noise.value
+        if trainer.noise is not None and math.isfinite(trainer.noise.value)
+        else None,
+        "wall_time_s": wall,
+        "train_time_s": state.train_time,
+        "samples_per_s": state.samples / state.train_time if state.train_time > 0 else None,
+        "final": final,
+        "best": best,
+        "restored_best_weights": restored,
+        "device": str(trainer.device),
+        "guard": {
+            "enabled": cfg.guard.enabled,
+            "rescues": len(rescues),
+            "lr_scale": trainer.adapter.lr_scale,
+            "actions": [dict(e) for e in state.events],
+        },
+        "run_dir": str(trainer.run_dir),
+        "tensorboard_dir": str(trainer.run_dir / "tensorboard"),
+    }

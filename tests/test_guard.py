@@ -1,0 +1,151 @@
+"""Divergence guard: the rule on recorded losses, its state record, and a real rescue."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lrpilot.errors import TrainingAborted
+from lrpilot.history import History
+from lrpilot.train import fit
+from lrpilot.train.guard import DivergenceGuard, classify, robust_level
+
+
+def test_robust_level_is_median_and_scaled_mad() -> None:
+    med, scale = robust_level([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert med == 3.0
+    assert scale == pytest.approx(1.4826 * 1.0)
+    # even count: mean of the middle pair; floor for a constant window
+    assert robust_level([2.0, 2.0, 2.0, 2.0]) == (2.0, pytest.approx(0.02))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_or_grad_norm_diverges_at_once(bad: float) -> None:
+    assert classify(bad, [], threshold=6, min_history=3) == "diverged"
+    assert classify(1.0, [1.0] * 5, threshold=6, min_history=3, grad_norm=bad) == "diverged"
+    guard = DivergenceGuard()
+    assert guard.observe(bad) == "diverged"
+
+
+def test_too_little_history_never_flags_a_finite_loss() -> None:
+    assert classify(1e9, [1.0, 1.0], threshold=6, min_history=3) == "ok"
+
+
+def test_threshold_boundary() -> None:
+    window = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95]
+    med, scale = robust_level(window)
+    limit = med + 6 * scale
+    assert classify(limit, window, threshold=6, min_history=3) == "ok"
+    assert classify(limit * (1 + 1e-9) + 1e-12, window, threshold=6, min_history=3) == "suspect"
+
+
+def test_negative_losses_work() -> None:
+    window = [-5.0, -5.1, -4.9, -5.05, -4.95]
+    assert classify(-4.9, window, threshold=6, min_history=3) == "ok"
+    assert classify(-1.0, window, threshold=6, min_history=3) == "suspect"
+    assert classify(-50.0, window, threshold=6, min_history=3) == "ok"  # lower is never bad
+
+
+def test_isolated_spikes_are_ignored_but_clusters_diverge() -> None:
+    guard = DivergenceGuard(window=30, patience=3, horizon=10)
+    for i in range(20):
+        assert guard.observe(2.0 - 0.01 * i) == "ok"
+    verdicts = []
+    for i in range(40):  # a spike every 5th step: at most 2 within any 10 steps
+        verdicts.append(guard.observe(40.0 if i % 5 == 0 else 1.8))
+    assert "diverged" not in verdicts and verdicts.count("suspect") == 8
+    assert [guard.observe(v) for v in (40.0, 1.8, 40.0, 40.0)][-1] == "diverged"
+
+
+def test_guard_state_dict_roundtrip_and_version() -> None:
+    guard = DivergenceGuard(window=10)
+    for v in (2.0, 1.9, 1.8, 50.0):
+        guard.observe(v)
+    guard.record_rescue()
+    guard.observe(60.0)
+    state = json.loads(json.dumps(guard.state_dict()))  # plain data
+    other = DivergenceGuard(window=10)
+    other.load_state_dict(state)
+    assert other.state_dict() == guard.state_dict()
+    for v in (70.0, 1.7, 80.0):
+        assert other.observe(v) == guard.observe(v)
+    with pytest.raises(ValueError, match="version"):
+        other.load_state_dict({**state, "version": 99})
+
+
+def _too_high_config(guard: bool) -> dict:
+    # Two healthy epochs at LR 0.1, then LR 10 (33x the grid-best peak of 0.3 for this
+    # task in bench/benchmark-protocol): without the guard the model collapses.
+    return {
+        "task": "mnist1d-cnn",
+        "epochs": 7,
+        "seed": 0,
+        "schedule": {
+            "name": "piecewise",
+            "unit": "epochs",
+            "boundaries": [2],
+            "values": [0.1, 10.0],
+        },
+        "guard": {"enabled": guard},
+        "log_every": 25,
+    }
+
+
+@pytest.mark.slow
+def test_guard_rescues_a_far_too_high_learning_rate(tmp_path: Path) -> None:
+    guarded = fit(_too_high_config(True), tmp_path / "guarded", progress="none")
+    control = fit(_too_high_config(False), tmp_path / "control", progress="none")
+    # the control shows the configuration really breaks training (chance is 0.1)
+    assert control.summary["final"]["val_accuracy"] < 0.2
+    acc = guarded.summary["final"]["val_accuracy"]
+    assert acc > 0.6, acc
+    rescues = guarded.summary["guard"]["actions"]
+    assert guarded.summary["guard"]["rescues"] == len(rescues) >= 1
+    assert all(e["action"] == "guard_rescue" for e in rescues)
+    scales = [e["lr_scale"] for e in rescues]
+    assert scales == [0.5 ** (i + 1) for i in range(len(scales))]
+    assert guarded.summary["guard"]["lr_scale"] == scales[-1]
+    # recorded in metrics.jsonl too, and the steps stay unique and increasing
+    history = History.read_jsonl(guarded.run_dir)
+    assert [e["step"] for e in history.events] == [e["step"] for e in rescues]
+    steps = [r["step"] for r in history.steps]
+    assert steps == sorted(set(steps))
+    # after the last rescue the LR really is the scaled schedule
+    last = rescues[-1]
+    later = [r for r in history.steps if r["step"] > last["step"] and r["epoch"] >= 2]
+    assert later and all(r["lr"] == pytest.approx(10.0 * scales[-1]) for r in later)
+
+
+def test_guard_gives_up_after_max_rescues(tmp_path: Path) -> None:
+    config = {
+        "task": "mnist1d-cnn",
+        "epochs": 1,
+        "optimizer": {"lr": 1e4},
+        "guard": {"max_rescues": 2},
+    }
+    with pytest.raises(TrainingAborted, match=r"after 2 rescue\(s\).*max_rescues=2"):
+        fit(config, tmp_path / "run", progress="none")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "aborted"
+    actions = [e["action"] for e in summary["guard"]["actions"]]
+    assert actions == ["guard_rescue", "guard_rescue", "guard_abort"]
+
+
+def test_incremental_guard_agrees_with_the_pure_rule() -> None:
+    import random
+
+    rng = random.Random(7)
+    guard = DivergenceGuard(window=12, threshold=3.0, patience=3, horizon=6, min_history=4)
+    for i in range(3000):
+        base = 2.0 * math.exp(-i / 1000)
+        loss = base + rng.gauss(0, 0.05) + (rng.random() < 0.1) * rng.uniform(0, 3)
+        window = list(guard.window)
+        expected = classify(loss, window, threshold=3.0, min_history=4)
+        verdict = guard.observe(loss)
+        assert (verdict != "ok") == (expected != "ok"), (i, loss, window)
+        assert sorted(guard.window) == guard._sorted
+        if verdict == "diverged":
+            guard.record_rescue()
