@@ -17,7 +17,7 @@ class TrainingAborted(RuntimeError):
     """A run stopped on purpose with an explanation (not a bug)."""
 
 
-def _show(value: object) -> str:
+def short_repr(value: object) -> str:
     """``repr`` shortened for messages (a 400-digit integer stays readable)."""
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:12]}...({len(text)} characters)"
@@ -55,7 +55,7 @@ def check_range(
         hi = "inf" if high is None else f"{high:g}"
         lb = "[" if (low is not None and low_inclusive) else "("
         hb = "]" if (high is not None and high_inclusive) else ")"
-        raise ConfigError(f"{name}={_show(value)} is out of range; allowed: {lb}{lo}, {hi}{hb}")
+        raise ConfigError(f"{name}={short_repr(value)} is out of range; allowed: {lb}{lo}, {hi}{hb}")
     return v
 
 
@@ -73,5 +73,5 @@ def check_int(name: str, value: object, *, low: int | None = None, high: int | N
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else str(low)
         hi = "inf" if high is None else str(high)
-        raise ConfigError(f"{name}={_show(value)} is out of range; allowed: [{lo}, {hi}]")
+        raise ConfigError(f"{name}={short_repr(value)} is out of range; allowed: [{lo}, {hi}]")
     return value

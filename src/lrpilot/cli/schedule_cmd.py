@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, short_repr
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ def load_schedule_yaml(path: str) -> dict[str, Any]:
     if isinstance(data, dict) and "name" not in data and "schedule" in data:
         data = data["schedule"]
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with 'name' (a schedule), got {data!r}")
+        raise ConfigError(f"{path}: expected a mapping with 'name' (a schedule), got {short_repr(data)}")
     return data
 
 
