@@ -55,7 +55,9 @@ def check_range(
         hi = "inf" if high is None else f"{high:g}"
         lb = "[" if (low is not None and low_inclusive) else "("
         hb = "]" if (high is not None and high_inclusive) else ")"
-        raise ConfigError(f"{name}={short_repr(value)} is out of range; allowed: {lb}{lo}, {hi}{hb}")
+        raise ConfigError(
+            f"{name}={short_repr(value)} is out of range; allowed: {lb}{lo}, {hi}{hb}"
+        )
     return v
 
 

@@ -60,7 +60,9 @@ def load_schedule_yaml(path: str) -> dict[str, Any]:
     if isinstance(data, dict) and "name" not in data and "schedule" in data:
         data = data["schedule"]
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with 'name' (a schedule), got {short_repr(data)}")
+        raise ConfigError(
+            f"{path}: expected a mapping with 'name' (a schedule), got {short_repr(data)}"
+        )
     return data
 
 

@@ -72,11 +72,13 @@ class BatchFetcher:
     def iterate(self, index_lists: list[torch.Tensor]) -> Iterator[Batch]:
         if self.tensors is not None:
             x, y = self.tensors
+            source = x.device  # device checks once, not per batch
+            move = source != self.device
             for indices in index_lists:
-                if x.device != indices.device:
-                    indices = indices.to(x.device)
+                if indices.device != source:
+                    indices = indices.to(source)
                 xb, yb = x[indices], y[indices]
-                if xb.device != self.device:
+                if move:
                     xb = xb.to(self.device, non_blocking=True)
                     yb = yb.to(self.device, non_blocking=True)
                 yield xb, yb

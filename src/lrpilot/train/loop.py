@@ -478,6 +478,7 @@ class _Trainer:
         # guard snapshots: the last two good states (a rescue restores the older one)
         self.snapshots: list[dict] = []
         self.best_model: dict | None = None
+        self.history: History | None = None  # metrics.jsonl as read for the diagnosis
         self.progress_mode = progress if self.main else "none"
         self.ckpts = CheckpointManager(run_dir / "checkpoints")
         self.writer = BackgroundWriter()
@@ -612,7 +613,9 @@ class _Trainer:
                     self.log.close()
             raise
         summary = self._finish(status)
-        history = History.read_jsonl(self.run_dir / "metrics.jsonl") if self.main else History()
+        history = self.history
+        if history is None:
+            history = History.read_jsonl(self.run_dir / "metrics.jsonl") if self.main else History()
         return RunResult(
             summary=summary, history=history, run_dir=self.run_dir, model=bdist.unwrap(self.model)
         )
@@ -886,7 +889,9 @@ class _Trainer:
         try:
             if self.log is not None:
                 self.log.flush()
-            findings = diagnose(History.read_jsonl(self.run_dir / "metrics.jsonl"))
+            # every record is written by now: the same history is returned by run()
+            self.history = History.read_jsonl(self.run_dir / "metrics.jsonl")
+            findings = diagnose(self.history)
         except Exception as exc:  # the run itself is done; say why there is no diagnosis
             findings, error = [], f"diagnosis failed: {type(exc).__name__}: {exc}"
             if self.progress_mode != "none":

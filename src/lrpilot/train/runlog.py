@@ -6,7 +6,9 @@ and the checkpoint stores the file's length, so a resumed run truncates the file
 length and never repeats a step. TensorBoard gets the same scalars (``train/loss``,
 ``train/lr``, ``train/grad_norm`` per logged step; ``epoch/*`` per epoch;
 ``guard/lr_scale`` on rescues) through ``torch.utils.tensorboard.SummaryWriter`` with a
-large queue (buffered); on resume it purges events past the checkpoint's step.
+large queue (buffered), one event per record holding all of its scalars (readers such as
+``EventAccumulator`` see the same per-tag series as with one ``add_scalar`` per tag); on
+resume it purges events past the checkpoint's step.
 
 Progress: a rich progress bar (epoch, step, loss, LR) when stdout is a terminal, one plain
 line per epoch and per event otherwise, nothing with ``progress="none"``.
@@ -139,7 +141,7 @@ class RunLogger:
         self._file = open(self.metrics_path, mode, buffering=1 << 16)  # noqa: SIM115
         self._last_flush = time.monotonic()
         self._tb: Any = None
-        self._tb_pending: list[tuple[str, float, int]] = []
+        self._tb_pending: list[tuple[int, list[tuple[str, float]]]] = []
         self._last_tb = time.monotonic()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -157,23 +159,25 @@ class RunLogger:
         if self._tb is None:
             return
         step = record["step"]
-        scalars = self._tb_pending
         if kind == "step":
-            scalars.append(("train/loss", record["train_loss"], step))
-            scalars.append(("train/lr", record["lr"], step))
+            scalars = [("train/loss", record["train_loss"]), ("train/lr", record["lr"])]
             for key, value in record.items():
                 if key not in ("type", "step", "epoch", "lr", "train_loss") and isinstance(
                     value, (int, float)
                 ):
-                    scalars.append((f"train/{key}", value, step))
+                    scalars.append((f"train/{key}", value))
+            self._tb_pending.append((step, scalars))
         elif kind == "epoch":
-            for key, value in record.items():
-                if key not in ("type", "step", "epoch", "time") and isinstance(value, (int, float)):
-                    scalars.append((f"epoch/{key}", value, step))
+            scalars = [
+                (f"epoch/{key}", value)
+                for key, value in record.items()
+                if key not in ("type", "step", "epoch", "time") and isinstance(value, (int, float))
+            ]
+            self._tb_pending.append((step, scalars))
             if time.monotonic() - self._last_tb > self.TB_SECONDS:
                 self._tb_drain()
         elif kind == "event" and "lr_scale" in record:
-            scalars.append(("guard/lr_scale", record["lr_scale"], step))
+            self._tb_pending.append((step, [("guard/lr_scale", record["lr_scale"])]))
 
     def _tb_drain(self, background: bool = True) -> None:
         """Hand the buffered scalars to the SummaryWriter in one burst (once per epoch), on
@@ -188,9 +192,16 @@ class RunLogger:
             self._tb_write(self._tb, pending)
 
     @staticmethod
-    def _tb_write(writer: Any, scalars: list[tuple[str, float, int]]) -> None:
-        for tag, value, step in scalars:
-            writer.add_scalar(tag, value, step)
+    def _tb_write(writer: Any, records: list[tuple[int, list[tuple[str, float]]]]) -> None:
+        """One TensorBoard event per record, holding all of its scalars (what
+        ``add_scalar`` per tag would write, in a third of the events: the event file's
+        pure-Python CRC and the per-event overhead dominate the cost of logging)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        file_writer = writer.file_writer
+        for step, scalars in records:
+            values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars]
+            file_writer.add_summary(Summary(value=values), step)
 
     def flush(self) -> int:
         """Flush ``metrics.jsonl`` to the OS (enough to survive SIGKILL); return its length
