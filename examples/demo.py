@@ -22,8 +22,8 @@ from lrpilot.schedules.plot import save_schedule_png
 from lrpilot.schedules.report import curve, key_points
 from lrpilot.tasks import get_task
 from lrpilot.train import load_yaml, parse_config
+from lrpilot.train.builders import build_schedule
 from lrpilot.train.config import steps_per_epoch
-from lrpilot.train.loop import build_schedule
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "mnist1d_cnn_warmup_cosine.yaml"

@@ -307,8 +307,8 @@ def test_amp_fp16_grad_scaler_on_cuda(tmp_path: Path) -> None:  # pragma: no cov
 def test_example_configs_validate(path: Path) -> None:
     from lrpilot.tasks import get_task
     from lrpilot.train import load_yaml
+    from lrpilot.train.builders import build_schedule
     from lrpilot.train.config import steps_per_epoch
-    from lrpilot.train.loop import build_schedule
 
     cfg = parse_config(load_yaml(path))
     task = get_task(cfg.task)

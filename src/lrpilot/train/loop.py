@@ -27,17 +27,16 @@ Costs on the hot path per optimizer step: one host sync for the loss (the guard 
 every step; on CUDA this is one ``.item()``), the gradient norm only on logged steps or
 when clipping, no per-sample collate for in-memory ``TensorDataset`` s.
 
-Extension points (kept as single functions): :func:`build_train_data` (data order and
-batches), :func:`wrap_model` (device placement / future DDP), :func:`is_main_process`
-(every file write goes through it), :func:`finish_run` (builds ``summary.json``).
+Extension points (kept as single functions in :mod:`lrpilot.train.builders`):
+``build_train_data`` (data order and batches), ``wrap_model`` (device placement, DDP),
+``is_main_process`` (every file write goes through it); here, :func:`finish_run` builds
+``summary.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fnmatch
-import inspect
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,19 @@ from lrpilot.batch import distributed as bdist
 from lrpilot.errors import ConfigError, TrainingAborted
 from lrpilot.history import History
 from lrpilot.tasks import Task, get_task
+from lrpilot.train.builders import (
+    autocast_context,
+    build_optimizer,
+    build_param_groups,
+    build_schedule,
+    build_train_data,
+    evaluate,
+    grad_norm,
+    is_main_process,
+    params_finite,
+    resolve_device,
+    wrap_model,
+)
 from lrpilot.train.checkpoint import (
     BackgroundWriter,
     CheckpointManager,
@@ -66,7 +78,6 @@ from lrpilot.train.config import (
     load_yaml,
     parse_config,
 )
-from lrpilot.train.data import BatchFetcher, DataOrder
 from lrpilot.train.early_stop import BestTracker
 from lrpilot.train.guard import (
     DIVERGED,
@@ -84,209 +95,6 @@ LOOP_STATE_VERSION = 1
 #: ``checkpoint_every: auto`` writes a checkpoint when this much wall time has passed since
 #: the last one (checked after every optimizer step), and always at the end of the run
 CHECKPOINT_SECONDS = 60.0
-_MAIN_LR_PARAM = {"one_cycle": "max_lr", "linear": "start_lr"}
-
-
-# ----------------------------------------------------------------------------- setup
-def is_main_process() -> bool:
-    """Whether this process writes files and prints (rank 0, or no process group)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return True
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def wrap_model(model: nn.Module, cfg: FitConfig, device: torch.device) -> nn.Module:
-    """Place the model on ``device``; under torchrun wrap it in DDP (SyncBatchNorm on CUDA),
-    see :mod:`lrpilot.batch.distributed`."""
-    model = model.to(device)
-    env = bdist.current_env()
-    return bdist.wrap_ddp(model, device, env) if env.distributed else model
-
-
-def build_param_groups(
-    model: nn.Module, layer_lr: Mapping[str, float]
-) -> tuple[list[dict], list[float], list[str]]:
-    """Param groups for ``layer_lr``: ``(groups, multipliers, labels)``.
-
-    Each parameter goes to the first pattern (in config order) that matches, with
-    ``fnmatch``, its module name (``"0"``, ``"encoder.layer1"``) or its full parameter name
-    (``"0.bias"``); unmatched parameters form the first group with multiplier 1. A pattern
-    matching nothing is an error (a silently ignored option would be worse).
-
-    >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
-    >>> _, mults, labels = build_param_groups(m, {"2": 0.1})
-    >>> mults, labels
-    ([1.0, 0.1], ['default', '2'])
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not layer_lr:
-        return [{"params": [p for _, p in named]}], [1.0], ["default"]
-    buckets: dict[str, list[nn.Parameter]] = {"default": []}
-    buckets.update({pattern: [] for pattern in layer_lr})
-    for name, param in named:
-        module = name.rsplit(".", 1)[0] if "." in name else ""
-        for pattern in layer_lr:
-            if fnmatch.fnmatchcase(module, pattern) or fnmatch.fnmatchcase(name, pattern):
-                buckets[pattern].append(param)
-                break
-        else:
-            buckets["default"].append(param)
-    for pattern in layer_lr:
-        if not buckets[pattern]:
-            modules = sorted({n.rsplit(".", 1)[0] for n, _ in named if "." in n})
-            raise ConfigError(
-                f"layer_lr pattern {pattern!r} matches no parameter; module names: "
-                f"{', '.join(modules)}"
-            )
-    groups, mults, labels = [], [], []
-    for label, params in buckets.items():
-        if params:
-            groups.append({"params": params})
-            mults.append(1.0 if label == "default" else float(layer_lr[label]))
-            labels.append(label)
-    return groups, mults, labels
-
-
-def build_optimizer(cfg: FitConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    o = cfg.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(
-            groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-        )
-    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-
-
-def schedule_mapping(cfg: FitConfig) -> dict:
-    """The schedule config with ``optimizer.lr`` filled in where the schedule has no LR
-    (rule in :mod:`lrpilot.train.config`); a constant schedule when none is given."""
-    if cfg.schedule is None:
-        return {"name": "constant", "lr": cfg.optimizer.lr}
-    mapping = dict(cfg.schedule)
-    name = mapping.get("name")
-    if isinstance(name, str):
-        import lrpilot.schedules as schedules
-
-        factory = getattr(schedules, name, None)
-        key = _MAIN_LR_PARAM.get(name, "lr")
-        if callable(factory) and key not in mapping:
-            try:
-                params = inspect.signature(factory).parameters
-            except (TypeError, ValueError):  # pragma: no cover
-                params = {}
-            if key in params:
-                mapping[key] = cfg.optimizer.lr
-    return mapping
-
-
-def build_schedule(cfg: FitConfig, steps_per_epoch: int, total_steps: int):  # type: ignore[no-untyped-def]
-    """``(schedule, momentum schedule or None, Plateau or None)`` from the config."""
-    from lrpilot.schedules import Plateau, from_config, momentum_from_config
-
-    mapping = schedule_mapping(cfg)
-    try:
-        schedule = from_config(mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-        schedule = bdist.scale_schedule(schedule, cfg.lr_scaling, cfg.batch_size, cfg.accumulate)
-        momentum = momentum_from_config(
-            mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"schedule: {exc}") from exc
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"schedule: {exc}") from exc
-    if momentum is not None and cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0:
-        raise ConfigError(
-            "schedule: a momentum cycle needs optimizer.momentum > 0 with sgd "
-            "(PyTorch's SGD ignores momentum set to 0 at construction)"
-        )
-    plateau = None
-    if cfg.plateau is not None:
-        params = {k: v for k, v in cfg.plateau.items() if k != "monitor"}
-        try:
-            plateau = Plateau(**params)
-        except ValueError as exc:
-            raise ConfigError(f"plateau: {exc}") from exc
-    return schedule, momentum, plateau
-
-
-@dataclass
-class TrainData:
-    """Everything the loop needs to produce batches."""
-
-    order: DataOrder
-    fetch: BatchFetcher
-    val_fetch: BatchFetcher
-    val_batch_size: int
-    num_train: int
-
-
-def build_train_data(cfg: FitConfig, task: Task, device: torch.device) -> TrainData:
-    """Data order and batch fetchers (the single place a distributed sampler would go)."""
-    n = len(task.train_set)
-    return TrainData(
-        order=bdist.make_order(n, cfg.batch_size, cfg.accumulate, cfg.seed),
-        fetch=BatchFetcher(task.train_set, device),
-        val_fetch=BatchFetcher(task.val_set, device),
-        val_batch_size=max(cfg.batch_size, 256),
-        num_train=n,
-    )
-
-
-def autocast_context(enabled: bool, device: torch.device):  # type: ignore[no-untyped-def]
-    """bf16 autocast on CPU, fp16 on CUDA; a no-op when AMP is off."""
-    if not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def evaluate(
-    model: nn.Module, task: Task, data: TrainData, amp: bool, device: torch.device
-) -> dict[str, float]:
-    """Sample-weighted mean validation loss and metrics (``val_loss``, ``val_<name>``)."""
-    was_training = model.training
-    model.eval()
-    total = 0
-    loss_sum = 0.0
-    metric_sums = dict.fromkeys(task.metrics, 0.0)
-    with torch.inference_mode():
-        for inputs, targets in data.val_fetch.sequential(data.val_batch_size):
-            with autocast_context(amp, device):
-                outputs = model(inputs)
-                loss = task.loss_fn(outputs, targets)
-            size = len(targets)
-            total += size
-            loss_sum += float(loss) * size
-            outputs = outputs.float()
-            for name, fn in task.metrics.items():
-                metric_sums[name] += float(fn(outputs, targets)) * size
-    model.train(was_training)
-    out = {"val_loss": loss_sum / max(total, 1)}
-    out.update({f"val_{k}": v / max(total, 1) for k, v in metric_sums.items()})
-    return out
-
-
-def grad_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Total L2 norm of the gradients (as ``clip_grad_norm_`` computes it)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    return torch.linalg.vector_norm(torch.stack(norms))
-
-
-def params_finite(model: nn.Module) -> bool:
-    """Whether every parameter is finite (one fused norm, one host sync)."""
-    params = [p.detach() for p in model.parameters()]
-    if not params:
-        return True
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all())
 
 
 # -------------------------------------------------------------------------- run state
