@@ -36,7 +36,10 @@ def plot_result(result: FinderResult, path: str | Path) -> Path:
         ax.axhline(result.initial_loss, color="0.4", ls=":", lw=1, label="loss before the sweep")
     if result.lr_unstable is not None:
         ax.axvline(
-            result.lr_unstable, color="C3", lw=1.5, label=f"unstable {result.lr_unstable:.3g}"
+            result.lr_unstable,
+            color="C3",
+            lw=1.5,
+            label=f"unstable at the probe batch {result.lr_unstable:.3g}",
         )
         if result.unstable_interval is not None:
             ax.axvspan(*result.unstable_interval, color="C3", alpha=0.12)
@@ -46,7 +49,10 @@ def plot_result(result: FinderResult, path: str | Path) -> Path:
             color="C2",
             lw=2,
             ls="--",
-            label=f"suggested peak ({result.schedule}) {result.suggestion:.3g}",
+            label=(
+                f"suggested peak ({result.schedule}, training batch = "
+                f"{result.batch_ratio:g}x probe) {result.suggestion:.3g}"
+            ),
         )
         if result.suggestion_interval is not None:
             ax.axvspan(*result.suggestion_interval, color="C2", alpha=0.12)
