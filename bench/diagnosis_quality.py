@@ -31,20 +31,32 @@ CORPUS_DIR = Path(__file__).resolve().parent / "diagnosis_corpus"
 TARGET = 0.9
 
 
+def diagnose_corpus(corpus: Path) -> tuple[dict, dict[str, dict]]:
+    """The corpus labels and one row per run (labels, kinds found, advice), each run read
+    and diagnosed once."""
+    labels = json.loads((corpus / "labels.json").read_text())
+    rows = {}
+    for run_id in sorted(labels):
+        findings = diagnose(History.read_jsonl(corpus / run_id / "metrics.jsonl"))
+        rows[run_id] = {
+            "run": run_id,
+            "labels": sorted(set(labels[run_id]["labels"])),
+            "found": [f.kind for f in findings],
+            "advice": [f.advice for f in findings],
+        }
+    return labels, rows
+
+
 def evaluate(
-    corpus: Path, seeds: set[int] | None = None
+    labels: dict, rows: dict[str, dict], seeds: set[int] | None = None
 ) -> tuple[dict[str, dict[str, int]], list[dict]]:
     """Per-kind counts and per-run rows over the corpus (only ``seeds`` when given)."""
-    labels = json.loads((corpus / "labels.json").read_text())
     counts = {k: {"tp": 0, "fp": 0, "fn": 0, "runs": 0} for k in KINDS}
-    rows = []
-    for run_id in sorted(labels):
+    selected = []
+    for run_id, row in rows.items():
         if seeds is not None and labels[run_id]["seed"] not in seeds:
             continue
-        truth = set(labels[run_id]["labels"])
-        history = History.read_jsonl(corpus / run_id / "metrics.jsonl")
-        findings = diagnose(history)
-        got = {f.kind for f in findings}
+        truth, got = set(row["labels"]), set(row["found"])
         for kind in KINDS:
             counts[kind]["runs"] += kind in truth
             if kind in got and kind in truth:
@@ -53,15 +65,8 @@ def evaluate(
                 counts[kind]["fp"] += 1
             elif kind in truth:
                 counts[kind]["fn"] += 1
-        rows.append(
-            {
-                "run": run_id,
-                "labels": sorted(truth),
-                "found": [f.kind for f in findings],
-                "advice": [f.advice for f in findings],
-            }
-        )
-    return counts, rows
+        selected.append(row)
+    return counts, selected
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.corpus / "labels.json").is_file():
         print(f"no corpus at {args.corpus}; run bench/diagnosis_corpus.py first", file=sys.stderr)
         return 2
-    labels = json.loads((args.corpus / "labels.json").read_text())
+    labels, runs = diagnose_corpus(args.corpus)
     all_seeds = {v["seed"] for v in labels.values()}
     groups: list[tuple[str, set[int] | None]] = [("all runs", None)]
     for title, seeds in SEED_GROUPS:
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             groups.append((title, set(seeds)))
     report = {}
     for title, seeds in groups:
-        counts, rows = evaluate(args.corpus, seeds)
+        counts, rows = evaluate(labels, runs, seeds)
         report[title] = (_table(counts), rows)
     if args.json:
         print(

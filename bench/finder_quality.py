@@ -380,6 +380,17 @@ def calibrate(
     return out
 
 
+def _progress_note(progress, label: str):  # type: ignore[no-untyped-def]
+    """A ``note(msg)`` callback that shows ``msg`` on a new indeterminate bar and advances it."""
+    bar = progress.add_task(label, total=None)
+
+    def note(msg: str) -> None:
+        progress.update(bar, description=msg)
+        progress.advance(bar)
+
+    return note
+
+
 def main(argv=None) -> int:
     from rich.console import Console
     from rich.progress import Progress
@@ -432,11 +443,7 @@ def main(argv=None) -> int:
     t0 = time.time()
 
     with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("benchmark", total=None)
-
-        def note(msg: str) -> None:
-            progress.update(bar, description=msg)
-            progress.advance(bar)
+        note = _progress_note(progress, "benchmark")
 
         grids = {
             (t, s): grid_search(cache, t, s, seeds, epochs, note) for t in tasks for s in SCHEDULES
@@ -575,11 +582,7 @@ def main(argv=None) -> int:
     )
     if args.calibrate and unstable:
         with Progress(console=console, transient=True) as progress:
-            bar = progress.add_task("calibration grid", total=None)
-
-            def note2(msg: str) -> None:
-                progress.update(bar, description=msg)
-                progress.advance(bar)
+            note2 = _progress_note(progress, "calibration grid")
 
             fine = {
                 key: refine(cache, key[0], key[1], seeds, epochs, means, note2)

@@ -178,6 +178,9 @@ def test_cli_words_json_and_png(tmp_path, capsys):
         (["{dir}", "--png", "{dir}/x.jpg"], "must end in .png"),
         (["{dir}", "--tag", "nonsense"], "expected FIELD=NAME"),
         (["{bad}"], "not valid JSON"),
+        (["{dir}", "--tag", "train_loss=x"], "tags apply only to TensorBoard"),
+        (["{dir}", "--column", "train_loss=x"], "columns apply only to CSV"),
+        (["{csv}", "--tag", "train_loss=x"], "tags apply only to TensorBoard"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
@@ -185,7 +188,13 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "metrics.jsonl").write_text('{"type": "step"}\n{oops\n{"type": "step"}\n')
-    fill = {"missing": tmp_path / "missing", "dir": tmp_path, "bad": bad}
+    (tmp_path / "log.csv").write_text("epoch,loss\n0,2.0\n")
+    fill = {
+        "missing": tmp_path / "missing",
+        "dir": tmp_path,
+        "bad": bad,
+        "csv": tmp_path / "log.csv",
+    }
     argv = ["diagnose", *(a.format(**fill) for a in args)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -248,6 +248,14 @@ def sync_context(model: nn.Module, last_micro: bool):  # type: ignore[no-untyped
 
 
 # ----------------------------------------------------------------------- LR scaling
+def _reject_unknown_keys(section: str, raw: Mapping, valid: tuple[str, ...]) -> None:
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(
+                f"unknown config key '{section}.{key}'; valid: {', '.join(sorted(valid))}"
+            )
+
+
 def parse_lr_scaling(raw: Any) -> dict | None:
     """Validate the ``lr_scaling`` config: ``{rule, base_batch, conservative}``.
 
@@ -258,11 +266,7 @@ def parse_lr_scaling(raw: Any) -> dict | None:
         return None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"lr_scaling must be a mapping {{rule, base_batch}}, got {raw!r}")
-    for key in raw:
-        if key not in LR_SCALING_KEYS:
-            raise ConfigError(
-                f"unknown config key 'lr_scaling.{key}'; valid: {', '.join(sorted(LR_SCALING_KEYS))}"
-            )
+    _reject_unknown_keys("lr_scaling", raw, LR_SCALING_KEYS)
     if "base_batch" not in raw:
         raise ConfigError("lr_scaling needs base_batch (the batch the learning rate was tuned at)")
     rule = raw.get("rule", "linear")
@@ -333,11 +337,7 @@ def parse_noise_scale(raw: Any, accumulate: int, world_size: int) -> dict | None
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"noise_scale must be true, false or {{beta, every}}, got {raw!r}")
-    for key in raw:
-        if key not in NOISE_KEYS:
-            raise ConfigError(
-                f"unknown config key 'noise_scale.{key}'; valid: {', '.join(sorted(NOISE_KEYS))}"
-            )
+    _reject_unknown_keys("noise_scale", raw, NOISE_KEYS)
     if world_size < 2 and accumulate < 2:
         raise ConfigError(
             "noise_scale compares a small-batch and a big-batch gradient each step: it needs "

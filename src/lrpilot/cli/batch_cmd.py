@@ -231,22 +231,13 @@ def recommend(args: argparse.Namespace, status=None) -> dict:  # type: ignore[no
     }
 
 
-def _finite(obj):  # type: ignore[no-untyped-def]
-    """Non-finite floats become ``null`` so that ``--json`` prints strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def run(args: argparse.Namespace) -> int:
     _validate(args)
     if args.json:
+        from lrpilot.finder.result import json_safe
+
         result = recommend(args)
-        print(json.dumps(_finite(result), indent=2, allow_nan=False))
+        print(json.dumps(json_safe(result), indent=2, allow_nan=False))
         return 0
     from rich.console import Console
 

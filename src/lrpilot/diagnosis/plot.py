@@ -17,6 +17,7 @@ import numpy as np
 from lrpilot.diagnosis.curves import Curves
 from lrpilot.diagnosis.finding import Finding
 from lrpilot.history import History
+from lrpilot.plotting import save_png
 
 _COLORS = {"critical": "tab:red", "warning": "tab:orange", "info": "tab:green"}
 
@@ -95,7 +96,8 @@ def plot_diagnosis(
     ax.set_title(title or f"diagnosis: {kinds}")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, format="png")
-    plt.close(fig)
+    try:
+        save_png(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
     return out

@@ -17,7 +17,8 @@
   row a step record (PyTorch Lightning ``CSVLogger`` style). Empty cells are missing
   values; ``nan``/``inf`` are kept.
 
-Anything else raises ``ConfigError`` naming the path and what was expected.
+Anything else raises ``ConfigError`` naming the path and what was expected, as do
+``tags`` given for input that is not TensorBoard and ``columns`` for input that is not CSV.
 
 >>> import tempfile, pathlib
 >>> with tempfile.TemporaryDirectory() as d:
@@ -74,23 +75,37 @@ def read_history(
         raise ConfigError(f"{p}: no such file or directory")
     if p.is_dir():
         if (p / "metrics.jsonl").is_file():
+            _refuse_overrides(p, "an lrpilot run", tags=tags, columns=columns)
             return History.read_jsonl(p)
         if _event_files(p):
+            _refuse_overrides(p, "TensorBoard", columns=columns)
             return read_tensorboard(p, tags=tags)
         raise ConfigError(
             f"{p}: neither a run directory (metrics.jsonl) nor a TensorBoard event directory"
         )
     name = p.name
     if name.endswith(".jsonl"):
+        _refuse_overrides(p, "an lrpilot run", tags=tags, columns=columns)
         return History.read_jsonl(p)
     if name.endswith(".csv"):
+        _refuse_overrides(p, "CSV", tags=tags)
         return read_csv(p, columns=columns)
     if "tfevents" in name:
+        _refuse_overrides(p, "TensorBoard", columns=columns)
         return read_tensorboard(p, tags=tags)
     raise ConfigError(
         f"{p}: unknown format; expected a run directory, metrics.jsonl, a .csv file or "
         "TensorBoard events"
     )
+
+
+def _refuse_overrides(p: Path, kind: str, **given: Mapping[str, str] | None) -> None:
+    """Raise rather than silently ignore ``tags`` (TensorBoard only) or ``columns`` (CSV
+    only) given for input of another kind."""
+    applies = {"tags": "TensorBoard events (--tag)", "columns": "CSV files (--column)"}
+    for option, value in given.items():
+        if value:
+            raise ConfigError(f"{p} is {kind} input; {option} apply only to {applies[option]}")
 
 
 def _event_files(directory: Path) -> list[Path]:

@@ -753,16 +753,18 @@ def _needs_val(ctx: Context) -> str | None:
 
 
 def _needs_lr(ctx: Context) -> str | None:
-    if _needs_train(ctx) is not None:
-        return _needs_train(ctx)
+    reason = _needs_train(ctx)
+    if reason is not None:
+        return reason
     if ctx.curves.lr_series()[0].size < 2:
         return "no learning rate logged (a plateau is judged at a constant learning rate)"
     return None
 
 
 def _needs_epochs(ctx: Context) -> str | None:
-    if _needs_train(ctx) is not None:
-        return _needs_train(ctx)
+    reason = _needs_train(ctx)
+    if reason is not None:
+        return reason
     c = ctx.curves
     n = max(int(np.isfinite(c.epoch_val).sum()), int(np.isfinite(c.epoch_train).sum()))
     if n < MIN_OSC_EPOCHS:

@@ -7,11 +7,10 @@ Raw and smoothed loss against the learning rate on a log axis, with the instabil
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from lrpilot.finder.result import FinderResult
+from lrpilot.plotting import save_png
 
 
 def plot_result(result: FinderResult, path: str | Path) -> Path:
@@ -71,15 +70,4 @@ def plot_result(result: FinderResult, path: str | Path) -> Path:
         ax.set_ylim(lo - pad, top + 2 * pad)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_png(fig, path, dpi=110)

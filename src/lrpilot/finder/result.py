@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from lrpilot.finder.decision import schedule_fraction, suggest_peak_lr
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by ``None`` (tuples become lists), so that
+    ``json.dumps(..., allow_nan=False)`` accepts it.
+
+    >>> json_safe({"a": float("nan"), "b": (1.5, float("inf"))})
+    {'a': None, 'b': [1.5, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
 
 
 def confidence_label(interval: tuple[float, float] | None) -> str:
@@ -91,14 +108,4 @@ class FinderResult:
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (non-finite floats become ``None``)."""
-
-        def clean(value):
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            return value
-
-        return clean(asdict(self))
+        return json_safe(asdict(self))

@@ -39,18 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def _to_cpu(obj: Any) -> Any:
-    """Deep copy of a nested state structure with every tensor cloned to CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
+from lrpilot.train.guard import cpu_clone
 
 
 @dataclass
@@ -85,18 +74,18 @@ class TrainingSnapshot:
                 continue  # shared (tied) tensors are saved once
             seen.add(id(tensor))
             snap._tensors.append(tensor)
-            snap._saved.append(_to_cpu(tensor))
+            snap._saved.append(cpu_clone(tensor))
         for param in model.parameters():
-            grad = None if param.grad is None else _to_cpu(param.grad)
+            grad = None if param.grad is None else cpu_clone(param.grad)
             snap._grads.append((param, grad))
         snap._modes = [(module, module.training) for module in model.modules()]
         if optimizer is not None:
-            snap._optimizer_state = _to_cpu(optimizer.state_dict())
+            snap._optimizer_state = cpu_clone(optimizer.state_dict())
             # The flag an attached torch LR scheduler sets on the optimizer at each step (for
             # its "lr_scheduler.step() before optimizer.step()" warning); None = absent.
             snap._opt_called = getattr(optimizer, "_opt_called", None)
         if scaler is not None:
-            snap._scaler_state = _to_cpu(scaler.state_dict())
+            snap._scaler_state = cpu_clone(scaler.state_dict())
         snap._rng = {
             "python": random.getstate(),
             "numpy": np.random.get_state(),
@@ -124,7 +113,7 @@ class TrainingSnapshot:
         if self.optimizer is not None and self._optimizer_state is not None:
             # load_state_dict copies (and casts to each parameter's device) on its own;
             # the CPU snapshot is copied again so that it stays reusable.
-            self.optimizer.load_state_dict(_to_cpu(self._optimizer_state))
+            self.optimizer.load_state_dict(cpu_clone(self._optimizer_state))
             if self._opt_called is not None:
                 self.optimizer._opt_called = self._opt_called
             elif hasattr(self.optimizer, "_opt_called"):

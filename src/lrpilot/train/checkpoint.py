@@ -37,23 +37,11 @@ from typing import Any
 
 import torch
 
+from lrpilot.atomic_io import atomic_write_bytes, fsync_dir
 from lrpilot.errors import ConfigError
 
 FORMAT_VERSION = 1
 _FORMAT_KEY = "lrpilot_checkpoint_version"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def encode(obj: Any) -> bytes:
@@ -62,24 +50,6 @@ def encode(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, flush, fsync, rename, dir fsync)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -139,7 +109,7 @@ class CheckpointManager:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return self.latest_path
 
     def save_best(self, state: dict) -> Path:

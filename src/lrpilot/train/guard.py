@@ -72,16 +72,19 @@ def robust_level(values: Sequence[float]) -> tuple[float, float]:
     (3.0, 1.4826)
     """
     ordered = sorted(values)
-    n = len(ordered)
-    med = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+    med = _median_sorted(ordered)
     return med, _scale_about(ordered, med)
+
+
+def _median_sorted(ordered: Sequence[float]) -> float:
+    """Median of an already sorted, non-empty sequence."""
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
 def _scale_about(values: Sequence[float], med: float) -> float:
     """The robust scale of :func:`robust_level` around a known median."""
-    dev = sorted(abs(v - med) for v in values)
-    n = len(dev)
-    mad = dev[n // 2] if n % 2 else 0.5 * (dev[n // 2 - 1] + dev[n // 2])
+    mad = _median_sorted(sorted(abs(v - med) for v in values))
     return max(1.4826 * mad, 0.01 * abs(med), 1e-8)
 
 
@@ -148,9 +151,8 @@ class DivergenceGuard:
             return DIVERGED
         suspect = False
         ordered = self._sorted
-        n = len(ordered)
-        if n >= self.min_history:
-            med = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+        if len(ordered) >= self.min_history:
+            med = _median_sorted(ordered)
             if loss > med + self.threshold * max(0.01 * abs(med), 1e-8):
                 suspect = loss > med + self.threshold * _scale_about(ordered, med)
         self.recent.append(suspect)

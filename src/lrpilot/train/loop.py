@@ -467,6 +467,8 @@ class _Trainer:
         loss_fn = task.loss_fn
         device = self.device
         amp = cfg.amp
+        grad_clip = cfg.grad_clip
+        noise = self.noise
         # hot-path constants: no per-step context objects or process-group queries on a
         # single process without AMP
         null = contextlib.nullcontext()
@@ -486,7 +488,6 @@ class _Trainer:
                     n_step = sum(sizes)
                     optimizer.zero_grad(set_to_none=True)
                     loss_total: Any = None
-                    noise = self.noise
                     if noise is not None:
                         noise.begin_step(state.step + 1, n_step)
                     for k, size in enumerate(sizes):
@@ -495,7 +496,8 @@ class _Trainer:
                         with bdist.sync_context(model, k == len(sizes) - 1) if ddp else null:
                             with autocast_context(amp, device) if amp else null:
                                 loss = loss_fn(model(inputs), targets)
-                            scaled = loss * (size / n_step) if acc > 1 else loss
+                            weight = size / n_step if acc > 1 else 1.0
+                            scaled = loss * weight if acc > 1 else loss
                             if noise is not None:
                                 noise.before_backward()
                             if scaler is not None:
@@ -503,7 +505,7 @@ class _Trainer:
                             else:
                                 scaled.backward()
                             if noise is not None:
-                                noise.after_backward(size / n_step if acc > 1 else 1.0, size)
+                                noise.after_backward(weight, size)
                         loss_total = (
                             scaled.detach() if loss_total is None else loss_total + scaled.detach()
                         )
@@ -514,8 +516,8 @@ class _Trainer:
                     if noise is not None:
                         noise.end_step(scaler.get_scale() if scaler is not None else 1.0)
                     norm_t = None
-                    if cfg.grad_clip is not None:
-                        norm_t = nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                    if grad_clip is not None:
+                        norm_t = nn.utils.clip_grad_norm_(self.params, grad_clip)
                     elif log_now:
                         norm_t = grad_norm(self.params)
                     loss_value = float(bdist.mean_over_processes(loss_total) if ddp else loss_total)
@@ -730,17 +732,10 @@ class _Trainer:
 
 
 def atomic_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
     import json
-    import os
-    import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes((json.dumps(obj, indent=2) + "\n").encode("utf-8"), path)
 
 
 def finish_run(trainer: _Trainer, status: str) -> dict[str, Any]:
