@@ -5,12 +5,21 @@ order, batch size (64), SGD settings (task defaults) and warmup+cosine schedule,
 evaluate on the validation set once per epoch. The bare loop is what one would write by
 hand: index the in-memory tensors, forward, backward, ``optimizer.step()``,
 ``LambdaLR.step()``. ``lrpilot.fit`` adds its default logging (metrics.jsonl every 10
-steps, TensorBoard, progress off), the divergence guard, per-epoch checkpoints and
-summary. Runs are interleaved and repeated; the table reports medians. Wall time covers
-the whole training call (model build to summary), not process start or dataset creation.
+steps with the gradient norm, TensorBoard, progress off), the divergence guard (loss rule
+every step, snapshots), the validation loss, checkpoints (every 60 s and at the end),
+summary and diagnosis. Runs are interleaved, in an order that rotates every repeat (with
+a fixed order, whichever variant ran right after the bare loop measured 2-3% slower: with
+"guard off" first, the defaults measured 0.980 and "guard off" 0.971; swapped, 0.944 and
+0.999), and repeated. Wall time covers the whole
+training call (model build to summary), not process start or dataset creation.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/loop_overhead.py [--epochs 15] [--repeats 9]``
-(about 1.5 minutes on one core).
+Two ratios: the median of paired ratios (each repeat against the bare run next to it) and
+best-of (fastest repeat against fastest repeat, as ``timeit`` recommends: slower repeats
+measure the machine's interference). On a shared 2-core VM single repeats vary by 5-30%,
+so use 28 repeats (7 per position) or more before reading the third digit.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/loop_overhead.py [--epochs 15] [--repeats 28]``
+(about 3 minutes on one core).
 Target: lrpilot within 3% of the bare loop (ratio >= 0.97).
 """
 
@@ -99,7 +108,7 @@ def lrpilot_loop(epochs: int, batch_size: int, seed: int, **extra) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=28)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -121,8 +130,12 @@ def main() -> None:
     accs: dict[str, float] = {}
     from rich.progress import track
 
-    for _ in track(range(args.repeats), description="repeats", transient=True):
-        for name, fn in variants.items():  # interleaved
+    names = list(variants)
+    for r in track(range(args.repeats), description="repeats", transient=True):
+        # interleaved, and the order rotates every repeat: the run right after the bare loop
+        # measured 2-3% slower here, a bias that must not always hit the same variant
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = variants[name]
             rate, cpu_rate, acc = fn()
             rates[name].append(rate)
             cpu_rates[name].append(cpu_rate)
@@ -134,26 +147,31 @@ def main() -> None:
         f"repeats"
     )
     print(
-        f"{'variant':<28}{'samples/s':>10}{'min':>8}{'max':>8}{'ratio':>7}"
-        f"{'cpu samples/s':>15}{'ratio':>7}{'val acc':>9}"
+        f"{'variant':<28}{'samples/s':>10}{'min':>8}{'max':>8}{'paired':>8}{'best-of':>8}"
+        f"{'cpu samples/s':>15}{'paired':>8}{'val acc':>9}"
     )
     for name, values in rates.items():
         # paired ratios (each repeat against the bare run next to it), then the median:
         # robust to the machine's speed drifting during the benchmark
         ratio = statistics.median(v / b for v, b in zip(values, rates[base], strict=True))
+        # best-of: the fastest repeat of each (timeit's rule: slower repeats are the
+        # machine's interference, not the code's cost)
+        best_ratio = max(values) / max(rates[base])
         cpu_ratio = statistics.median(
             v / b for v, b in zip(cpu_rates[name], cpu_rates[base], strict=True)
         )
         print(
             f"{name:<28}{statistics.median(values):>10.0f}{min(values):>8.0f}"
-            f"{max(values):>8.0f}{ratio:>7.3f}{statistics.median(cpu_rates[name]):>15.0f}"
-            f"{cpu_ratio:>7.3f}{accs[name]:>9.3f}"
+            f"{max(values):>8.0f}{ratio:>8.3f}{best_ratio:>8.3f}"
+            f"{statistics.median(cpu_rates[name]):>15.0f}{cpu_ratio:>8.3f}{accs[name]:>9.3f}"
         )
     print(
         "samples/s: training samples over the wall time of the whole training call (median, "
-        "min, max of the repeats); cpu: per CPU-second of the process (all threads); ratio: "
-        "median over repeats of variant / bare of the same repeat. Target: ratio >= 0.97 "
-        "for 'lrpilot fit (defaults)'."
+        "min, max of the repeats); cpu: per CPU-second of the process (all threads); paired: "
+        "median over repeats of variant / bare of the same repeat; best-of: fastest repeat "
+        "of the variant / fastest bare repeat. Target: >= 0.97 for 'lrpilot fit (defaults)'. "
+        "On a shared VM the repeat-to-repeat spread is several percent: use --repeats 28 or "
+        "more before reading the third digit."
     )
 
 

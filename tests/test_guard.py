@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,13 @@ import pytest
 from lrpilot.errors import TrainingAborted
 from lrpilot.history import History
 from lrpilot.train import fit
-from lrpilot.train.guard import DivergenceGuard, classify, robust_level
+from lrpilot.train.guard import (
+    DivergenceGuard,
+    _mad_lower_bound,
+    _scale_about_sorted,
+    classify,
+    robust_level,
+)
 
 
 def test_robust_level_is_median_and_scaled_mad() -> None:
@@ -28,6 +36,21 @@ def test_non_finite_loss_or_grad_norm_diverges_at_once(bad: float) -> None:
     assert classify(1.0, [1.0] * 5, threshold=6, min_history=3, grad_norm=bad) == "diverged"
     guard = DivergenceGuard()
     assert guard.observe(bad) == "diverged"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sorted_mad_selection_is_bit_identical_to_sorting_the_deviations(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(400):
+        n = rng.randint(1, 60)
+        # few distinct values (ties, median on a repeated value) or continuous ones
+        pool = [rng.choice([0.5, 1.0, 1.5, 2.0]) for _ in range(n)]
+        values = pool if rng.random() < 0.3 else [rng.gauss(0, 1) ** 3 for _ in range(n)]
+        ordered = sorted(values)
+        med, reference = robust_level(values)
+        assert _scale_about_sorted(ordered, med) == reference
+        mad = statistics.median(abs(v - med) for v in values)
+        assert 0.0 <= _mad_lower_bound(ordered, med) <= mad
 
 
 def test_too_little_history_never_flags_a_finite_loss() -> None:
@@ -135,14 +158,15 @@ def test_guard_gives_up_after_max_rescues(tmp_path: Path) -> None:
 
 
 def test_incremental_guard_agrees_with_the_pure_rule() -> None:
-    import random
-
     rng = random.Random(7)
     guard = DivergenceGuard(window=12, threshold=3.0, patience=3, horizon=6, min_history=4)
     for i in range(3000):
         base = 2.0 * math.exp(-i / 1000)
         loss = base + rng.gauss(0, 0.05) + (rng.random() < 0.1) * rng.uniform(0, 3)
         window = list(guard.window)
+        if i % 7 == 0 and len(window) >= 4:  # exactly at the limit, or just above it
+            med, scale = robust_level(window)
+            loss = (med + 3.0 * scale) * (1.0 if i % 14 else 1.0 + 1e-12)
         expected = classify(loss, window, threshold=3.0, min_history=4)
         verdict = guard.observe(loss)
         assert (verdict != "ok") == (expected != "ok"), (i, loss, window)

@@ -88,6 +88,59 @@ def _scale_about(values: Sequence[float], med: float) -> float:
     return max(1.4826 * mad, 0.01 * abs(med), 1e-8)
 
 
+def _scale_about_sorted(ordered: Sequence[float], med: float) -> float:
+    """:func:`_scale_about` for a sorted window, in ``O(log n)`` instead of a sort.
+
+    The deviations ``|v - med|`` form two sorted runs (below and above ``med``); their
+    median is found by selection from the two runs, so the result is bit-identical to
+    sorting the deviations.
+    """
+    n = len(ordered)
+    split = bisect.bisect_left(ordered, med)
+    mid = n // 2
+    mad = _kth_deviation(ordered, med, split, mid)
+    if n % 2 == 0:
+        mad = 0.5 * (_kth_deviation(ordered, med, split, mid - 1) + mad)
+    return max(1.4826 * mad, 0.01 * abs(med), 1e-8)
+
+
+def _mad_lower_bound(ordered: Sequence[float], med: float) -> float:
+    """A lower bound of ``median(|v - med|)`` from two order statistics, in ``O(1)``.
+
+    With ``k = n // 2`` and indices ``p < q = p + k``, let ``r = min(med - o[p], o[q] -
+    med)``. A value with ``|v - med| < r`` lies strictly between ``o[p]`` and ``o[q]``: at
+    most ``k - 1`` of them, fewer than the ``k`` (even ``n``: ``k - 1`` and ``k``; odd:
+    ``k``) smallest deviations the median needs, so the MAD is at least ``r``.
+
+    >>> _mad_lower_bound([1.0, 2.0, 3.0, 4.0, 100.0], 3.0) <= 1.0  # the MAD is 1
+    True
+    """
+    n = len(ordered)
+    k = n // 2
+    if k == 0:
+        return 0.0
+    p = (n - 1 - k) // 2
+    return max(min(med - ordered[p], ordered[p + k] - med), 0.0)
+
+
+def _kth_deviation(ordered: Sequence[float], med: float, split: int, k: int) -> float:
+    """The ``k``-th smallest (0-based) of ``|v - med|`` over a sorted window whose values
+    below ``med`` are ``ordered[:split]``."""
+    n_left, n_right = split, len(ordered) - split
+    lo, hi = max(0, k + 1 - n_right), min(k + 1, n_left)
+    while lo < hi:  # i values from the left run and k + 1 - i from the right run
+        i = (lo + hi) // 2
+        j = k + 1 - i
+        if med - ordered[split - 1 - i] < ordered[split + j - 1] - med:
+            lo = i + 1
+        else:
+            hi = i
+    j = k + 1 - lo
+    left = med - ordered[split - lo] if lo > 0 else -math.inf
+    right = ordered[split + j - 1] - med if j > 0 else -math.inf
+    return max(left, right)
+
+
 def classify(
     loss: float,
     window: Sequence[float],
@@ -144,8 +197,10 @@ class DivergenceGuard:
         """Classify one optimizer step's loss; ``"diverged"`` means: rescue now.
 
         Same verdicts as :func:`classify` on ``self.window`` (a test checks it), computed
-        incrementally: the window is also kept sorted, and the MAD is only computed when
-        the loss is above ``median + threshold * floor`` (below that it cannot be suspect).
+        incrementally: the window is also kept sorted, the MAD is selected from it without
+        a sort, and only when the loss is above ``median + threshold * low`` with ``low``
+        a lower bound of the scale from two order statistics (below that it cannot be
+        suspect).
         """
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             return DIVERGED
@@ -153,8 +208,10 @@ class DivergenceGuard:
         ordered = self._sorted
         if len(ordered) >= self.min_history:
             med = _median_sorted(ordered)
-            if loss > med + self.threshold * max(0.01 * abs(med), 1e-8):
-                suspect = loss > med + self.threshold * _scale_about(ordered, med)
+            # necessary for a suspect: above the level with a cheap lower bound of the scale
+            low = max(1.4826 * _mad_lower_bound(ordered, med), 0.01 * abs(med), 1e-8)
+            if loss > med + self.threshold * low:
+                suspect = loss > med + self.threshold * _scale_about_sorted(ordered, med)
         self.recent.append(suspect)
         if not suspect:
             if len(self.window) == self.window_size:
@@ -203,22 +260,64 @@ class DivergenceGuard:
 def cpu_clone(obj: Any) -> Any:
     """Deep copy with every tensor detached, cloned and moved to the CPU."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        obj = obj.detach()
+        return obj.clone() if obj.device.type == "cpu" else obj.to("cpu")
     if isinstance(obj, dict):
         return {k: cpu_clone(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [cpu_clone(v) for v in obj]
     if isinstance(obj, tuple):
         return tuple(cpu_clone(v) for v in obj)
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj  # immutable
     return copy.copy(obj)
 
 
-def take_snapshot(step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """A CPU copy of the model and optimizer state at ``step`` (checkpointable as is)."""
+def copy_into(old: Any, obj: Any) -> Any:
+    """:func:`cpu_clone` of ``obj`` that copies into the CPU tensors of ``old`` (an earlier
+    copy of the same structure that nobody else holds) where shape and dtype match, so a
+    snapshot taken again and again does not allocate again and again.
+
+    >>> a = cpu_clone({"w": torch.zeros(2)})
+    >>> b = copy_into(a, {"w": torch.ones(2)})
+    >>> b["w"].tolist(), b["w"] is a["w"]
+    ([1.0, 1.0], True)
+    """
+    if isinstance(obj, torch.Tensor):
+        if (
+            isinstance(old, torch.Tensor)
+            and old.device.type == "cpu"
+            and old.shape == obj.shape
+            and old.dtype == obj.dtype
+            and old.layout == obj.layout == torch.strided
+        ):
+            return old.copy_(obj.detach())
+        return cpu_clone(obj)
+    if isinstance(obj, dict):
+        previous = old if isinstance(old, dict) else {}
+        return {k: copy_into(previous.get(k), v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        same = isinstance(old, type(obj)) and len(old) == len(obj)
+        items = [copy_into(old[i] if same else None, v) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    return cpu_clone(obj)
+
+
+def take_snapshot(
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    reuse: dict | None = None,
+) -> dict:
+    """A CPU copy of the model and optimizer state at ``step`` (checkpointable as is).
+
+    ``reuse``: a snapshot that is being dropped (held nowhere else); its tensors receive
+    the new copy instead of new allocations."""
+    reuse = reuse or {}
     return {
         "step": step,
-        "model": cpu_clone(model.state_dict()),
-        "optimizer": cpu_clone(optimizer.state_dict()),
+        "model": copy_into(reuse.get("model"), model.state_dict()),
+        "optimizer": copy_into(reuse.get("optimizer"), optimizer.state_dict()),
     }
 
 

@@ -59,6 +59,7 @@ from lrpilot.train.builders import (
     build_schedule,
     build_train_data,
     evaluate,
+    grad_clearer,
     grad_norm,
     is_main_process,
     params_finite,
@@ -83,6 +84,7 @@ from lrpilot.train.guard import (
     DIVERGED,
     OK,
     DivergenceGuard,
+    copy_into,
     cpu_clone,
     restore_snapshot,
     take_snapshot,
@@ -305,7 +307,8 @@ class _Trainer:
             "optimizer": cpu_clone(self.optimizer.state_dict()),
             "schedule": self.adapter.state_dict(),
             "guard": self.guard.state_dict(),
-            "guard_snapshots": list(self.snapshots),  # already CPU copies, never mutated
+            # CPU copies; reused by later snapshots, so the state is encoded right away
+            "guard_snapshots": list(self.snapshots),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng": capture_rng(),
             "loop": loop,
@@ -380,8 +383,9 @@ class _Trainer:
                 )
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present
             (self.run_dir / "config.yaml").write_text(
-                yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8"
+                yaml.dump(cfg.to_dict(), Dumper=dumper, sort_keys=False), encoding="utf-8"
             )
         if ckpt is not None:
             self._load_checkpoint(ckpt)
@@ -432,9 +436,10 @@ class _Trainer:
         if self.log is not None:
             self.log.write(record)
 
-    def _snapshot(self) -> dict:
-        """The state a guard rescue returns to (CPU copies; checkpointable)."""
-        snap = take_snapshot(self.state.step, self.model, self.optimizer)
+    def _snapshot(self, reuse: dict | None = None) -> dict:
+        """The state a guard rescue returns to (CPU copies; checkpointable). ``reuse``: a
+        snapshot being dropped, whose buffers are filled instead of new ones."""
+        snap = take_snapshot(self.state.step, self.model, self.optimizer, reuse)
         snap.update(
             epoch=self.state.epoch,
             micro=self.state.micro,
@@ -469,6 +474,8 @@ class _Trainer:
         amp = cfg.amp
         grad_clip = cfg.grad_clip
         noise = self.noise
+        clear_grads = grad_clearer(optimizer)
+        weights = [p.detach() for p in model.parameters()]  # views: always current
         # hot-path constants: no per-step context objects or process-group queries on a
         # single process without AMP
         null = contextlib.nullcontext()
@@ -486,7 +493,7 @@ class _Trainer:
                     group = micro[begin : begin + acc]
                     sizes = [idx.shape[0] for idx in group]
                     n_step = sum(sizes)
-                    optimizer.zero_grad(set_to_none=True)
+                    clear_grads()
                     loss_total: Any = None
                     if noise is not None:
                         noise.begin_step(state.step + 1, n_step)
@@ -571,9 +578,10 @@ class _Trainer:
                         and guard.healthy
                         and step_no - self.snapshots[-1]["step"] >= snapshot_every
                         and state.micro < len(micro)
-                        and params_finite(model)
+                        and params_finite(weights)
                     ):
-                        self.snapshots = [self.snapshots[-1], self._snapshot()]
+                        dropped = self.snapshots[0] if len(self.snapshots) == 2 else None
+                        self.snapshots = [self.snapshots[-1], self._snapshot(dropped)]
                     if state.micro < len(micro) and (
                         step_no % ckpt_every == 0
                         if by_steps
@@ -671,7 +679,8 @@ class _Trainer:
             # kept in memory (restore_best, checkpoints); best.pt is written with the next
             # checkpoint and at the end of the run
             state.best_record = dict(record)
-            self.best_model = cpu_clone(bdist.unwrap(self.model).state_dict())
+            # encoded synchronously wherever it is written: its buffers can be reused
+            self.best_model = copy_into(self.best_model, bdist.unwrap(self.model).state_dict())
             self._best_written = False
         state.last_epoch_record = record
         if cfg.early_stopping is not None and self.tracker.should_stop:
@@ -681,7 +690,8 @@ class _Trainer:
         state.epoch_loss_sum = 0.0
         state.epoch_loss_samples = 0
         if cfg.guard.enabled:
-            self.snapshots = [self._snapshot()]  # rescues never cross an epoch boundary
+            # rescues never cross an epoch boundary; the older snapshot's buffers are reused
+            self.snapshots = [self._snapshot(self.snapshots[0] if self.snapshots else None)]
         last = state.epoch >= cfg.epochs or state.stopped_early
         if (
             last

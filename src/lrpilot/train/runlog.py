@@ -5,10 +5,11 @@ records). Writes are buffered; the file is flushed (and fsynced) before every ch
 and the checkpoint stores the file's length, so a resumed run truncates the file to that
 length and never repeats a step. TensorBoard gets the same scalars (``train/loss``,
 ``train/lr``, ``train/grad_norm`` per logged step; ``epoch/*`` per epoch;
-``guard/lr_scale`` on rescues) through ``torch.utils.tensorboard.SummaryWriter`` with a
-large queue (buffered), one event per record holding all of its scalars (readers such as
-``EventAccumulator`` see the same per-tag series as with one ``add_scalar`` per tag); on
-resume it purges events past the checkpoint's step.
+``guard/lr_scale`` on rescues) through :class:`lrpilot.train.tbevents.EventFileWriter`,
+one event per record holding all of its scalars (readers such as ``EventAccumulator`` see
+the same per-tag series as with one ``add_scalar`` per tag). TensorBoard scalars are
+buffered and written in bursts (at checkpoints, at an epoch end every ``TB_SECONDS`` and at
+the end); on resume the new event file purges the events past the checkpoint's step.
 
 Progress: a rich progress bar (epoch, step, loss, LR) when stdout is a terminal, one plain
 line per epoch and per event otherwise, nothing with ``progress="none"``.
@@ -114,8 +115,8 @@ class RunLogger:
     """Writes ``metrics.jsonl`` and TensorBoard events for one run (main process only)."""
 
     FLUSH_SECONDS = 5.0
-    #: TensorBoard scalars are handed over at an epoch end at most this often (the
-    #: SummaryWriter itself flushes every 30 s) and at close
+    #: TensorBoard scalars are written at an epoch end at most this often, and at every
+    #: checkpoint and at close
     TB_SECONDS = 20.0
 
     def __init__(
@@ -144,11 +145,9 @@ class RunLogger:
         self._tb_pending: list[tuple[int, list[tuple[str, float]]]] = []
         self._last_tb = time.monotonic()
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from lrpilot.train.tbevents import EventFileWriter
 
-            self._tb = SummaryWriter(
-                log_dir=str(self.tb_dir), purge_step=purge_step, max_queue=1000, flush_secs=30
-            )
+            self._tb = EventFileWriter(self.tb_dir, purge_step=purge_step)
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record).encode("ascii") + b"\n")
@@ -180,8 +179,8 @@ class RunLogger:
             self._tb_pending.append((step, [("guard/lr_scale", record["lr_scale"])]))
 
     def _tb_drain(self, background: bool = True) -> None:
-        """Hand the buffered scalars to the SummaryWriter in one burst (once per epoch), on
-        the background thread when one was given."""
+        """Write the buffered scalars to the event file in one burst, on the background
+        thread when one was given."""
         pending, self._tb_pending = self._tb_pending, []
         self._last_tb = time.monotonic()
         if self._tb is None or not pending:
@@ -194,18 +193,15 @@ class RunLogger:
     @staticmethod
     def _tb_write(writer: Any, records: list[tuple[int, list[tuple[str, float]]]]) -> None:
         """One TensorBoard event per record, holding all of its scalars (what
-        ``add_scalar`` per tag would write, in a third of the events: the event file's
-        pure-Python CRC and the per-event overhead dominate the cost of logging)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        file_writer = writer.file_writer
+        ``add_scalar`` per tag would write, in a third of the events)."""
         for step, scalars in records:
-            values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars]
-            file_writer.add_summary(Summary(value=values), step)
+            writer.add_scalars(step, scalars)
+        writer.flush()
 
     def flush(self) -> int:
         """Flush ``metrics.jsonl`` to the OS (enough to survive SIGKILL); return its length
-        in bytes."""
+        in bytes. The buffered TensorBoard scalars are written too."""
+        self._tb_drain()
         self._file.flush()
         self._last_flush = time.monotonic()
         return self._file.tell()

@@ -1,0 +1,75 @@
+"""Small pieces of the training loop: gradient clearing and the finiteness check."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lrpilot.train.builders import grad_clearer, params_finite
+
+
+def _model_with_grads() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.5}], lr=0.1
+    )
+    model(torch.randn(5, 3)).sum().backward()
+    return model, optimizer
+
+
+def test_grad_clearer_matches_zero_grad_set_to_none() -> None:
+    model, optimizer = _model_with_grads()
+    assert all(p.grad is not None for p in model.parameters())
+    grad_clearer(optimizer)()
+    assert all(p.grad is None for p in model.parameters())
+    # the same state as PyTorch's own zero_grad(set_to_none=True) leaves
+    reference, ref_opt = _model_with_grads()
+    ref_opt.zero_grad(set_to_none=True)
+    assert [p.grad for p in reference.parameters()] == [p.grad for p in model.parameters()]
+
+
+def test_grad_clearer_uses_an_optimizers_own_zero_grad() -> None:
+    calls = []
+
+    class Custom(torch.optim.SGD):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            calls.append(set_to_none)
+            super().zero_grad(set_to_none=set_to_none)
+
+    model = nn.Linear(2, 2)
+    model(torch.randn(3, 2)).sum().backward()
+    grad_clearer(Custom(model.parameters(), lr=0.1))()
+    assert calls == [True] and model.weight.grad is None
+
+
+def test_params_finite() -> None:
+    assert params_finite([])
+    assert params_finite([torch.ones(2), torch.zeros(3)])
+    assert not params_finite([torch.ones(2), torch.tensor([float("inf")])])
+
+
+def test_snapshot_reuse_equals_a_fresh_snapshot_and_owns_its_memory() -> None:
+    from lrpilot.train.guard import take_snapshot
+
+    model, optimizer = _model_with_grads()
+    optimizer.param_groups[0]["momentum"] = 0.9
+    optimizer.step()
+    old = take_snapshot(1, model, optimizer)
+    old_tensors = {id(t) for t in old["model"].values()}
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()  # new weights and momentum
+    reused = take_snapshot(2, model, optimizer, reuse=old)
+    fresh = take_snapshot(2, model, optimizer)
+    assert {id(t) for t in reused["model"].values()} == old_tensors  # no new allocation
+    for k, v in fresh["model"].items():
+        assert torch.equal(reused["model"][k], v)
+        assert reused["model"][k].data_ptr() != model.state_dict()[k].data_ptr()
+    assert reused["optimizer"]["param_groups"] == fresh["optimizer"]["param_groups"]
+    for k, st in fresh["optimizer"]["state"].items():
+        assert torch.equal(
+            reused["optimizer"]["state"][k]["momentum_buffer"], st["momentum_buffer"]
+        )
+    before = {k: v.clone() for k, v in reused["model"].items()}
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()  # training goes on: the snapshot must not change
+    assert all(torch.equal(before[k], reused["model"][k]) for k in before)
