@@ -47,9 +47,11 @@ def test_sorted_mad_selection_is_bit_identical_to_sorting_the_deviations(seed: i
         pool = [rng.choice([0.5, 1.0, 1.5, 2.0]) for _ in range(n)]
         values = pool if rng.random() < 0.3 else [rng.gauss(0, 1) ** 3 for _ in range(n)]
         ordered = sorted(values)
-        med, reference = robust_level(values)
+        med = statistics.median(values)
+        mad = statistics.median(abs(v - med) for v in values)  # sorts the deviations
+        reference = max(1.4826 * mad, 0.01 * abs(med), 1e-8)
         assert _scale_about_sorted(ordered, med) == reference
-        mad = statistics.median(abs(v - med) for v in values)
+        assert robust_level(values) == (med, reference)
         assert 0.0 <= _mad_lower_bound(ordered, med) <= mad
 
 

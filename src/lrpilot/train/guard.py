@@ -73,7 +73,7 @@ def robust_level(values: Sequence[float]) -> tuple[float, float]:
     """
     ordered = sorted(values)
     med = _median_sorted(ordered)
-    return med, _scale_about(ordered, med)
+    return med, _scale_about_sorted(ordered, med)
 
 
 def _median_sorted(ordered: Sequence[float]) -> float:
@@ -82,14 +82,9 @@ def _median_sorted(ordered: Sequence[float]) -> float:
     return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
-def _scale_about(values: Sequence[float], med: float) -> float:
-    """The robust scale of :func:`robust_level` around a known median."""
-    mad = _median_sorted(sorted(abs(v - med) for v in values))
-    return max(1.4826 * mad, 0.01 * abs(med), 1e-8)
-
-
 def _scale_about_sorted(ordered: Sequence[float], med: float) -> float:
-    """:func:`_scale_about` for a sorted window, in ``O(log n)`` instead of a sort.
+    """The robust scale ``max(1.4826 * MAD, 0.01 * |med|, 1e-8)`` of a sorted window, in
+    ``O(log n)`` instead of a sort of the deviations.
 
     The deviations ``|v - med|`` form two sorted runs (below and above ``med``); their
     median is found by selection from the two runs, so the result is bit-identical to
@@ -259,18 +254,7 @@ class DivergenceGuard:
 
 def cpu_clone(obj: Any) -> Any:
     """Deep copy with every tensor detached, cloned and moved to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach()
-        return obj.clone() if obj.device.type == "cpu" else obj.to("cpu")
-    if isinstance(obj, dict):
-        return {k: cpu_clone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [cpu_clone(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(cpu_clone(v) for v in obj)
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj  # immutable
-    return copy.copy(obj)
+    return copy_into(None, obj)
 
 
 def copy_into(old: Any, obj: Any) -> Any:
@@ -284,6 +268,7 @@ def copy_into(old: Any, obj: Any) -> Any:
     ([1.0, 1.0], True)
     """
     if isinstance(obj, torch.Tensor):
+        obj = obj.detach()
         if (
             isinstance(old, torch.Tensor)
             and old.device.type == "cpu"
@@ -291,8 +276,8 @@ def copy_into(old: Any, obj: Any) -> Any:
             and old.dtype == obj.dtype
             and old.layout == obj.layout == torch.strided
         ):
-            return old.copy_(obj.detach())
-        return cpu_clone(obj)
+            return old.copy_(obj)
+        return obj.clone() if obj.device.type == "cpu" else obj.to("cpu")
     if isinstance(obj, dict):
         previous = old if isinstance(old, dict) else {}
         return {k: copy_into(previous.get(k), v) for k, v in obj.items()}
@@ -300,7 +285,9 @@ def copy_into(old: Any, obj: Any) -> Any:
         same = isinstance(old, type(obj)) and len(old) == len(obj)
         items = [copy_into(old[i] if same else None, v) for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
-    return cpu_clone(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj  # immutable
+    return copy.copy(obj)
 
 
 def take_snapshot(
