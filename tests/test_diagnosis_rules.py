@@ -14,7 +14,7 @@ import pytest
 
 from lrpilot.diagnosis import KINDS, RULES, Finding, diagnose, get_rule
 from lrpilot.diagnosis.context import Context
-from lrpilot.diagnosis.curves import Curves, mad_sigma, step_noise, theil_sen_slope
+from lrpilot.diagnosis.curves import Curves, mad_sigma, median, step_noise, theil_sen_slope
 from lrpilot.diagnosis.rules import OSC_STEP_SWING, OSC_SWING_RATIO, SWING_NOISE, _swing
 from lrpilot.errors import ConfigError
 from lrpilot.history import History
@@ -93,6 +93,23 @@ def test_robust_statistics_against_closed_forms():
     y[7] = 500
     assert theil_sen_slope(x, y) == pytest.approx(2.0)
     assert step_noise([1.0, 2.0]) == 0.0 and theil_sen_slope([1], [2]) == 0.0
+
+
+def test_median_is_numpys_median_bit_for_bit():
+    rng = np.random.default_rng(1)
+    for n in range(1, 40):
+        for trial in range(5):
+            v = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)
+            if trial == 1:
+                v = np.round(v, 1)  # ties
+            if trial == 2:
+                v[rng.integers(n)] = np.inf
+            if trial == 3:
+                v[rng.integers(n)] = np.nan
+            expected = float(np.median(v))
+            got = median(v)
+            assert (math.isnan(expected) and math.isnan(got)) or got == expected, (n, trial)
+    assert math.isnan(median(np.array([])))
 
 
 # ---------------------------------------------------------------- one test per rule

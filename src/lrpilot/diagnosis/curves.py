@@ -30,6 +30,23 @@ from lrpilot.history import History
 MAD_TO_SIGMA = 1.4826
 
 
+def median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-d float array (``nan`` if it holds a NaN, ``nan`` when empty),
+    by one sort: the same value, several times faster on the short series used here.
+
+    >>> median(np.array([3.0, 1.0, 2.0, 10.0]))
+    2.5
+    """
+    n = values.size
+    if n == 0:
+        return math.nan
+    v = np.sort(values)
+    if math.isnan(v[-1]):  # sort puts NaN last
+        return math.nan
+    mid = n // 2
+    return float(v[mid]) if n % 2 else float((v[mid - 1] + v[mid]) / 2.0)
+
+
 def mad_sigma(values) -> float:
     """Robust standard deviation: ``1.4826 * median(|v - median(v)|)`` over finite values
     (0.0 for fewer than two)."""
@@ -37,7 +54,7 @@ def mad_sigma(values) -> float:
     v = v[np.isfinite(v)]
     if v.size < 2:
         return 0.0
-    return float(MAD_TO_SIGMA * np.median(np.abs(v - np.median(v))))
+    return float(MAD_TO_SIGMA * median(np.abs(v - median(v))))
 
 
 def step_noise(values) -> float:
@@ -58,7 +75,7 @@ def step_noise(values) -> float:
     if v.size < 3:
         return 0.0
     d2 = v[2:] - 2.0 * v[1:-1] + v[:-2]
-    return float(MAD_TO_SIGMA * np.median(np.abs(d2)) / math.sqrt(6.0))
+    return float(MAD_TO_SIGMA * median(np.abs(d2)) / math.sqrt(6.0))
 
 
 def theil_sen_slope(x, y) -> float:
@@ -75,7 +92,7 @@ def theil_sen_slope(x, y) -> float:
     ok = dx != 0
     if not ok.any():
         return 0.0
-    return float(np.median((ya[j] - ya[i])[ok] / dx[ok]))
+    return median((ya[j] - ya[i])[ok] / dx[ok])
 
 
 def binned_median(x, y, nbins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,8 +102,8 @@ def binned_median(x, y, nbins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     ya = np.asarray(y, dtype=float)
     nbins = max(1, min(int(nbins), xa.size))
     groups = np.array_split(np.arange(xa.size), nbins)
-    xb = np.array([np.median(xa[g]) for g in groups])
-    yb = np.array([np.median(ya[g]) for g in groups])
+    xb = np.array([median(xa[g]) for g in groups])
+    yb = np.array([median(ya[g]) for g in groups])
     nb = np.array([g.size for g in groups])
     return xb, yb, nb
 

@@ -644,16 +644,14 @@ def _flat_from(x: np.ndarray, y: np.ndarray, unit: float, noise: float) -> int |
         return None
     end_level = float(np.median(y[k - max(2, k // 4) :]))
     allowed = PLATEAU_TOLERANCE * unit + 2 * noise
-    flat = np.zeros(k - 1, dtype=bool)
-    for j in range(k - 1):
-        gain = -theil_sen_slope(x[j:], y[j:]) * float(x[-1] - x[j])
-        flat[j] = y[j] - end_level <= allowed and gain <= allowed
-    j = k - 2
-    if not flat[j]:
-        return None
-    while j > 0 and flat[j - 1]:
-        j -= 1
-    return j
+    first = None
+    for j in range(k - 2, -1, -1):  # from the end back to the first index that is not flat
+        if y[j] - end_level > allowed:
+            break
+        if -theil_sen_slope(x[j:], y[j:]) * float(x[-1] - x[j]) > allowed:
+            break
+        first = j
+    return first
 
 
 def rule_plateau(ctx: Context) -> Finding | None:

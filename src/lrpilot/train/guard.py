@@ -267,10 +267,13 @@ def copy_into(old: Any, obj: Any) -> Any:
     >>> b["w"].tolist(), b["w"] is a["w"]
     ([1.0, 1.0], True)
     """
+    kind = type(obj)
+    if kind in _IMMUTABLE:  # most leaves of an optimizer's param groups: checked first
+        return obj
     if isinstance(obj, torch.Tensor):
         obj = obj.detach()
         if (
-            isinstance(old, torch.Tensor)
+            type(old) is torch.Tensor
             and old.device.type == "cpu"
             and old.shape == obj.shape
             and old.dtype == obj.dtype
@@ -279,15 +282,19 @@ def copy_into(old: Any, obj: Any) -> Any:
             return old.copy_(obj)
         return obj.clone() if obj.device.type == "cpu" else obj.to("cpu")
     if isinstance(obj, dict):
-        previous = old if isinstance(old, dict) else {}
+        previous = old if isinstance(old, dict) else _EMPTY
         return {k: copy_into(previous.get(k), v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        same = isinstance(old, type(obj)) and len(old) == len(obj)
+        same = isinstance(old, kind) and len(old) == len(obj)
         items = [copy_into(old[i] if same else None, v) for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj  # immutable
+        return obj  # immutable (a subclass)
     return copy.copy(obj)
+
+
+_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes})
+_EMPTY: dict = {}
 
 
 def take_snapshot(

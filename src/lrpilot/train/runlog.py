@@ -1,15 +1,16 @@
 """Run logging: ``metrics.jsonl``, TensorBoard scalars and progress display.
 
 ``metrics.jsonl`` follows :mod:`lrpilot.history` (``step``, ``epoch`` and ``event``
-records). Writes are buffered; the file is flushed (and fsynced) before every checkpoint,
+records). Writes are buffered (step records are kept as dicts and encoded in one batch at
+the next epoch record, event or flush); the file is flushed (and fsynced) before every checkpoint,
 and the checkpoint stores the file's length, so a resumed run truncates the file to that
 length and never repeats a step. TensorBoard gets the same scalars (``train/loss``,
 ``train/lr``, ``train/grad_norm`` per logged step; ``epoch/*`` per epoch;
 ``guard/lr_scale`` on rescues) through :class:`lrpilot.train.tbevents.EventFileWriter`,
 one event per record holding all of its scalars (readers such as ``EventAccumulator`` see
 the same per-tag series as with one ``add_scalar`` per tag). TensorBoard scalars are
-buffered and written in bursts (at checkpoints, at an epoch end every ``TB_SECONDS`` and at
-the end); on resume the new event file purges the events past the checkpoint's step.
+buffered as records and converted and written in bursts on the checkpoint writer thread (at
+checkpoints, at an epoch end every ``TB_SECONDS`` and at the end); on resume the new event file purges the events past the checkpoint's step.
 
 Progress: a rich progress bar (epoch, step, loss, LR) when stdout is a terminal, one plain
 line per epoch and per event otherwise, nothing with ``progress="none"``.
@@ -142,7 +143,8 @@ class RunLogger:
         self._file = open(self.metrics_path, mode, buffering=1 << 16)  # noqa: SIM115
         self._last_flush = time.monotonic()
         self._tb: Any = None
-        self._tb_pending: list[tuple[int, list[tuple[str, float]]]] = []
+        self._pending: list[dict] = []  # step records not yet encoded
+        self._tb_pending: list[dict] = []
         self._last_tb = time.monotonic()
         if tensorboard:
             from lrpilot.train.tbevents import EventFileWriter
@@ -150,14 +152,36 @@ class RunLogger:
             self._tb = EventFileWriter(self.tb_dir, purge_step=purge_step)
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record).encode("ascii") + b"\n")
+        """Queue ``record`` (not to be changed afterwards). Step records are encoded in
+        batches: at the next epoch or event record, at a flush, and every
+        ``FLUSH_SECONDS``; every other record is written and flushed to the OS at once."""
+        self._pending.append(record)
         kind = record["type"]
         if kind != "step" or time.monotonic() - self._last_flush > self.FLUSH_SECONDS:
+            self._write_pending()
             self._file.flush()
             self._last_flush = time.monotonic()
         if self._tb is None:
             return
-        step = record["step"]
+        self._tb_pending.append(record)
+        if kind == "epoch" and time.monotonic() - self._last_tb > self.TB_SECONDS:
+            self._tb_drain()
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            encode = json.dumps
+            self._file.write("".join([encode(r) + "\n" for r in pending]).encode("ascii"))
+
+    @staticmethod
+    def tensorboard_scalars(record: dict) -> list[tuple[str, float]]:
+        """The TensorBoard tags and values of one ``metrics.jsonl`` record.
+
+        >>> RunLogger.tensorboard_scalars({"type": "step", "step": 3, "epoch": 0,
+        ...     "lr": 0.1, "train_loss": 2.0, "grad_norm": 1.5})
+        [('train/loss', 2.0), ('train/lr', 0.1), ('train/grad_norm', 1.5)]
+        """
+        kind = record["type"]
         if kind == "step":
             scalars = [("train/loss", record["train_loss"]), ("train/lr", record["lr"])]
             for key, value in record.items():
@@ -165,22 +189,20 @@ class RunLogger:
                     value, (int, float)
                 ):
                     scalars.append((f"train/{key}", value))
-            self._tb_pending.append((step, scalars))
-        elif kind == "epoch":
-            scalars = [
+            return scalars
+        if kind == "epoch":
+            return [
                 (f"epoch/{key}", value)
                 for key, value in record.items()
                 if key not in ("type", "step", "epoch", "time") and isinstance(value, (int, float))
             ]
-            self._tb_pending.append((step, scalars))
-            if time.monotonic() - self._last_tb > self.TB_SECONDS:
-                self._tb_drain()
-        elif kind == "event" and "lr_scale" in record:
-            self._tb_pending.append((step, [("guard/lr_scale", record["lr_scale"])]))
+        if kind == "event" and "lr_scale" in record:
+            return [("guard/lr_scale", record["lr_scale"])]
+        return []
 
     def _tb_drain(self, background: bool = True) -> None:
-        """Write the buffered scalars to the event file in one burst, on the background
-        thread when one was given."""
+        """Write the buffered records' scalars to the event file in one burst, on the
+        background thread when one was given."""
         pending, self._tb_pending = self._tb_pending, []
         self._last_tb = time.monotonic()
         if self._tb is None or not pending:
@@ -190,18 +212,21 @@ class RunLogger:
         else:
             self._tb_write(self._tb, pending)
 
-    @staticmethod
-    def _tb_write(writer: Any, records: list[tuple[int, list[tuple[str, float]]]]) -> None:
+    @classmethod
+    def _tb_write(cls, writer: Any, records: list[dict]) -> None:
         """One TensorBoard event per record, holding all of its scalars (what
         ``add_scalar`` per tag would write, in a third of the events)."""
-        for step, scalars in records:
-            writer.add_scalars(step, scalars)
+        for record in records:
+            scalars = cls.tensorboard_scalars(record)
+            if scalars:
+                writer.add_scalars(record["step"], scalars)
         writer.flush()
 
     def flush(self) -> int:
         """Flush ``metrics.jsonl`` to the OS (enough to survive SIGKILL); return its length
         in bytes. The buffered TensorBoard scalars are written too."""
         self._tb_drain()
+        self._write_pending()
         self._file.flush()
         self._last_flush = time.monotonic()
         return self._file.tell()
@@ -214,6 +239,7 @@ class RunLogger:
 
     def close(self) -> None:
         if not self._file.closed:
+            self._write_pending()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
