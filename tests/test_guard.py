@@ -175,3 +175,37 @@ def test_incremental_guard_agrees_with_the_pure_rule() -> None:
         assert sorted(guard.window) == guard._sorted
         if verdict == "diverged":
             guard.record_rescue()
+
+
+@pytest.mark.parametrize(("every", "per_epoch"), [(10, 3), (20, 0), (31, 0), (15, 2)])
+def test_snapshots_that_could_never_be_restored_are_skipped(
+    tmp_path: Path, monkeypatch, every: int, per_epoch: int
+) -> None:
+    """32 steps per epoch. A rescue returns to the older of the last two snapshots, so the
+    first step snapshot of an epoch matters only if a second one can follow it in the same
+    epoch (more than ``every`` steps left): every=10 takes steps 10, 20, 30; every=15
+    takes 15 (17 steps left) and 30; every=20 would take step 20 with 12 steps left, which
+    nothing can follow: skipped."""
+    import lrpilot.train.loop as loop
+
+    taken: list[int] = []
+    real = loop.take_snapshot
+
+    def counting(step, *args, **kwargs):
+        taken.append(step)
+        return real(step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "take_snapshot", counting)
+    config = {
+        "task": "mnist1d-mlp",
+        "epochs": 2,
+        "batch_size": 128,
+        "device": "cpu",
+        "guard": {"snapshot_every": every},
+    }
+    fit(config, tmp_path / "run", progress="none")
+    epoch_ends = [0, 32, 64]  # the first snapshot, then one per epoch end
+    within = sorted(set(taken) - set(epoch_ends))
+    expected = [e + k * every for e in (0, 32) for k in range(1, per_epoch + 1)]
+    assert within == expected, taken
+    assert set(epoch_ends) <= set(taken)

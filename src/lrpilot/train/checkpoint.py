@@ -149,11 +149,22 @@ class BackgroundWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrpilot-ckpt")
         self._pending: list[Any] = []
         self.max_pending = max_pending
+        self._inline = False
 
     def submit(self, fn: Any, *args: Any) -> None:
+        if self._inline:
+            self.wait()  # keep the submission order
+            fn(*args)
+            return
         while self._pending and (self._pending[0].done() or len(self._pending) >= self.max_pending):
             self._pending.pop(0).result()
         self._pending.append(self._pool.submit(fn, *args))
+
+    def run_inline(self) -> None:
+        """From now on run each write on the calling thread (after the queued ones). For
+        the end of a run, when nothing is left to overlap with: handing every write to the
+        thread and back costs a GIL hand-off per I/O call."""
+        self._inline = True
 
     def wait(self) -> None:
         while self._pending:

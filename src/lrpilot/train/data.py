@@ -74,8 +74,10 @@ class BatchFetcher:
             x, y = self.tensors
             source = x.device  # device checks once, not per batch
             move = source != self.device
+            # index lists are made on the CPU; only a dataset elsewhere needs them moved
+            check = source.type != "cpu"
             for indices in index_lists:
-                if indices.device != source:
+                if check and indices.device != source:
                     indices = indices.to(source)
                 xb, yb = x[indices], y[indices]
                 if move:

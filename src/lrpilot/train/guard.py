@@ -17,7 +17,10 @@ same epoch: model and optimizer state (CPU copies), the schedule position (plate
 included), the position in the epoch's data order and the epoch's loss sums. Snapshots are
 taken at the start of every epoch and every ``snapshot_every`` steps while no step of the
 horizon is suspect; the last two are kept and a rescue returns to the **older** one (the
-newer may already hold the start of the trouble). The whole schedule is then multiplied
+newer may already hold the start of the trouble). A first snapshot after the epoch's (or
+after a rescue) is skipped when fewer than ``snapshot_every + 1`` steps of the epoch remain:
+no later snapshot could follow it, so it could never be the older one (with 63 steps per
+epoch and ``snapshot_every = 50`` that halves the snapshots and changes no rescue). The whole schedule is then multiplied
 by ``factor`` (``ScheduleAdapter.set_lr_scale``) and training goes on from there, so the
 rewound steps are redone at the lower LR and the run still ends where its schedule ends.
 The global step counter keeps counting (``metrics.jsonl`` never repeats a step; the
@@ -274,17 +277,24 @@ def copy_into(old: Any, obj: Any) -> Any:
         obj = obj.detach()
         if (
             type(old) is torch.Tensor
-            and old.device.type == "cpu"
+            and old.is_cpu
+            and old.layout is torch.strided
+            and obj.layout is torch.strided
+            and old.dtype is obj.dtype
             and old.shape == obj.shape
-            and old.dtype == obj.dtype
-            and old.layout == obj.layout == torch.strided
         ):
             return old.copy_(obj)
-        return obj.clone() if obj.device.type == "cpu" else obj.to("cpu")
+        return obj.clone() if obj.is_cpu else obj.to("cpu")
     if isinstance(obj, dict):
         previous = old if isinstance(old, dict) else _EMPTY
-        return {k: copy_into(previous.get(k), v) for k, v in obj.items()}
+        out = dict(obj)  # immutable values stay; the rest are copied below
+        for k, v in obj.items():
+            if type(v) not in _IMMUTABLE:
+                out[k] = copy_into(previous.get(k), v)
+        return out
     if isinstance(obj, (list, tuple)):
+        if all(type(v) in _IMMUTABLE for v in obj):
+            return list(obj) if isinstance(obj, list) else obj
         same = isinstance(old, kind) and len(old) == len(obj)
         items = [copy_into(old[i] if same else None, v) for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)

@@ -575,9 +575,16 @@ class _Trainer:
                         break
                     if (
                         guard_on
-                        and guard.healthy
                         and step_no - self.snapshots[-1]["step"] >= snapshot_every
+                        and guard.healthy
                         and state.micro < len(micro)
+                        # a first snapshot after the epoch's (or a rescue's) that no later
+                        # one can follow in this epoch is never the one a rescue returns to
+                        # (it returns to the older of two): skip it
+                        and (
+                            len(self.snapshots) == 2
+                            or -(-(len(micro) - state.micro) // acc) > snapshot_every
+                        )
                         and params_finite(weights)
                     ):
                         dropped = self.snapshots[0] if len(self.snapshots) == 2 else None
@@ -675,13 +682,6 @@ class _Trainer:
             value = record[cfg.plateau["monitor"]]
             self.adapter.report(value)
         improved = self.tracker.update(record[self.tracker.monitor], epoch=epoch, step=state.step)
-        if improved:
-            # kept in memory (restore_best, checkpoints); best.pt is written with the next
-            # checkpoint and at the end of the run
-            state.best_record = dict(record)
-            # encoded synchronously wherever it is written: its buffers can be reused
-            self.best_model = copy_into(self.best_model, bdist.unwrap(self.model).state_dict())
-            self._best_written = False
         state.last_epoch_record = record
         if cfg.early_stopping is not None and self.tracker.should_stop:
             state.stopped_early = True
@@ -692,7 +692,24 @@ class _Trainer:
         if cfg.guard.enabled:
             # rescues never cross an epoch boundary; the older snapshot's buffers are reused
             self.snapshots = [self._snapshot(self.snapshots[0] if self.snapshots else None)]
+        if improved:
+            # kept in memory (restore_best, checkpoints); best.pt is written with the next
+            # checkpoint and at the end of the run
+            state.best_record = dict(record)
+            # encoded synchronously wherever it is written: its buffers can be reused; the
+            # epoch-end snapshot already holds these weights (copied from it: no state_dict;
+            # not under DDP, whose snapshot keys carry the wrapper's "module." prefix)
+            model = bdist.unwrap(self.model)
+            source = (
+                self.snapshots[0]["model"]
+                if cfg.guard.enabled and model is self.model
+                else model.state_dict()
+            )
+            self.best_model = copy_into(self.best_model, source)
+            self._best_written = False
         last = state.epoch >= cfg.epochs or state.stopped_early
+        if last:
+            self.writer.run_inline()  # the run ends: nothing left to overlap the writes with
         if (
             last
             or cfg.checkpoint_every != "auto"

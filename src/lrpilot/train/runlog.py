@@ -100,6 +100,8 @@ class Progress:
             print(text, file=self.stream, flush=True)
 
     def epoch(self, record: dict) -> None:
+        if self.mode == "none":
+            return
         keys = [k for k in record if k.startswith("val_")]
         parts = [f"epoch {record['epoch'] + 1}/{self.epochs}", f"step {record['step']}"]
         parts += [f"{k} {_fmt(record[k])}" for k in ("train_loss", *keys, "lr") if k in record]
