@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -105,6 +106,21 @@ def lrpilot_loop(epochs: int, batch_size: int, seed: int, **extra) -> tuple[floa
     return n / elapsed, n / cpu, result.summary["final"]["val_accuracy"]
 
 
+def bootstrap_median_interval(
+    values: list[float], level: float = 0.90, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of ``values`` (deterministic seed).
+
+    >>> bootstrap_median_interval([1.0] * 5)
+    (1.0, 1.0)
+    """
+    rng = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    tail = (1.0 - level) / 2.0
+    return medians[int(tail * (resamples - 1))], medians[int((1.0 - tail) * (resamples - 1))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15)
@@ -147,13 +163,15 @@ def main() -> None:
         f"repeats"
     )
     print(
-        f"{'variant':<28}{'samples/s':>10}{'min':>8}{'max':>8}{'paired':>8}{'best-of':>8}"
-        f"{'cpu samples/s':>15}{'paired':>8}{'val acc':>9}"
+        f"{'variant':<28}{'samples/s':>10}{'min':>8}{'max':>8}{'paired':>8}{'90% CI':>14}"
+        f"{'best-of':>8}{'cpu samples/s':>15}{'paired':>8}{'val acc':>9}"
     )
     for name, values in rates.items():
         # paired ratios (each repeat against the bare run next to it), then the median:
         # robust to the machine's speed drifting during the benchmark
-        ratio = statistics.median(v / b for v, b in zip(values, rates[base], strict=True))
+        paired = [v / b for v, b in zip(values, rates[base], strict=True)]
+        ratio = statistics.median(paired)
+        low, high = bootstrap_median_interval(paired)
         # best-of: the fastest repeat of each (timeit's rule: slower repeats are the
         # machine's interference, not the code's cost)
         best_ratio = max(values) / max(rates[base])
@@ -162,13 +180,14 @@ def main() -> None:
         )
         print(
             f"{name:<28}{statistics.median(values):>10.0f}{min(values):>8.0f}"
-            f"{max(values):>8.0f}{ratio:>8.3f}{best_ratio:>8.3f}"
+            f"{max(values):>8.0f}{ratio:>8.3f}{f'{low:.3f}..{high:.3f}':>14}{best_ratio:>8.3f}"
             f"{statistics.median(cpu_rates[name]):>15.0f}{cpu_ratio:>8.3f}{accs[name]:>9.3f}"
         )
     print(
         "samples/s: training samples over the wall time of the whole training call (median, "
         "min, max of the repeats); cpu: per CPU-second of the process (all threads); paired: "
-        "median over repeats of variant / bare of the same repeat; best-of: fastest repeat "
+        "median over repeats of variant / bare of the same repeat (90% CI: percentile "
+        "bootstrap of that median); best-of: fastest repeat "
         "of the variant / fastest bare repeat. Target: >= 0.97 for 'lrpilot fit (defaults)'. "
         "On a shared VM the repeat-to-repeat spread is several percent: use --repeats 28 or "
         "more before reading the third digit."

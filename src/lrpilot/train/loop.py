@@ -501,7 +501,10 @@ class _Trainer:
                         inputs, targets = next(batches)
                         # DDP: all-reduce once per optimizer step (no_sync before the last)
                         with bdist.sync_context(model, k == len(sizes) - 1) if ddp else null:
-                            with autocast_context(amp, device) if amp else null:
+                            if amp:
+                                with autocast_context(amp, device):
+                                    loss = loss_fn(model(inputs), targets)
+                            else:
                                 loss = loss_fn(model(inputs), targets)
                             weight = size / n_step if acc > 1 else 1.0
                             scaled = loss * weight if acc > 1 else loss
