@@ -17,9 +17,10 @@ adds the simulated L1/LL misses). So the wall-clock share of the overhead is abo
 instruction share.
 
 Needs ``valgrind`` (with ``valgrind/callgrind.h``) and a C compiler. Cost: about 5 minutes per
-valgrind run on this machine, two runs at a time (``--epochs 1,3``: about 10 minutes).
+valgrind run on this machine (7 with ``--cache-sim``), two runs at a time (``--epochs 2,4``:
+about 10 minutes; ``--guard-off`` adds a third variant).
 
-Run: ``.venv/bin/python bench/loop_instructions.py [--epochs 1,3] [--cache-sim]``
+Run: ``.venv/bin/python bench/loop_instructions.py [--epochs 2,4] [--cache-sim] [--guard-off]``
 """
 
 from __future__ import annotations
@@ -116,16 +117,16 @@ def count(workdir: Path, variant: str, epochs: int, cache_sim: bool) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", default="1,3", help="two epoch counts, e.g. 1,3")
+    parser.add_argument("--epochs", default="2,4", help="two epoch counts, e.g. 2,4")
     parser.add_argument("--cache-sim", action="store_true", help="also simulate caches")
     parser.add_argument("--guard-off", action="store_true", help="add lrpilot with guard off")
     args = parser.parse_args()
     try:
         low, high = (int(v) for v in args.epochs.split(","))
     except ValueError:
-        parser.error(f"--epochs {args.epochs!r}: two integers, e.g. 1,3")
-    if not 1 <= low < high:
-        parser.error(f"--epochs {args.epochs!r}: need 1 <= first < second")
+        parser.error(f"--epochs {args.epochs!r}: two integers, e.g. 2,4")
+    if not 2 <= low < high:  # the warmup takes the first epoch: the cosine needs a second
+        parser.error(f"--epochs {args.epochs!r}: need 2 <= first < second")
     if shutil.which("valgrind") is None:
         raise SystemExit("loop_instructions: needs valgrind (apt install valgrind)")
     variants = ["bare", "lrpilot"] + (["guard-off"] if args.guard_off else [])
