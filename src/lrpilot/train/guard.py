@@ -20,9 +20,10 @@ horizon is suspect; the last two are kept and a rescue returns to the **older** 
 newer may already hold the start of the trouble). A first snapshot after the epoch's (or
 after a rescue) is skipped when fewer than ``snapshot_every + 1`` steps of the epoch remain:
 no later snapshot could follow it, so it could never be the older one (with 63 steps per
-epoch and ``snapshot_every = 50`` that halves the snapshots and changes no rescue). The whole schedule is then multiplied
-by ``factor`` (``ScheduleAdapter.set_lr_scale``) and training goes on from there, so the
-rewound steps are redone at the lower LR and the run still ends where its schedule ends.
+epoch and ``snapshot_every = 50`` that halves the snapshots and changes no rescue). The
+whole schedule is then multiplied by ``factor`` (``ScheduleAdapter.set_lr_scale``) and
+training goes on from there, so the rewound steps are redone at the lower LR and the run
+still ends where its schedule ends.
 The global step counter keeps counting (``metrics.jsonl`` never repeats a step; the
 rewound steps show in ``steps_run``). Each rescue is a ``guard_rescue`` event; after
 ``max_rescues`` of them the next divergence raises ``TrainingAborted``.

@@ -2,15 +2,16 @@
 
 ``metrics.jsonl`` follows :mod:`lrpilot.history` (``step``, ``epoch`` and ``event``
 records). Writes are buffered (step records are kept as dicts and encoded in one batch at
-the next epoch record, event or flush); the file is flushed (and fsynced) before every checkpoint,
-and the checkpoint stores the file's length, so a resumed run truncates the file to that
-length and never repeats a step. TensorBoard gets the same scalars (``train/loss``,
+the next epoch record, event or flush); the file is flushed (and fsynced) before every
+checkpoint, and the checkpoint stores the file's length, so a resumed run truncates the file
+to that length and never repeats a step. TensorBoard gets the same scalars (``train/loss``,
 ``train/lr``, ``train/grad_norm`` per logged step; ``epoch/*`` per epoch;
 ``guard/lr_scale`` on rescues) through :class:`lrpilot.train.tbevents.EventFileWriter`,
 one event per record holding all of its scalars (readers such as ``EventAccumulator`` see
 the same per-tag series as with one ``add_scalar`` per tag). TensorBoard scalars are
-buffered as records and converted and written in bursts on the checkpoint writer thread (at
-checkpoints, at an epoch end every ``TB_SECONDS`` and at the end); on resume the new event file purges the events past the checkpoint's step.
+buffered as records, converted and written in bursts on the checkpoint writer thread (at
+checkpoints, at an epoch end every ``TB_SECONDS`` and at the end); on resume the new event
+file purges the events past the checkpoint's step.
 
 Progress: a rich progress bar (epoch, step, loss, LR) when stdout is a terminal, one plain
 line per epoch and per event otherwise, nothing with ``progress="none"``.
