@@ -136,9 +136,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Destroy the process group if one exists."""
+def shutdown(*, synchronize: bool = False) -> None:
+    """Destroy the process group if one exists. ``synchronize`` (a run that ended normally
+    on every rank): a barrier first, since the ranks end at different times (rank 0 writes
+    the summary) and tearing gloo down while a peer still holds its connections can abort a
+    process. Not after an error: a peer may be waiting in another collective."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -231,12 +231,15 @@ def fit(
         raise ConfigError(
             f"run directory {run_dir} already holds a run; use --resume or another --out"
         )
+    ended = False
     try:
         trainer = _Trainer(cfg, task, run_dir, progress)
-        return trainer.run(resume)
+        result = trainer.run(resume)
+        ended = True
+        return result
     finally:
         if env.started:
-            bdist.shutdown()
+            bdist.shutdown(synchronize=ended)
 
 
 class _Trainer:
