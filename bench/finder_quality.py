@@ -425,8 +425,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--seeds",
         type=int,
-        default=DEFAULT_SEEDS,
-        help=f"training seeds per grid point and per suggestion (>= 3; default {DEFAULT_SEEDS})",
+        default=None,
+        help=f"training seeds per grid point and per suggestion (>= 3; default {DEFAULT_SEEDS}; "
+        "--quick uses 1)",
     )
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -435,9 +436,12 @@ def main(argv=None) -> int:
     for t in tasks:
         if t not in TASK_SETUPS:
             parser.error(f"unknown task {t!r}; valid: {', '.join(TASK_SETUPS)}")
-    if args.seeds < 3 and not args.quick:
-        parser.error(f"--seeds {args.seeds}: the grid needs at least 3 seeds (allowed: >= 3)")
-    seeds = [0] if args.quick else list(range(args.seeds))
+    if args.quick and args.seeds is not None:
+        parser.error("--seeds with --quick: the smoke run always uses 1 seed")
+    n_seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
+    if n_seeds < 3 and not args.quick:
+        parser.error(f"--seeds {n_seeds}: the grid needs at least 3 seeds (allowed: >= 3)")
+    seeds = [0] if args.quick else list(range(n_seeds))
     finder_seeds = FINDER_SEEDS[:3] if args.quick else FINDER_SEEDS
     epochs = 5 if args.quick else 15
     console = Console(width=max(Console().width, 215), record=True)

@@ -299,8 +299,8 @@ def copy_into(old: Any, obj: Any) -> Any:
         same = isinstance(old, kind) and len(old) == len(obj)
         items = [copy_into(old[i] if same else None, v) for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj  # immutable (a subclass)
+    if isinstance(obj, (bool, int, float, str, bytes)):
+        return obj  # a subclass of an immutable type
     return copy.copy(obj)
 
 
