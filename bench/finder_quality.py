@@ -13,9 +13,12 @@ warmup+cosine) this prints:
 * the finder's compute as a fraction of one epoch (samples processed / training-set size;
   limit 0.5).
 
-``--holdout`` adds rows that were never used to fit the fractions (digits-cnn and
-mnist1d-cnn with AdamW, mnist1d-mlp with SGD), as a check of how the one formula
-generalises. The rule (``lrpilot.finder.decision``, step 6) is
+``--holdout`` adds rows that were never used to fit the fractions, as a check of how the
+one formula generalises: digits-cnn and mnist1d-cnn with AdamW, mnist1d-mlp with SGD, and a
+second set run blind after the rule was fixed (``bench/heldout_tasks.py``: digits-mlp and
+synth-mlp-ln, a LayerNorm MLP on 8 noisy ``make_classification`` classes, each with SGD
+and AdamW). A finder seed whose verdict is not "ok" (for example "noisy") gives no
+suggestion; a row without any is reported as such. The rule (``lrpilot.finder.decision``, step 6) is
 ``f(schedule) * r ** kappa(optimizer) * lr_unstable`` with ``r = 8`` (training batch / probe
 batch), ``kappa = 1`` for SGD and ``1/2`` for AdamW.
 
@@ -61,6 +64,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -109,7 +113,27 @@ TASK_SETUPS = {
         "grid": _SGD_GRID,
         "calib": False,
     },
+    # a second held-out set, added after the rule was fixed and run blind
+    # (``bench/heldout_tasks.py``)
+    "digits-mlp": {"task": "heldout_tasks:digits_mlp", "optimizer": "sgd", "grid": _SGD_GRID},
+    "digits-mlp/adamw": {
+        "task": "heldout_tasks:digits_mlp",
+        "optimizer": "adamw",
+        "grid": _ADAM_GRID,
+    },
+    "synth-mlp-ln": {
+        "task": "heldout_tasks:synth_mlp_ln",
+        "optimizer": "sgd",
+        "grid": _SGD_GRID,
+    },
+    "synth-mlp-ln/adamw": {
+        "task": "heldout_tasks:synth_mlp_ln",
+        "optimizer": "adamw",
+        "grid": _ADAM_GRID,
+    },
 }
+for _row in TASK_SETUPS.values():
+    _row.setdefault("calib", False)
 FAMILY = {"sgd": "sgd", "adamw": "adam"}  # bench optimizer -> lrpilot.finder family
 
 
@@ -330,12 +354,17 @@ def _atomic_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def lr_unstable_of(curve: dict) -> float | None:
+def verdict_of(curve: dict) -> tuple[str, float | None]:
+    """``(verdict, lr_unstable or None)`` of a recorded curve."""
     from lrpilot.finder.decision import analyze_curve
 
     losses = [math.nan if v is None else v for v in curve["losses"]]
     a = analyze_curve(curve["lrs"], losses, curve["initial_loss"])
-    return a.lr_unstable if a.verdict == "ok" else None
+    return a.verdict, (a.lr_unstable if a.verdict == "ok" else None)
+
+
+def lr_unstable_of(curve: dict) -> float | None:
+    return verdict_of(curve)[1]
 
 
 def interp_acc(means: dict[float, float], lr: float) -> float:
@@ -466,10 +495,10 @@ def main(argv=None) -> int:
         grids = {
             (t, s): grid_search(cache, t, s, seeds, epochs, note) for t in tasks for s in SCHEDULES
         }
-        per_seed = {
-            t: [lr_unstable_of(finder_curve(curves, t, fs, note)) for fs in finder_seeds]
-            for t in tasks
+        verdicts = {
+            t: [verdict_of(finder_curve(curves, t, fs, note)) for fs in finder_seeds] for t in tasks
         }
+        per_seed = {t: [v for _, v in verdicts[t]] for t in tasks}
         samples = {
             t: [finder_curve(curves, t, fs)["samples"] for fs in finder_seeds] for t in tasks
         }
@@ -516,6 +545,12 @@ def main(argv=None) -> int:
                         "sugg_min": min(valid) if valid else None,
                         "sugg_max": max(valid) if valid else None,
                         "n_ok": len(valid),
+                        "verdicts": ", ".join(
+                            f"{n} {v}"
+                            for v, n in sorted(
+                                Counter(v for v, _ in verdicts[t] if v != "ok").items()
+                            )
+                        ),
                         "acc_med": acc_med,
                         "acc_each_mean": statistics.fmean(acc_each) if acc_each else float("nan"),
                         "acc_each_min": min(acc_each) if acc_each else float("nan"),
@@ -552,13 +587,13 @@ def main(argv=None) -> int:
                 f"{r['grid_lr']:.3g}",
                 f"{r['grid_acc']:.2f}",
                 "none",
-                "",
+                f"0/{len(finder_seeds)} ok: {r['verdicts']}",
                 "",
                 "",
                 "",
                 "",
                 f"{r['compute']:.2f}",
-                "MISS",
+                "MISS (no suggestion)",
             )
             continue
         ratio = r["sugg_med"] / r["grid_lr"]
@@ -579,7 +614,9 @@ def main(argv=None) -> int:
             f"{r['grid_lr']:.3g}",
             f"{r['grid_acc']:.2f}",
             f"{r['sugg_med']:.3g}",
-            f"{r['sugg_min']:.3g}..{r['sugg_max']:.3g} ({r['n_ok']}/{len(finder_seeds)})",
+            f"{r['sugg_min']:.3g}..{r['sugg_max']:.3g} ({r['n_ok']}/{len(finder_seeds)}"
+            + (f"; {r['verdicts']}" if r["verdicts"] else "")
+            + ")",
             f"{ratio:.2f}x",
             f"{r['acc_med']:.2f}",
             f"{delta:+.2f}",

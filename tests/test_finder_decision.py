@@ -12,6 +12,7 @@ from lrpilot.errors import ConfigError
 from lrpilot.finder.core import combine_records
 from lrpilot.finder.decision import (
     CALIBRATION_RATIOS,
+    NOISY_DROP,
     OPTIMIZER_FAMILIES,
     SCHEDULE_FRACTIONS,
     analyze_curve,
@@ -85,6 +86,28 @@ def test_verdict_flat():
     y = list(2.3 + 0.01 * rng.standard_normal(len(LRS)))
     a = analyze_curve(LRS, y, 2.3)
     assert a.verdict == "flat" and a.lr_unstable is None and "moved" in a.message
+
+
+def test_verdict_noisy_when_the_drop_is_within_four_noise_units():
+    # the loss falls by 0.3 and climbs at the end, measured with noise 0.2 (as a batch-8 sweep
+    # of a task with noisy labels): no instability point is trusted
+    y = _u_curve(noise=0.2, seed=4, floor=2.0)
+    a = analyze_curve(LRS, y, 2.3)
+    assert a.verdict == "noisy" and a.lr_unstable is None and a.interval is None
+    j = int(np.argmin(a.smoothed))
+    assert max(max(a.smoothed[: j + 1]), 2.3) - a.smoothed[j] < NOISY_DROP * a.noise
+    assert a.lr_min_loss is not None and "times its noise" in a.message
+    # the same curve measured 10x more precisely is usable, and the rule is the only change
+    clean = analyze_curve(LRS, _u_curve(noise=0.02, seed=4, floor=2.0), 2.3)
+    assert clean.verdict == "ok" and 2.3 - min(clean.smoothed) >= NOISY_DROP * clean.noise
+    # the drop counts from the highest level before the minimum, not only from L0: a loss
+    # measured high at first (here 3 above L0) that falls clearly is not noisy
+    noisy_dip = _u_curve(noise=0.2, seed=4, floor=2.0)  # "noisy" above
+    raised = [v + (3.0 if i < 30 else 0.0) for i, v in enumerate(noisy_dip)]
+    assert analyze_curve(LRS, raised, 2.3).verdict == "ok"
+    # a loss that climbs from the first LRs is still "diverged at once", not "noisy"
+    rising = [2.3 + 0.5 * i + 0.2 * math.sin(i) for i in range(len(LRS))]
+    assert analyze_curve(LRS, rising, 2.3).verdict == "diverged at once"
 
 
 def test_verdict_never_diverged():

@@ -50,8 +50,8 @@ class FinderResult:
         lrs, losses: the raw recorded curve (all repeats pooled, sorted by LR).
         smoothed, slope: the centred smoothed loss and ``d loss / d log10(lr)`` at each LR.
         initial_loss: the loss before the first update (mean over repeats).
-        verdict: ``"ok"``, ``"flat"``, ``"never diverged"``, ``"diverged at once"`` or
-            ``"too short"``; anything but ``"ok"`` comes with ``lr_unstable`` and
+        verdict: ``"ok"``, ``"flat"``, ``"noisy"``, ``"never diverged"``, ``"diverged at
+            once"`` or ``"too short"``; anything but ``"ok"`` comes with ``lr_unstable`` and
             ``suggestion`` set to ``None`` (except "diverged at once", which may keep
             the LR where it saw the instability, with no suggestion).
         message: why, and what to change, when the verdict is not ``"ok"``.

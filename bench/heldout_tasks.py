@@ -1,0 +1,107 @@
+"""Tasks that only the finder benchmark uses, to test that the suggestion rule generalises.
+
+They were added after the rule's constants were fitted and were not looked at while fitting
+them (``bench/results/finder_rule_research.md``, "second held-out set"). Both are offline
+and fast on a CPU, and differ from the built-in tasks in architecture, data and size:
+
+* ``digits_mlp``: scikit-learn ``load_digits`` flattened to 64 features (scaled to [0, 1],
+  the built-in stratified split), an MLP 64-128-128-10 without normalisation layers.
+* ``synth_mlp_ln``: scikit-learn ``make_classification`` (12 000 samples, 32 features of
+  which 16 informative and 8 redundant, 8 classes, 2 clusters per class, class_sep 1.0,
+  2% flipped labels, ``random_state=0``), standardised with the training statistics,
+  10 000 train / 2 000 validation, an MLP 32-256-256-8 with LayerNorm. Its training set is
+  2.5 times MNIST-1D's, so the finder's half-epoch budget gives a sweep of 624 steps
+  instead of 88-249.
+
+Use them by name in ``lrpilot`` calls: ``get_task("heldout_tasks:digits_mlp")`` with
+``bench/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from lrpilot.tasks.base import Task, accuracy
+
+
+def _tensors(x_tr, x_va, y_tr, y_va) -> tuple[TensorDataset, TensorDataset]:
+    return (
+        TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+        TensorDataset(torch.from_numpy(x_va), torch.from_numpy(y_va)),
+    )
+
+
+@cache
+def digits_mlp() -> Task:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    y = data.target.astype(np.int64)
+    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    train_set, val_set = _tensors(x_tr, x_va, y_tr, y_va)
+
+    def build() -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
+
+    return Task(
+        name="digits-mlp",
+        build_model=build,
+        train_set=train_set,
+        val_set=val_set,
+        loss_fn=nn.functional.cross_entropy,
+        metrics={"accuracy": accuracy},
+        description="scikit-learn digits flattened, MLP 64-128-128-10 (benchmark only)",
+    )
+
+
+@cache
+def synth_mlp_ln() -> Task:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=12_000,
+        n_features=32,
+        n_informative=16,
+        n_redundant=8,
+        n_classes=8,
+        n_clusters_per_class=2,
+        class_sep=1.0,
+        flip_y=0.02,
+        random_state=0,
+    )
+    x = x.astype(np.float32)
+    y = y.astype(np.int64)
+    x_tr, x_va, y_tr, y_va = x[:10_000], x[10_000:], y[:10_000], y[10_000:]
+    mean, std = x_tr.mean(0), x_tr.std(0)
+    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
+    train_set, val_set = _tensors(x_tr, x_va, y_tr, y_va)
+
+    def build() -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(32, 256),
+            nn.LayerNorm(256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.LayerNorm(256),
+            nn.ReLU(),
+            nn.Linear(256, 8),
+        )
+
+    return Task(
+        name="synth-mlp-ln",
+        build_model=build,
+        train_set=train_set,
+        val_set=val_set,
+        loss_fn=nn.functional.cross_entropy,
+        metrics={"accuracy": accuracy},
+        description="make_classification, 8 classes, MLP with LayerNorm (benchmark only)",
+    )
