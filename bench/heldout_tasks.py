@@ -38,14 +38,14 @@ def _tensors(x_tr, x_va, y_tr, y_va) -> tuple[TensorDataset, TensorDataset]:
 
 @cache
 def digits_mlp() -> Task:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from lrpilot.tasks import get_task
 
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    y = data.target.astype(np.int64)
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-    train_set, val_set = _tensors(x_tr, x_va, y_tr, y_va)
+    # the built-in digits-cnn data (same split and scaling), flattened to 64 features
+    digits = get_task("digits-cnn")
+    train_set, val_set = (
+        TensorDataset(x.flatten(1), y)
+        for x, y in (digits.train_set.tensors, digits.val_set.tensors)
+    )
 
     def build() -> nn.Module:
         return nn.Sequential(
