@@ -33,8 +33,9 @@ Nothing here trains or plots. The steps, for ``x = log10(lr)``:
    noise too, even one within the first LRs unless the loss was smallest there; seen on a
    LayerNorm MLP with 8 noisy classes probed at batch 8, where 5 sweeps gave
    ``lr_unstable`` from ``1.4e-5`` to ``0.53`` and the drop was 3.1-3.9 sigma, against
-   4.9-28.6 sigma for every sweep of the other 8 benchmark task/optimizer pairs), ``"never diverged"`` (no lasting climb by the end of the sweep), ``"too
-   short"`` (fewer than 5 finite points) and ``"ok"``.
+   4.9-28.6 sigma for every sweep of the other 8 benchmark task/optimizer pairs),
+   ``"never diverged"`` (no lasting climb by the end of the sweep), ``"too short"`` (fewer
+   than 5 finite points) and ``"ok"``.
 6. **Suggestion** (the recommended PEAK LR for the intended schedule and optimizer)::
 
        suggestion = f(schedule) * r ** kappa(optimizer) * lr_unstable
@@ -82,7 +83,7 @@ MIN_POINTS = 5
 MARGIN = 3.0
 BOOTSTRAP = 100
 HOLD = 0.4  # decades a climb must last to count (a shorter one is noise)
-NOISY_DROP = 4.0  # L0 - Lmin below this many noise units: verdict "noisy"
+NOISY_DROP = 4.0  # the loss fell by less than this many noise units: verdict "noisy"
 VERDICTS = ("ok", "flat", "noisy", "never diverged", "diverged at once", "too short")
 
 #: Optimizer family -> batch-size scaling exponent ``kappa``: the peak LR is taken to grow as
