@@ -363,10 +363,6 @@ def verdict_of(curve: dict) -> tuple[str, float | None]:
     return a.verdict, (a.lr_unstable if a.verdict == "ok" else None)
 
 
-def lr_unstable_of(curve: dict) -> float | None:
-    return verdict_of(curve)[1]
-
-
 def interp_acc(means: dict[float, float], lr: float) -> float:
     """Grid accuracy linearly interpolated in log10(lr) (edge values outside the grid)."""
     xs = sorted(means)

@@ -29,10 +29,16 @@ from torch.utils.data import TensorDataset
 from lrpilot.tasks.base import Task, accuracy
 
 
-def _tensors(x_tr, x_va, y_tr, y_va) -> tuple[TensorDataset, TensorDataset]:
-    return (
-        TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
-        TensorDataset(torch.from_numpy(x_va), torch.from_numpy(y_va)),
+def _classification_task(name: str, build, train_set, val_set, description: str) -> Task:  # type: ignore[no-untyped-def]
+    """A classification task: cross-entropy loss, accuracy metric, no run defaults."""
+    return Task(
+        name=name,
+        build_model=build,
+        train_set=train_set,
+        val_set=val_set,
+        loss_fn=nn.functional.cross_entropy,
+        metrics={"accuracy": accuracy},
+        description=description,
     )
 
 
@@ -52,14 +58,12 @@ def digits_mlp() -> Task:
             nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
         )
 
-    return Task(
-        name="digits-mlp",
-        build_model=build,
-        train_set=train_set,
-        val_set=val_set,
-        loss_fn=nn.functional.cross_entropy,
-        metrics={"accuracy": accuracy},
-        description="scikit-learn digits flattened, MLP 64-128-128-10 (benchmark only)",
+    return _classification_task(
+        "digits-mlp",
+        build,
+        train_set,
+        val_set,
+        "scikit-learn digits flattened, MLP 64-128-128-10 (benchmark only)",
     )
 
 
@@ -83,7 +87,8 @@ def synth_mlp_ln() -> Task:
     x_tr, x_va, y_tr, y_va = x[:10_000], x[10_000:], y[:10_000], y[10_000:]
     mean, std = x_tr.mean(0), x_tr.std(0)
     x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
-    train_set, val_set = _tensors(x_tr, x_va, y_tr, y_va)
+    train_set = TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr))
+    val_set = TensorDataset(torch.from_numpy(x_va), torch.from_numpy(y_va))
 
     def build() -> nn.Module:
         return nn.Sequential(
@@ -96,12 +101,10 @@ def synth_mlp_ln() -> Task:
             nn.Linear(256, 8),
         )
 
-    return Task(
-        name="synth-mlp-ln",
-        build_model=build,
-        train_set=train_set,
-        val_set=val_set,
-        loss_fn=nn.functional.cross_entropy,
-        metrics={"accuracy": accuracy},
-        description="make_classification, 8 classes, MLP with LayerNorm (benchmark only)",
+    return _classification_task(
+        "synth-mlp-ln",
+        build,
+        train_set,
+        val_set,
+        "make_classification, 8 classes, MLP with LayerNorm (benchmark only)",
     )

@@ -437,11 +437,17 @@ def analyze_curve(
     # how far the loss fell: from its highest level before the minimum (or the start)
     drop = max(float(np.nanmax(smoothed[: jmin + 1])), l0) - lmin
     noisy = drop < NOISY_DROP * noise
-    noisy_message = (
-        f"the loss fell by only {drop:.3g}, {drop / noise:.1f} times its noise {noise:.3g} "
-        f"(need {NOISY_DROP:g}): an instability point would be noise; probe with a larger "
-        "batch, more repeats or a fixed val_batch"
-    )
+
+    def noisy_result() -> CurveAnalysis:
+        return result(
+            "noisy",
+            lr_min=lr_min,
+            noise=noise,
+            message=f"the loss fell by only {drop:.3g}, {drop / noise:.1f} times its noise "
+            f"{noise:.3g} (need {NOISY_DROP:g}): an instability point would be noise; probe "
+            "with a larger batch, more repeats or a fixed val_batch",
+        )
+
     x_cross = _crossing(xc, smoothed, level, hold)
     if x_cross is None and first_bad is not None:
         # The loss became non-finite before the smoothed curve climbed: the instability lies
@@ -457,7 +463,7 @@ def analyze_curve(
         lo_x = min(float(q_lo), x_cross) - 0.5 * step
         hi_x = max(float(q_hi), x_cross) + 0.5 * step
     elif noisy:
-        return result("noisy", lr_min=lr_min, noise=noise, message=noisy_message)
+        return noisy_result()
     else:
         return result(
             "never diverged",
@@ -479,5 +485,5 @@ def analyze_curve(
             message=f"unstable already at {lr_u:.3g}, within the first tested LRs; lower start_lr",
         )
     if noisy:
-        return result("noisy", lr_min=lr_min, noise=noise, message=noisy_message)
+        return noisy_result()
     return result("ok", lr_u, interval, lr_min, noise, "")
