@@ -18,8 +18,16 @@ best-of (fastest repeat against fastest repeat, as ``timeit`` recommends: slower
 measure the machine's interference). On a shared 2-core VM single repeats vary by 5-30%,
 so use 28 repeats (7 per position) or more before reading the third digit.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/loop_overhead.py [--epochs 15] [--repeats 28]``
-(about 3 minutes on one core).
+A second table separates the one-off costs of a call from its rate. The bare loop and the
+defaults also run ``--long-epochs`` (default 3x ``--epochs``) in the same rotation; per
+repeat, the samples of the extra epochs over the extra wall time is the steady-state
+samples/s, which keeps every per-step and per-epoch cost (guard, logging, validation,
+snapshots) and drops what a call pays once (set-up, the durable final checkpoint and
+``best.pt``, diagnosis, summary). A 15-epoch call of this task lasts about one second, so
+those one-off milliseconds weigh more here than in any real run; the table shows both.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/loop_overhead.py [--epochs 15]
+[--long-epochs 45] [--repeats 28]`` (about 5 minutes on one core).
 Target: lrpilot within 3% of the bare loop (ratio >= 0.97).
 """
 
@@ -44,8 +52,9 @@ from lrpilot.train.config import parse_config
 SCHEDULE = {"name": "cosine", "lr": 0.1, "warmup": {"epochs": 1}}
 
 
-def bare_loop(epochs: int, batch_size: int, seed: int) -> tuple[float, float, float]:
-    """Hand-written loop; returns (samples/s, samples per CPU second, final val accuracy)."""
+def bare_loop(epochs: int, batch_size: int, seed: int) -> tuple[float, float, float, int]:
+    """Hand-written loop; returns (samples/s, samples per CPU second, final val accuracy,
+    samples trained)."""
     task = get_task("mnist1d-cnn")
     cfg = parse_config({"task": "mnist1d-cnn"})
     t0, c0 = time.perf_counter(), time.process_time()
@@ -85,10 +94,12 @@ def bare_loop(epochs: int, batch_size: int, seed: int) -> tuple[float, float, fl
                 out = model(xv[i : i + 256])
                 correct += int((out.argmax(1) == yv[i : i + 256]).sum())
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return n * epochs / elapsed, n * epochs / cpu, correct / len(xv)
+    return n * epochs / elapsed, n * epochs / cpu, correct / len(xv), n * epochs
 
 
-def lrpilot_loop(epochs: int, batch_size: int, seed: int, **extra) -> tuple[float, float, float]:
+def lrpilot_loop(
+    epochs: int, batch_size: int, seed: int, **extra
+) -> tuple[float, float, float, int]:
     config = {
         "task": "mnist1d-cnn",
         "epochs": epochs,
@@ -103,7 +114,7 @@ def lrpilot_loop(epochs: int, batch_size: int, seed: int, **extra) -> tuple[floa
         result = fit(config, os.path.join(tmp, "run"), progress="none")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = result.summary["samples_seen"]
-    return n / elapsed, n / cpu, result.summary["final"]["val_accuracy"]
+    return n / elapsed, n / cpu, result.summary["final"]["val_accuracy"], n
 
 
 def bootstrap_median_interval(
@@ -121,42 +132,73 @@ def bootstrap_median_interval(
     return medians[int(tail * (resamples - 1))], medians[int((1.0 - tail) * (resamples - 1))]
 
 
+def paired_summary(values: list[float], base: list[float]) -> tuple[float, float, float]:
+    """Median of the paired ratios ``values[i] / base[i]`` and its 90% bootstrap interval."""
+    paired = [v / b for v, b in zip(values, base, strict=True)]
+    return (statistics.median(paired), *bootstrap_median_interval(paired))
+
+
+def marginal_rates(
+    short: list[tuple[float, float]], long: list[tuple[float, float]]
+) -> list[float]:
+    """Per repeat, samples/s of the extra epochs of the long run over the short one:
+    ``(samples_long - samples_short) / (seconds_long - seconds_short)``. One-off costs of a
+    run (set-up, final checkpoint, diagnosis, summary) cancel; every per-step and per-epoch
+    cost (validation, snapshots, logging) stays.
+
+    >>> marginal_rates([(1000.0, 1.1)], [(3000.0, 3.1)])
+    [1000.0]
+    """
+    return [
+        (ns_l - ns_s) / (t_l - t_s) for (ns_s, t_s), (ns_l, t_l) in zip(short, long, strict=True)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument(
+        "--long-epochs",
+        type=int,
+        default=None,
+        help="epochs of the second run length of the steady-state table (default 3x --epochs)",
+    )
     parser.add_argument("--repeats", type=int, default=28)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error(f"--epochs {args.epochs}: need at least 2 (the warmup lasts one epoch)")
+    long_epochs = args.long_epochs or 3 * args.epochs
+    if long_epochs <= args.epochs:
+        parser.error(f"--long-epochs {long_epochs} must exceed --epochs {args.epochs}")
     torch.set_num_threads(1)
     get_task("mnist1d-cnn")  # build the dataset once, outside the timings
+    base, default = "bare PyTorch loop", "lrpilot fit (defaults)"
     variants = {
-        "bare PyTorch loop": lambda: bare_loop(args.epochs, args.batch_size, 0),
-        "lrpilot fit (defaults)": lambda: lrpilot_loop(args.epochs, args.batch_size, 0),
-        "lrpilot fit (guard off)": lambda: lrpilot_loop(
-            args.epochs, args.batch_size, 0, guard={"enabled": False}
+        base: lambda e: bare_loop(e, args.batch_size, 0),
+        default: lambda e: lrpilot_loop(e, args.batch_size, 0),
+        "lrpilot fit (guard off)": lambda e: lrpilot_loop(
+            e, args.batch_size, 0, guard={"enabled": False}
         ),
-        "lrpilot fit (log_every=1)": lambda: lrpilot_loop(
-            args.epochs, args.batch_size, 0, log_every=1
-        ),
+        "lrpilot fit (log_every=1)": lambda e: lrpilot_loop(e, args.batch_size, 0, log_every=1),
     }
-    for fn in variants.values():  # warm-up (imports, allocator)
-        fn()
-    rates: dict[str, list[float]] = {k: [] for k in variants}
-    cpu_rates: dict[str, list[float]] = {k: [] for k in variants}
-    accs: dict[str, float] = {}
+    # (variant, epochs) runs; the long runs of the bare loop and the defaults give the
+    # steady-state rates
+    runs = [(name, args.epochs) for name in variants] + [
+        (name, long_epochs) for name in (base, default)
+    ]
+    for name, _ in runs[: len(variants)]:  # warm-up (imports, allocator)
+        variants[name](args.epochs)
+    results: dict[tuple[str, int], list[tuple[float, float, float, int]]] = {
+        run: [] for run in runs
+    }
     from rich.progress import track
 
-    names = list(variants)
     for r in track(range(args.repeats), description="repeats", transient=True):
         # interleaved, and the order rotates every repeat: the run right after the bare loop
         # measured 2-3% slower here, a bias that must not always hit the same variant
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = variants[name]
-            rate, cpu_rate, acc = fn()
-            rates[name].append(rate)
-            cpu_rates[name].append(cpu_rate)
-            accs[name] = acc
-    base = "bare PyTorch loop"
+        for run in runs[r % len(runs) :] + runs[: r % len(runs)]:
+            results[run].append(variants[run[0]](run[1]))
     print(
         f"mnist1d-cnn, batch {args.batch_size}, {args.epochs} epochs, warmup+cosine, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, {args.repeats} interleaved "
@@ -166,22 +208,25 @@ def main() -> None:
         f"{'variant':<28}{'samples/s':>10}{'min':>8}{'max':>8}{'paired':>8}{'90% CI':>14}"
         f"{'best-of':>8}{'cpu samples/s':>15}{'paired':>8}{'val acc':>9}"
     )
-    for name, values in rates.items():
+
+    def column(run: tuple[str, int], k: int) -> list[float]:
+        return [values[k] for values in results[run]]
+
+    short = {name: (name, args.epochs) for name in variants}
+    for name in variants:
+        rates, cpu_rates = column(short[name], 0), column(short[name], 1)
         # paired ratios (each repeat against the bare run next to it), then the median:
         # robust to the machine's speed drifting during the benchmark
-        paired = [v / b for v, b in zip(values, rates[base], strict=True)]
-        ratio = statistics.median(paired)
-        low, high = bootstrap_median_interval(paired)
+        ratio, low, high = paired_summary(rates, column(short[base], 0))
         # best-of: the fastest repeat of each (timeit's rule: slower repeats are the
         # machine's interference, not the code's cost)
-        best_ratio = max(values) / max(rates[base])
-        cpu_ratio = statistics.median(
-            v / b for v, b in zip(cpu_rates[name], cpu_rates[base], strict=True)
-        )
+        best_ratio = max(rates) / max(column(short[base], 0))
+        cpu_ratio = paired_summary(cpu_rates, column(short[base], 1))[0]
         print(
-            f"{name:<28}{statistics.median(values):>10.0f}{min(values):>8.0f}"
-            f"{max(values):>8.0f}{ratio:>8.3f}{f'{low:.3f}..{high:.3f}':>14}{best_ratio:>8.3f}"
-            f"{statistics.median(cpu_rates[name]):>15.0f}{cpu_ratio:>8.3f}{accs[name]:>9.3f}"
+            f"{name:<28}{statistics.median(rates):>10.0f}{min(rates):>8.0f}"
+            f"{max(rates):>8.0f}{ratio:>8.3f}{f'{low:.3f}..{high:.3f}':>14}{best_ratio:>8.3f}"
+            f"{statistics.median(cpu_rates):>15.0f}{cpu_ratio:>8.3f}"
+            f"{results[short[name]][-1][2]:>9.3f}"
         )
     print(
         "samples/s: training samples over the wall time of the whole training call (median, "
@@ -191,6 +236,37 @@ def main() -> None:
         "of the variant / fastest bare repeat. Target: >= 0.97 for 'lrpilot fit (defaults)'. "
         "On a shared VM the repeat-to-repeat spread is several percent: use --repeats 28 or "
         "more before reading the third digit."
+    )
+    print()
+    print(
+        f"steady state: the same repeats, {args.epochs} and {long_epochs} epochs "
+        f"(samples/s of the {long_epochs - args.epochs} extra epochs)"
+    )
+    print(
+        f"{'variant':<28}{f'{long_epochs}-epoch call':>16}{'paired':>8}{'90% CI':>14}"
+        f"{'steady samples/s':>18}{'paired':>8}{'90% CI':>14}"
+    )
+    steady: dict[str, list[float]] = {}
+    for name in (base, default):
+        long_rates = column((name, long_epochs), 0)
+        pairs = [
+            [(values[3], values[3] / values[0]) for values in results[(name, e)]]
+            for e in (args.epochs, long_epochs)
+        ]
+        steady[name] = marginal_rates(pairs[0], pairs[1])
+        call = paired_summary(long_rates, column((base, long_epochs), 0))
+        marg = paired_summary(steady[name], steady[base])
+        print(
+            f"{name:<28}{statistics.median(long_rates):>16.0f}{call[0]:>8.3f}"
+            f"{f'{call[1]:.3f}..{call[2]:.3f}':>14}{statistics.median(steady[name]):>18.0f}"
+            f"{marg[0]:>8.3f}{f'{marg[1]:.3f}..{marg[2]:.3f}':>14}"
+        )
+    print(
+        f"{long_epochs}-epoch call: as above for the longer run. steady samples/s: per repeat, "
+        f"(samples of the long run - samples of the short run) / (wall time of the long run "
+        f"- wall time of the short run); one-off costs cancel, every per-step and per-epoch "
+        f"cost stays (one-off: set-up, the durable final checkpoint and best.pt, diagnosis, "
+        f"summary)."
     )
 
 

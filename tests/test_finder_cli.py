@@ -88,6 +88,21 @@ def test_json_adamw_uses_square_root_transfer_and_actual_batch_ratio(capsys):
         assert out["suggestion"] is None
 
 
+def test_probe_batch_and_budget_set_the_sweep_and_the_batch_ratio(capsys):
+    # probe batch 16 of the training batch 32: ratio 2; budget 1 epoch: 512 // 16 - 1 steps
+    argv = ["find", "--task", TASK, "--probe-batch", "16", "--budget", "1", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["probe_batch_size"] == 16 and out["batch_ratio"] == 2
+    assert out["optimizer_steps"] <= 512 // 16 - 1
+    assert 256 < out["samples"] <= 512  # more than the default half epoch, at most one
+    assert out["epochs_of_compute"] == pytest.approx(out["samples"] / 512)
+    if out["verdict"] == "ok":
+        assert out["suggestion"] == pytest.approx(
+            SCHEDULE_FRACTIONS["one_cycle"] * 2 * out["lr_unstable"], rel=1e-12
+        )
+
+
 def test_png_written_and_text_output(tmp_path, capsys):
     png = tmp_path / "sub" / "finder.png"
     code = main(
@@ -109,6 +124,11 @@ def test_png_written_and_text_output(tmp_path, capsys):
         (["--task", TASK, "--schedule", "step"], "one_cycle"),
         (["--task", TASK, "--png", "plot.jpg"], ".png"),
         (["--task", TASK, "--seed", "-1"], "--seed=-1"),
+        (["--task", TASK, "--probe-batch", "0"], "--probe-batch=0"),
+        (["--task", TASK, "--probe-batch", "33"], "[1, 32]"),
+        (["--task", TASK, "--budget", "0"], "--budget=0"),
+        (["--task", TASK, "--budget", "11"], "(0, 10]"),
+        (["--task", TASK, "--probe-batch", "32", "--budget", "0.1"], "need at least 5"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):

@@ -46,3 +46,44 @@ def test_tasks_cli_lists_sizes(capsys):
     assert main(["tasks", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"mnist1d-cnn"' in out and '"train": 4000' in out
+
+
+LOCAL_TASK = '''
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from lrpilot.tasks import Task
+
+def build():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return Task(name="local", build_model=lambda: nn.Linear(4, 2),
+                train_set=TensorDataset(x[:256], y[:256]), val_set=TensorDataset(x[256:], y[256:]),
+                loss_fn=nn.functional.cross_entropy,
+                defaults={"batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1}})
+'''
+
+
+def test_console_script_finds_a_task_module_in_the_current_directory(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "my_local_task.py").write_text(LOCAL_TASK)
+    script = Path(sys.executable).parent / "lrpilot"  # the installed console script
+    if not script.exists():
+        pytest.skip(f"no console script at {script}")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [str(script), "find", "--task", "my_local_task:build", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["task"] == "local"

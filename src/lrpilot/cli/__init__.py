@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _current_directory_importable() -> None:
+    """Let ``module:function`` tasks (``--task``, a config's ``task``) be found in the current
+    directory, as under ``python -m lrpilot``: the ``lrpilot`` console script starts with its
+    own ``bin`` directory as ``sys.path[0]``. Appended, not prepended, so a local file cannot
+    shadow an installed package."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _current_directory_importable()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
