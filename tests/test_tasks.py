@@ -48,7 +48,7 @@ def test_tasks_cli_lists_sizes(capsys):
     assert '"mnist1d-cnn"' in out and '"train": 4000' in out
 
 
-LOCAL_TASK = '''
+LOCAL_TASK = """
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -62,7 +62,7 @@ def build():
                 train_set=TensorDataset(x[:256], y[:256]), val_set=TensorDataset(x[256:], y[256:]),
                 loss_fn=nn.functional.cross_entropy,
                 defaults={"batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1}})
-'''
+"""
 
 
 def test_console_script_finds_a_task_module_in_the_current_directory(tmp_path):
