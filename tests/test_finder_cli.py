@@ -97,10 +97,18 @@ def test_probe_batch_and_budget_set_the_sweep_and_the_batch_ratio(capsys):
     assert out["optimizer_steps"] <= 512 // 16 - 1
     assert 256 < out["samples"] <= 512  # more than the default half epoch, at most one
     assert out["epochs_of_compute"] == pytest.approx(out["samples"] / 512)
-    if out["verdict"] == "ok":
-        assert out["suggestion"] == pytest.approx(
-            SCHEDULE_FRACTIONS["one_cycle"] * 2 * out["lr_unstable"], rel=1e-12
-        )
+    assert out["verdict"] == "ok", out["message"]
+    assert out["suggestion"] == pytest.approx(
+        SCHEDULE_FRACTIONS["one_cycle"] * 2 * out["lr_unstable"], rel=1e-12
+    )
+
+
+def test_noisy_sweep_prints_the_flags_that_lower_the_noise(capsys):
+    # probe batch 16 for half an epoch: 15 tested LRs, too few to see the fall above the noise
+    assert main(["find", "--task", TASK, "--probe-batch", "16"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert "verdict noisy" in out
+    assert "hint: --probe-batch 32 lowers the noise (add --budget 1 " in out
 
 
 def test_png_written_and_text_output(tmp_path, capsys):

@@ -1,3 +1,9 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,12 +72,6 @@ def build():
 
 
 def test_console_script_finds_a_task_module_in_the_current_directory(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     (tmp_path / "my_local_task.py").write_text(LOCAL_TASK)
     script = Path(sys.executable).parent / "lrpilot"  # the installed console script
     if not script.exists():

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lrpilot.finder import find_lr
     from lrpilot.finder.decision import schedule_fraction
-    from lrpilot.finder.protocol import MAX_BUDGET_EPOCHS, probe_plan
+    from lrpilot.finder.protocol import MAX_BUDGET_EPOCHS, PROBE_BATCH_DIVISOR, probe_plan
     from lrpilot.tasks import get_task
 
     schedule_fraction(args.schedule)  # validate before any work
@@ -168,6 +168,15 @@ def run(args: argparse.Namespace) -> int:
             f"[bold]{task.name}[/]: no suggestion, verdict [red]{result.verdict}[/]: "
             f"{result.message} ({compute})"
         )
+        larger = min(2 * plan.batch_size, batch_size)
+        if result.verdict == "noisy" and larger > plan.batch_size:
+            budget = min(2 * args.budget, MAX_BUDGET_EPOCHS)
+            console.print(
+                f"hint: --probe-batch {larger} lowers the noise (add --budget {budget:g} to keep "
+                f"the number of tested LRs); the rule was calibrated at probe batch "
+                f"{max(1, batch_size // PROBE_BATCH_DIVISOR)}, so check its suggestion with a "
+                f"short run"
+            )
     else:
         lo, hi = result.suggestion_interval or (math.nan, math.nan)
         console.print(

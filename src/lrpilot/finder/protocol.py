@@ -49,9 +49,10 @@ def probe_plan(
 
     ``probe_batch`` defaults to ``max(1, batch_size // 8)``, the batch the suggestion rule
     was calibrated with; a larger one lowers the noise of each measured loss (its standard
-    deviation falls as ``1 / sqrt(probe_batch)``) at the price of fewer tested LRs, which is
-    the remedy for a ``"noisy"`` sweep. The rule then carries the instability point over
-    with ``batch_size / probe_batch`` instead of 8 (uncalibrated ratio: a wider error).
+    deviation falls as ``1 / sqrt(probe_batch)``) at the price of fewer tested LRs, what a
+    ``"noisy"`` verdict asks for. The rule then carries the instability point over with
+    ``batch_size / probe_batch`` instead of 8, a ratio it was not calibrated with
+    (``bench/finder_probe_batch.py`` measures it on the task whose sweeps are noisy).
 
     >>> probe_plan(4000, 64, probe_batch=32)
     ProbePlan(batch_size=32, steps=61, start_lr=1e-05, end_lr=10.0, samples_budget=2000)
