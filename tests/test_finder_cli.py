@@ -90,7 +90,7 @@ def test_json_adamw_uses_square_root_transfer_and_actual_batch_ratio(capsys):
 
 def test_probe_batch_and_budget_set_the_sweep_and_the_batch_ratio(capsys):
     # probe batch 16 of the training batch 32: ratio 2; budget 1 epoch: 512 // 16 - 1 steps
-    argv = ["find", "--task", TASK, "--probe-batch", "16", "--budget", "1", "--json"]
+    argv = ["find", "--task", TASK, "--probe-batch", "16", "--budget-epochs", "1", "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["probe_batch_size"] == 16 and out["batch_ratio"] == 2
@@ -108,7 +108,7 @@ def test_noisy_sweep_prints_the_flags_that_lower_the_noise(capsys):
     assert main(["find", "--task", TASK, "--probe-batch", "16"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps lines
     assert "verdict noisy" in out
-    assert "hint: --probe-batch 32 lowers the noise (add --budget 1 " in out
+    assert "hint: --probe-batch 32 lowers the noise (add --budget-epochs 1 " in out
 
 
 def test_png_written_and_text_output(tmp_path, capsys):
@@ -134,9 +134,9 @@ def test_png_written_and_text_output(tmp_path, capsys):
         (["--task", TASK, "--seed", "-1"], "--seed=-1"),
         (["--task", TASK, "--probe-batch", "0"], "--probe-batch=0"),
         (["--task", TASK, "--probe-batch", "33"], "[1, 32]"),
-        (["--task", TASK, "--budget", "0"], "--budget=0"),
-        (["--task", TASK, "--budget", "11"], "(0, 10]"),
-        (["--task", TASK, "--probe-batch", "32", "--budget", "0.1"], "need at least 5"),
+        (["--task", TASK, "--budget-epochs", "0"], "--budget-epochs=0"),
+        (["--task", TASK, "--budget-epochs", "11"], "(0, 10]"),
+        (["--task", TASK, "--probe-batch", "32", "--budget-epochs", "0.1"], "need at least 5"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):

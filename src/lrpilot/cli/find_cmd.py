@@ -7,7 +7,7 @@ for the ``--schedule`` (one-cycle or warmup+cosine) and the optimizer at the tra
 size (``lrpilot.finder.decision``: the instability point is carried from the probe batch to
 the training batch linearly for SGD and by the square root for AdamW).
 
-``--probe-batch`` and ``--budget`` override the protocol (for a sweep whose verdict is
+``--probe-batch`` and ``--budget-epochs`` override the protocol (for a sweep whose verdict is
 ``noisy``): the rule then uses the ratio training batch / probe batch, with which it was not
 calibrated. Measured on the one task with noisy sweeps (``bench/heldout_tasks.py``,
 synth-mlp-ln): probe batch 16 instead of 8 gave usable curves on 5 of 5 seeds; with AdamW
@@ -48,13 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--probe-batch",
         type=int,
         default=None,
+        metavar="N",
         help="batch of the sweep (default: training batch // 8, the calibrated protocol; "
         "larger: less noise, fewer tested LRs)",
     )
     parser.add_argument(
-        "--budget",
+        "--budget-epochs",
         type=float,
         default=0.5,
+        metavar="E",
         help="epochs of compute for the sweep, in (0, 10] (default 0.5)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the model and batches")
@@ -111,9 +113,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.probe_batch is not None:
         check_int("--probe-batch", args.probe_batch, low=1, high=batch_size)
-    check_range("--budget", args.budget, low=0, high=MAX_BUDGET_EPOCHS, low_inclusive=False)
+    check_range(
+        "--budget-epochs", args.budget_epochs, low=0, high=MAX_BUDGET_EPOCHS, low_inclusive=False
+    )
     plan = probe_plan(
-        len(task.train_set), batch_size, budget_epochs=args.budget, probe_batch=args.probe_batch
+        len(task.train_set),
+        batch_size,
+        budget_epochs=args.budget_epochs,
+        probe_batch=args.probe_batch,
     )
     check_int("--seed", args.seed, low=0)
 
@@ -170,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
         )
         larger = min(2 * plan.batch_size, batch_size)
         if result.verdict == "noisy" and larger > plan.batch_size:
-            budget = min(2 * args.budget, MAX_BUDGET_EPOCHS)
+            budget = min(2 * args.budget_epochs, MAX_BUDGET_EPOCHS)
             console.print(
-                f"hint: --probe-batch {larger} lowers the noise (add --budget {budget:g} to keep "
+                f"hint: --probe-batch {larger} lowers the noise (add --budget-epochs {budget:g} to keep "
                 f"the number of tested LRs); the rule was calibrated at probe batch "
                 f"{max(1, batch_size // PROBE_BATCH_DIVISOR)}, so check its suggestion with a "
                 f"short run"
