@@ -6,7 +6,7 @@ half-epoch budget (``lrpilot.finder.protocol.probe_plan(..., probe_batch=b)``), 
 verdicts, the median ``lr_unstable``, and per schedule the suggestion of the rule with
 ``r = 64 / b`` against the row's grid-best LR and accuracy. Accuracies are interpolated
 on the cached 5-seed grids of ``finder_quality.py`` (run that first); nothing is trained
-here. Sweeps are cached in ``bench/results/finder_probe_batch_curves.json``.
+here. Sweeps are cached with ``finder_quality.py``'s (``finder_quality_curves.json``).
 
     .venv/bin/python bench/finder_probe_batch.py [--rows synth-mlp-ln,...] [--probe-batches 8,16,32,64]
 
@@ -28,8 +28,6 @@ import torch
 
 import finder_quality as fq  # bench/ is sys.path[0] when run as a script
 
-CURVES = fq.RESULTS.with_name("finder_probe_batch_curves.json")
-
 
 def grid_means(runs: dict, row: str, schedule: str, seeds: int) -> dict[float, float]:
     """Mean accuracy per LR over the cached runs of ``row`` with at least ``seeds`` seeds."""
@@ -39,36 +37,6 @@ def grid_means(runs: dict, row: str, schedule: str, seeds: int) -> dict[float, f
         if parts[:3] == [fq.PROTOCOL[schedule], row, schedule] and parts[5] == "15":
             accs.setdefault(float(parts[3]), []).append(value)
     return {lr: statistics.fmean(a) for lr, a in accs.items() if len(a) >= seeds}
-
-
-def sweep(curves: dict, row: str, probe: int, seed: int) -> dict:
-    from lrpilot.finder import find_lr
-    from lrpilot.finder.protocol import probe_plan
-
-    task, x, y, _, _ = fq.task_tensors(row)
-    plan = probe_plan(len(x), fq.BATCH, probe_batch=probe)
-    key = f"{fq.FINDER_PROTOCOL}|{row}|{seed}|b{plan.batch_size}|s{plan.steps}"
-    if key not in curves:
-        torch.manual_seed(1000 + seed)  # as finder_quality.finder_curve
-        model = task.build_model()
-        opt = fq.make_optimizer(fq.TASK_SETUPS[row]["optimizer"], model.parameters(), 1e-3)
-        res = find_lr(
-            model,
-            opt,
-            task.loss_fn,
-            fq.TensorBatches(x, y, plan.batch_size, seed),
-            start_lr=plan.start_lr,
-            end_lr=plan.end_lr,
-            steps=plan.steps,
-        )
-        curves[key] = {
-            "lrs": res.lrs,
-            "losses": [v if math.isfinite(v) else None for v in res.losses],
-            "initial_loss": res.initial_loss,
-            "samples": res.samples,
-        }
-        fq._atomic_json(CURVES, curves)
-    return curves[key]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown rows {unknown}; valid: {', '.join(fq.TASK_SETUPS)}")
     probes = [int(b) for b in args.probe_batches.split(",")]
     runs = json.loads(fq.RESULTS.read_text()) if fq.RESULTS.is_file() else {}
-    curves = json.loads(CURVES.read_text()) if CURVES.is_file() else {}
+    curves = json.loads(fq.CURVES.read_text()) if fq.CURVES.is_file() else {}
     print(f"{'row':<20}{'b':>4}{'ok':>6}  {'lr_unstable (min..max)':<26}", end="")
     print("".join(f"{s + ': sugg, x best, acc vs best':<38}" for s in fq.SCHEDULES))
     for row in rows:
@@ -94,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for probe in probes:
             analyses = []
             for seed in fq.FINDER_SEEDS:
-                c = sweep(curves, row, probe, seed)
+                c = fq.finder_curve(curves, row, seed, probe_batch=probe)
                 losses = [math.nan if v is None else v for v in c["losses"]]
                 analyses.append(analyze_curve(c["lrs"], losses, c["initial_loss"]))
             ok = [a.lr_unstable for a in analyses if a.verdict == "ok"]

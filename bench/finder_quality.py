@@ -310,13 +310,16 @@ class TensorBatches:
             yield self.x[idx], self.y[idx]
 
 
-def finder_curve(curves: dict, task_name: str, seed: int, progress=None) -> dict:
-    """Raw finder curve for one seed (cached: the decision is re-run on it, not the sweep)."""
+def finder_curve(
+    curves: dict, task_name: str, seed: int, progress=None, probe_batch: int | None = None
+) -> dict:
+    """Raw finder curve for one seed (cached: the decision is re-run on it, not the sweep);
+    ``probe_batch`` other than the protocol's for ``bench/finder_probe_batch.py``."""
     from lrpilot.finder import find_lr
     from lrpilot.finder.protocol import probe_plan
 
     task, x, y, _, _ = task_tensors(task_name)
-    plan = probe_plan(len(x), BATCH)
+    plan = probe_plan(len(x), BATCH, probe_batch=probe_batch)
     key = f"{FINDER_PROTOCOL}|{task_name}|{seed}|b{plan.batch_size}|s{plan.steps}|{plan.start_lr:g}-{plan.end_lr:g}"
     if key not in curves:
         if progress is not None:
