@@ -41,6 +41,9 @@ FAST = {"task": "mnist1d-mlp", "epochs": 2, "batch_size": 128, "log_every": 1, "
         ({"guard": {"factor": 1.5}}, "guard.factor=1.5"),
         ({"guard": {"patience": 5, "horizon": 3}}, "guard.horizon=3"),
         ({"guard": {"wndow": 5}}, "'guard.wndow'"),
+        ({"guard": {"rebound": 0}}, "guard.rebound=0"),
+        ({"guard": {"rebound": 1.5}}, "guard.rebound=1.5"),
+        ({"guard": {"rebound_progress": -1}}, "guard.rebound_progress=-1"),
         ({"early_stopping": {"monitor": "val_f1"}}, "early_stopping.monitor='val_f1'"),
         ({"early_stopping": {"patience": 0}}, "early_stopping.patience=0"),
         ({"plateau": {"monitor": "acc"}}, "plateau.monitor='acc'"),
@@ -74,7 +77,9 @@ def test_task_defaults_fill_unspecified_keys() -> None:
         0.003,
         (0.9, 0.999),
     )
-    assert cfg.guard.enabled and cfg.guard.factor == 0.5
+    assert cfg.guard.enabled and cfg.guard.factor == 0.5 and cfg.guard.rebound == 0.8
+    off = parse_config({"task": "mnist1d-cnn", "guard": {"rebound": None}})
+    assert off.guard.rebound is None  # the rebound rule switched off
     assert cfg.device == "auto" and cfg.checkpoint_every == "auto"
 
 
@@ -378,3 +383,16 @@ def test_generic_dataset_path_matches_tensor_fast_path(tmp_path: Path) -> None:
     ]
     for key, value in fast.model.state_dict().items():
         assert torch.equal(value, slow.model.state_dict()[key]), key
+
+
+def test_resume_refuses_a_changed_config_but_accepts_settings_added_since(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit({**FAST, "epochs": 1}, run, progress="none")
+    with pytest.raises(ConfigError, match="seed: 0 -> 1"):
+        fit({**FAST, "epochs": 1, "seed": 1}, run, resume=True, progress="none")
+    # a run directory written before guard.rebound existed: the setting takes its value now
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["guard"]["rebound"], saved["guard"]["rebound_progress"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    result = fit({**FAST, "epochs": 1}, run, resume=True, progress="none")
+    assert result.summary["status"] == "completed"

@@ -18,6 +18,7 @@ from lrpilot.train.guard import (
     _mad_lower_bound,
     _scale_about_sorted,
     classify,
+    rebound_level,
     robust_level,
 )
 
@@ -101,6 +102,93 @@ def test_guard_state_dict_roundtrip_and_version() -> None:
         other.load_state_dict({**state, "version": 99})
 
 
+def test_rebound_level_formula_and_arming_boundary() -> None:
+    assert rebound_level(2.3, 0.3, 0.1, rise=0.8, progress=6.0) == pytest.approx(0.3 + 0.8 * 2.0)
+    assert rebound_level(2.3, 0.3, 0.1, rise=1.0, progress=6.0) == pytest.approx(2.3)
+    # armed only for a gain strictly above progress * noise
+    assert rebound_level(1.6, 1.0, 0.1, rise=0.5, progress=6.0) is None  # 0.6 = 6 * 0.1
+    assert rebound_level(1.6000001, 1.0, 0.1, rise=0.5, progress=6.0) == pytest.approx(1.3)
+    # negative losses: only differences matter
+    assert rebound_level(-1.0, -3.0, 0.1, rise=0.5, progress=6.0) == pytest.approx(-2.0)
+
+
+def _decline_then_rebound(rng: random.Random, back: int) -> list[float]:
+    """50 steps from 2.3 down to 0.5, 30 steps at 0.5, then ``back`` steps rising
+    gradually to 2.3 over 60 steps (0.03 per step, a third of the noise: never far above
+    the recent level), with Gaussian noise of 0.1."""
+    down = [2.3 - 1.8 * i / 50 for i in range(50)] + [0.5] * 30
+    up = [0.5 + 1.8 * min(1.0, (i + 1) / 60) for i in range(back)]
+    return [v + rng.gauss(0, 0.1) for v in down + up]
+
+
+def test_gradual_rebound_to_the_initial_level_is_caught() -> None:
+    losses = _decline_then_rebound(random.Random(0), back=90)
+    spikes_only = DivergenceGuard(rebound=None)
+    assert all(spikes_only.observe(v) != "diverged" for v in losses)  # the old rule misses it
+    guard = DivergenceGuard()
+    verdicts = [guard.observe(v) for v in losses]
+    first = verdicts.index("diverged")
+    assert guard.cause == "rebound"
+    level = guard.rebound_at
+    assert level == pytest.approx(guard.best_level + 0.8 * (guard.first_level - guard.best_level))
+    # re-computed: the first step of the rebound phase with 6 of the last 10 losses (a
+    # majority of the horizon) above the level
+    above = [v > level for v in losses]
+    expected = next(i for i in range(89, len(losses)) if sum(above[i - 9 : i + 1]) >= 6)
+    assert first == expected
+    assert guard.first_level == pytest.approx(statistics.median(losses[:10]))
+
+
+def test_a_short_excursion_above_the_rebound_level_is_not_a_divergence() -> None:
+    rng = random.Random(1)
+    losses = _decline_then_rebound(rng, back=0)
+    # 5 steps of 10 at the initial level (half, not a majority), then back down
+    losses += [2.3, 0.5, 2.3, 0.5, 2.3, 0.5, 2.3, 0.5, 2.3, 0.5] + [0.5] * 20
+    guard = DivergenceGuard(threshold=1e9)  # spike rule out of the way
+    assert all(guard.observe(v) != "diverged" for v in losses)
+    assert guard.rebound_at is not None  # armed all along
+
+
+def test_no_rebound_rule_without_clear_progress() -> None:
+    # the loss falls by 0.1 with noise 0.05 (2 noise units): never armed, never diverges
+    rng = random.Random(2)
+    losses = [2.3 - 0.1 * min(1.0, i / 50) + rng.gauss(0, 0.05) for i in range(100)]
+    losses += [2.3 + rng.gauss(0, 0.05) for _ in range(50)]
+    guard = DivergenceGuard()
+    assert all(guard.observe(v) != "diverged" for v in losses)
+    assert guard.rebound_at is None
+
+
+def test_a_rescue_restarts_the_rebound_levels() -> None:
+    losses = _decline_then_rebound(random.Random(3), back=90)
+    guard = DivergenceGuard(threshold=1e9)  # the rebound rule alone
+    verdicts = [guard.observe(v) for v in losses]
+    assert "diverged" in verdicts
+    guard.record_rescue()
+    assert guard.first_level is None and guard.rebound_at is None
+    # the restored state sits at the high level: no progress since, so no new divergence
+    assert all(guard.observe(2.3) == "ok" for _ in range(40))
+
+
+def test_rebound_state_resumes_mid_block() -> None:
+    losses = _decline_then_rebound(random.Random(4), back=90)
+    reference = DivergenceGuard()
+    expected = [reference.observe(v) for v in losses]
+    for cut in (7, 55, 83, 95):
+        head = DivergenceGuard()
+        for v in losses[:cut]:
+            head.observe(v)
+        resumed = DivergenceGuard()
+        resumed.load_state_dict(json.loads(json.dumps(head.state_dict())))
+        assert [resumed.observe(v) for v in losses[cut:]] == expected[cut:], cut
+
+
+def test_version_1_guard_state_still_loads() -> None:
+    guard = DivergenceGuard()
+    guard.load_state_dict({"version": 1, "window": [2.0, 1.9], "recent": [False], "rescues": 2})
+    assert guard.rescues == 2 and guard.first_level is None and guard.rebound_at is None
+
+
 def _too_high_config(guard: bool) -> dict:
     # Two healthy epochs at LR 0.1, then LR 10 (33x the grid-best peak of 0.3 for this
     # task in bench/benchmark-protocol): without the guard the model collapses.
@@ -161,7 +249,9 @@ def test_guard_gives_up_after_max_rescues(tmp_path: Path) -> None:
 
 def test_incremental_guard_agrees_with_the_pure_rule() -> None:
     rng = random.Random(7)
-    guard = DivergenceGuard(window=12, threshold=3.0, patience=3, horizon=6, min_history=4)
+    guard = DivergenceGuard(
+        window=12, threshold=3.0, patience=3, horizon=6, min_history=4, rebound=None
+    )
     for i in range(3000):
         base = 2.0 * math.exp(-i / 1000)
         loss = base + rng.gauss(0, 0.05) + (rng.random() < 0.1) * rng.uniform(0, 3)

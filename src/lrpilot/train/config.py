@@ -89,6 +89,8 @@ GUARD_KEYS = (
     "horizon",
     "min_history",
     "snapshot_every",
+    "rebound",
+    "rebound_progress",
 )
 PLATEAU_KEYS = (
     "monitor",
@@ -138,6 +140,8 @@ class GuardConfig:
     horizon: int = 10
     min_history: int = 3
     snapshot_every: int = 50
+    rebound: float | None = 0.8
+    rebound_progress: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,17 @@ def _guard(raw: Any) -> GuardConfig:
         min_history=check_int("guard.min_history", g.get("min_history", d.min_history), low=3),
         snapshot_every=check_int(
             "guard.snapshot_every", g.get("snapshot_every", d.snapshot_every), low=1
+        ),
+        rebound=None
+        if g.get("rebound", d.rebound) is None
+        else check_range(
+            "guard.rebound", g.get("rebound", d.rebound), low=0, high=1, low_inclusive=False
+        ),
+        rebound_progress=check_range(
+            "guard.rebound_progress",
+            g.get("rebound_progress", d.rebound_progress),
+            low=0,
+            low_inclusive=False,
         ),
     )
     if out.horizon < out.patience:

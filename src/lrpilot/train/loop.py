@@ -180,9 +180,18 @@ def _default_run_dir(task_name: str) -> Path:
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Settings of the resolved config ``a`` that differ from the saved config ``b``. A
+    setting ``b`` does not have (its run started under an lrpilot without that setting,
+    e.g. ``guard.rebound``) takes its value from ``a``.
+
+    >>> _config_diff({"seed": 1, "guard": {"rebound": 0.8}}, {"seed": 2, "guard": {}})
+    ['seed: 2 -> 1']
+    """
     keys = sorted(set(a) | set(b))
     out = []
     for key in keys:
+        if key not in b:
+            continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _config_diff(va, vb, f"{prefix}{key}.")
@@ -281,6 +290,8 @@ class _Trainer:
             horizon=g.horizon,
             min_history=g.min_history,
             max_rescues=g.max_rescues,
+            rebound=g.rebound,
+            rebound_progress=g.rebound_progress,
         )
         self.scaler = None
         if cfg.amp and self.device.type == "cuda":
@@ -618,6 +629,12 @@ class _Trainer:
             reason = "non-finite loss"
         elif norm is not None and not math.isfinite(norm):
             reason = "non-finite gradient norm"
+        elif guard.cause == "rebound":
+            reason = (
+                f"loss back above {guard.rebound_at:.4g} in most of the last {guard.horizon} "
+                f"steps: {cfg.guard.rebound:.0%} of its progress from {guard.first_level:.4g} "
+                f"to {guard.best_level:.4g} lost"
+            )
         else:
             reason = (
                 f"loss far above its recent level in {guard.patience} of the last "
