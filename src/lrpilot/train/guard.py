@@ -254,9 +254,11 @@ class DivergenceGuard:
         self._n_above = 0
 
     def observe(self, loss: float, grad_norm: float | None = None) -> str:
-        """Classify one optimizer step's loss; ``"diverged"`` means: rescue now.
+        """Classify one optimizer step's loss; ``"diverged"`` means: rescue now
+        (:attr:`cause` says which rule: ``"non-finite"``, ``"spikes"`` or ``"rebound"``).
 
-        Same verdicts as :func:`classify` on ``self.window`` (a test checks it), computed
+        The spike rule gives the same verdicts as :func:`classify` on ``self.window`` (a
+        test checks it; the rebound rule of the module doc comes on top), computed
         incrementally: the window is also kept sorted, the MAD is selected from it without
         a sort, and only when the loss is above ``median + threshold * low`` with ``low``
         a lower bound of the scale from two order statistics (below that it cannot be
