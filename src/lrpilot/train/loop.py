@@ -187,12 +187,9 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     >>> _config_diff({"seed": 1, "guard": {"rebound": 0.8}}, {"seed": 2, "guard": {}})
     ['seed: 2 -> 1']
     """
-    keys = sorted(set(a) | set(b))
     out = []
-    for key in keys:
-        if key not in b:
-            continue
-        va, vb = a.get(key), b.get(key)
+    for key in sorted(b):
+        va, vb = a.get(key), b[key]
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _config_diff(va, vb, f"{prefix}{key}.")
         elif va != vb:
