@@ -232,6 +232,26 @@ def test_guard_rescues_a_far_too_high_learning_rate(tmp_path: Path) -> None:
     assert later and all(r["lr"] == pytest.approx(10.0 * scales[-1]) for r in later)
 
 
+def test_guard_rescues_a_slide_back_the_spike_rule_misses(tmp_path: Path) -> None:
+    # mnist1d-cnn, SGD one-cycle at peak 0.5 (1.7x its grid-best 0.3): this seed's loss
+    # falls, then slides back up without spikes; only the rebound rule rescues it
+    config = {
+        "task": "mnist1d-cnn",
+        "epochs": 6,
+        "seed": 1,
+        "schedule": {"name": "one_cycle", "max_lr": 0.5},
+        "log_every": 25,
+    }
+    guarded = fit(config, tmp_path / "guarded", progress="none")
+    spikes_only = fit({**config, "guard": {"rebound": None}}, tmp_path / "spikes", progress="none")
+    assert spikes_only.summary["guard"]["rescues"] == 0
+    rescues = guarded.summary["guard"]["actions"]
+    assert [e["action"] for e in rescues] == ["guard_rescue"]
+    assert "back above" in rescues[0]["reason"] and "of its progress" in rescues[0]["reason"]
+    acc, control = (r.summary["final"]["val_accuracy"] for r in (guarded, spikes_only))
+    assert acc > 0.6 and acc > control + 0.2, (acc, control)
+
+
 def test_guard_gives_up_after_max_rescues(tmp_path: Path) -> None:
     config = {
         "task": "mnist1d-cnn",
