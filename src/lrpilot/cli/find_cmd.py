@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lrpilot.finder import find_lr
     from lrpilot.finder.decision import schedule_fraction
-    from lrpilot.finder.protocol import MAX_BUDGET_EPOCHS, PROBE_BATCH_DIVISOR, probe_plan
+    from lrpilot.finder.protocol import MAX_BUDGET_EPOCHS, default_probe_batch, probe_plan
     from lrpilot.tasks import get_task
 
     schedule_fraction(args.schedule)  # validate before any work
@@ -179,10 +179,10 @@ def run(args: argparse.Namespace) -> int:
         if result.verdict == "noisy" and larger > plan.batch_size:
             budget = min(2 * args.budget_epochs, MAX_BUDGET_EPOCHS)
             console.print(
-                f"hint: --probe-batch {larger} lowers the noise (add --budget-epochs {budget:g} to keep "
-                f"the number of tested LRs); the rule was calibrated at probe batch "
-                f"{max(1, batch_size // PROBE_BATCH_DIVISOR)}, so check its suggestion with a "
-                f"short run"
+                f"hint: --probe-batch {larger} lowers the noise (add --budget-epochs "
+                f"{budget:g} to keep the number of tested LRs); the rule was calibrated at "
+                f"probe batch {default_probe_batch(batch_size)}, so check its suggestion with "
+                f"a short run"
             )
     else:
         lo, hi = result.suggestion_interval or (math.nan, math.nan)

@@ -38,6 +38,15 @@ class ProbePlan:
     samples_budget: int
 
 
+def default_probe_batch(batch_size: int) -> int:
+    """The probe batch the suggestion rule was calibrated with: ``max(1, batch_size // 8)``.
+
+    >>> default_probe_batch(64), default_probe_batch(4)
+    (8, 1)
+    """
+    return max(1, batch_size // PROBE_BATCH_DIVISOR)
+
+
 def probe_plan(
     train_size: int,
     batch_size: int,
@@ -67,7 +76,7 @@ def probe_plan(
         "budget_epochs", budget_epochs, low=0, high=MAX_BUDGET_EPOCHS, low_inclusive=False
     )
     if probe_batch is None:
-        probe = max(1, batch_size // PROBE_BATCH_DIVISOR)
+        probe = default_probe_batch(batch_size)
     else:
         probe = check_int("probe_batch", probe_batch, low=1, high=batch_size)
     budget = int(train_size * budget_epochs)

@@ -51,10 +51,10 @@ spike rule's scale stayed wide. With ``rebound = 0.8`` that seed is rescued at s
 restarts; mnist1d-mlp) no other run's rescues or accuracy changed, except that on one seed
 at 0.662 the rebound rule fired 3 steps before the spike rule would have (same accuracy).
 Replayed offline on the recorded losses, ``rebound = 0.5`` would also have fired on
-mnist1d-cnn's one-cycle at 0.3, a run that recovers by itself to 93.6%. A model that collapses before it made clear progress (for
-example a CNN that falls to chance level right after initialisation at a far too high LR)
-is caught by neither rule: the guard repairs divergence, it does not judge progress
-(``lrpilot diagnose`` does). A rescue cannot go back past the start of its epoch, so a
+mnist1d-cnn's one-cycle at 0.3, a run that recovers by itself to 93.6%. A model that
+collapses before it made clear progress (for example a CNN that falls to chance level right
+after initialisation at a far too high LR) is caught by neither rule: the guard repairs
+divergence, it does not judge progress (``lrpilot diagnose`` does). A rescue cannot go back past the start of its epoch, so a
 rebound found in a later epoch than it began restores an already damaged state (with the
 LR lowered).
 
