@@ -10,6 +10,10 @@ warmup+cosine) this prints:
   grid-best LR (target: within 1.5x),
 * the final test accuracy trained at the median suggestion (same seeds as the grid) versus
   the grid-best (target: within 0.5 point),
+* how sure it says it is: for how many of the finder seeds with a suggestion the
+  ``suggestion_interval`` holds the grid-best LR, and that interval's median width (high /
+  low). The interval's spread term (``CALIBRATION_RATIOS``) was taken from these same rows,
+  held-out ones included, so this column checks the per-sweep measurement part of it;
 * the finder's compute as a fraction of one epoch (samples processed / training-set size;
   limit 0.5).
 
@@ -357,12 +361,17 @@ def _atomic_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def verdict_of(curve: dict) -> tuple[str, float | None]:
-    """``(verdict, lr_unstable or None)`` of a recorded curve."""
+def analysis_of(curve: dict):  # type: ignore[no-untyped-def]
+    """``lrpilot.finder.decision.analyze_curve`` of a recorded curve."""
     from lrpilot.finder.decision import analyze_curve
 
     losses = [math.nan if v is None else v for v in curve["losses"]]
-    a = analyze_curve(curve["lrs"], losses, curve["initial_loss"])
+    return analyze_curve(curve["lrs"], losses, curve["initial_loss"])
+
+
+def verdict_of(curve: dict) -> tuple[str, float | None]:
+    """``(verdict, lr_unstable or None)`` of a recorded curve."""
+    a = analysis_of(curve)
     return a.verdict, (a.lr_unstable if a.verdict == "ok" else None)
 
 
@@ -434,6 +443,7 @@ def main(argv=None) -> int:
         OPTIMIZER_FAMILIES,
         SCHEDULE_FRACTIONS,
         suggest_peak_lr,
+        suggestion_interval,
     )
     from lrpilot.finder.protocol import probe_plan
 
@@ -472,7 +482,7 @@ def main(argv=None) -> int:
     seeds = [0] if args.quick else list(range(n_seeds))
     finder_seeds = FINDER_SEEDS[:3] if args.quick else FINDER_SEEDS
     epochs = 5 if args.quick else 15
-    console = Console(width=max(Console().width, 215), record=True)
+    console = Console(width=max(Console().width, 235), record=True)
     # --quick runs (5 epochs) are cached outside the repository.
     cache = RunCache(
         Path(tempfile.gettempdir()) / "lrpilot_finder_quality_quick.json" if args.quick else RESULTS
@@ -494,8 +504,13 @@ def main(argv=None) -> int:
         grids = {
             (t, s): grid_search(cache, t, s, seeds, epochs, note) for t in tasks for s in SCHEDULES
         }
+        analyses = {
+            t: [analysis_of(finder_curve(curves, t, fs, note)) for fs in finder_seeds]
+            for t in tasks
+        }
         verdicts = {
-            t: [verdict_of(finder_curve(curves, t, fs, note)) for fs in finder_seeds] for t in tasks
+            t: [(a.verdict, a.lr_unstable if a.verdict == "ok" else None) for a in analyses[t]]
+            for t in tasks
         }
         per_seed = {t: [v for _, v in verdicts[t]] for t in tasks}
         samples = {
@@ -528,6 +543,11 @@ def main(argv=None) -> int:
                     if med is not None
                     else float("nan")
                 )
+                intervals = [
+                    suggestion_interval(a.interval, s, family(t), batch_ratio[t])
+                    for a in analyses[t]
+                    if a.verdict == "ok"
+                ]
                 acc_each = [
                     cached_acc(cache, t, s, float(f"{v:.4g}"), fs, epochs, note)
                     for v, fs in zip(suggestions, finder_seeds, strict=True)
@@ -554,6 +574,10 @@ def main(argv=None) -> int:
                         "acc_each_mean": statistics.fmean(acc_each) if acc_each else float("nan"),
                         "acc_each_min": min(acc_each) if acc_each else float("nan"),
                         "compute": max(samples[t]) / n_train,
+                        "covered": sum(lo <= best_lr <= hi for lo, hi in intervals),
+                        "width": statistics.median(hi / lo for lo, hi in intervals)
+                        if intervals
+                        else None,
                     }
                 )
 
@@ -573,6 +597,7 @@ def main(argv=None) -> int:
         "acc @median",
         "Δ acc",
         "acc/seed mean/min",
+        "best in interval",
         "finder epochs",
         "targets",
     ):
@@ -587,6 +612,7 @@ def main(argv=None) -> int:
                 f"{r['grid_acc']:.2f}",
                 "none",
                 f"0/{len(finder_seeds)} ok: {r['verdicts']}",
+                "",
                 "",
                 "",
                 "",
@@ -620,6 +646,7 @@ def main(argv=None) -> int:
             f"{r['acc_med']:.2f}",
             f"{delta:+.2f}",
             f"{r['acc_each_mean']:.2f}/{r['acc_each_min']:.2f}",
+            f"{r['covered']}/{r['n_ok']} ({r['width']:.1f}x)",
             f"{r['compute']:.2f}",
             verdict,
         )

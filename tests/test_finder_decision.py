@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,17 @@ import pytest
 from lrpilot.errors import ConfigError
 from lrpilot.finder.core import combine_records
 from lrpilot.finder.decision import (
+    BOOTSTRAP,
     CALIBRATION_RATIOS,
+    HOLD,
+    MARGIN,
     NOISY_DROP,
     OPTIMIZER_FAMILIES,
+    RISE,
     SCHEDULE_FRACTIONS,
+    _bootstrap_crossings,
+    _crossing,
+    _level,
     analyze_curve,
     median3,
     smooth_curve,
@@ -74,6 +82,35 @@ def test_noise_gives_a_wider_interval_that_still_covers_the_truth():
     width = [math.log10(x.interval[1] / x.interval[0]) for x in (quiet, noisy)]
     assert width[1] > width[0]
     assert noisy.interval[0] <= exact * 1.3 and noisy.interval[1] >= exact / 1.3
+
+
+def test_interval_of_a_real_sweep_stays_near_its_crossing():
+    """A recorded ``lrpilot find`` sweep (mnist1d-cnn, SGD, probe batch 8): the loss is quiet
+    for three decades (residuals about 0.003) and noisy near the instability (about 0.1).
+    A bootstrap that moved the late residuals into the quiet start faked crossings there:
+    the interval's low end was 1.1e-4 x lr_unstable. Residuals that keep their place give
+    an interval around the crossing."""
+    path = Path(__file__).parent / "data" / "finder_curve_mnist1d_cnn.json"
+    curve = json.loads(path.read_text())
+    losses = [math.nan if v is None else v for v in curve["losses"]]
+    a = analyze_curve(curve["lrs"], losses, curve["initial_loss"])
+    assert a.verdict == "ok" and a.lr_unstable == pytest.approx(0.1292, rel=1e-3)
+    assert 0.5 * a.lr_unstable <= a.interval[0] <= a.lr_unstable <= a.interval[1]
+    assert a.interval[1] <= 5 * a.lr_unstable
+
+
+def test_bootstrap_of_a_curve_without_residuals_is_the_curve():
+    """Wild bootstrap: ``smoothed + sign * residual``; with zero residuals every replicate is
+    the curve itself (smoothed once more), so every replicate crosses where it does."""
+    x = np.log10(np.asarray(LRS))
+    smoothed, _, _ = smooth_curve(x, _u_curve())
+    again, _, _ = smooth_curve(x, smoothed)
+    crossing = _crossing(x, again, _level(2.3, float(again.min()), 1e-3, RISE, MARGIN), HOLD)
+    boots = _bootstrap_crossings(
+        x, smoothed, np.zeros_like(x), 2.3, 1e-3, RISE, MARGIN, HOLD, None, float(x[-1])
+    )
+    assert boots.shape == (BOOTSTRAP,)
+    assert crossing is not None and np.all(boots == crossing)
 
 
 def test_deterministic():
