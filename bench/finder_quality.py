@@ -21,7 +21,9 @@ warmup+cosine) this prints:
 one formula generalises: digits-cnn and mnist1d-cnn with AdamW, mnist1d-mlp with SGD, and a
 second set run blind after the rule was fixed (``bench/heldout_tasks.py``: digits-mlp and
 synth-mlp-ln, a LayerNorm MLP on 8 noisy ``make_classification`` classes, each with SGD
-and AdamW). A finder seed whose verdict is not "ok" (for example "noisy") gives no
+and AdamW), and a third that changes only the training-set size (mnist1d-cnn-16k with SGD
+and mnist1d-mlp-16k with AdamW: the calibration pairs on 16 000 MNIST-1D training samples
+instead of 4 000, so the half-epoch sweep has 999 steps instead of 249). A finder seed whose verdict is not "ok" (for example "noisy") gives no
 suggestion; a row without any is reported as such. The rule (``lrpilot.finder.decision``, step 6) is
 ``f(schedule) * r ** kappa(optimizer) * lr_unstable`` with ``r = 8`` (training batch / probe
 batch), ``kappa = 1`` for SGD and ``1/2`` for AdamW.
@@ -60,6 +62,7 @@ refinement and suggestion point of the twelve rows) took 255 s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -132,6 +135,17 @@ TASK_SETUPS = {
     },
     "synth-mlp-ln/adamw": {
         "task": "heldout_tasks:synth_mlp_ln",
+        "optimizer": "adamw",
+        "grid": _ADAM_GRID,
+    },
+    # a third held-out set: the calibration pairs on 4x the training data (longer sweeps)
+    "mnist1d-cnn-16k": {
+        "task": "heldout_tasks:mnist1d_cnn_16k",
+        "optimizer": "sgd",
+        "grid": _SGD_GRID,
+    },
+    "mnist1d-mlp-16k": {
+        "task": "heldout_tasks:mnist1d_mlp_16k",
         "optimizer": "adamw",
         "grid": _ADAM_GRID,
     },
@@ -315,15 +329,23 @@ class TensorBatches:
 
 
 def finder_curve(
-    curves: dict, task_name: str, seed: int, progress=None, probe_batch: int | None = None
+    curves: dict,
+    task_name: str,
+    seed: int,
+    progress=None,
+    probe_batch: int | None = None,
+    max_steps: int | None = None,
 ) -> dict:
     """Raw finder curve for one seed (cached: the decision is re-run on it, not the sweep);
-    ``probe_batch`` other than the protocol's for ``bench/finder_probe_batch.py``."""
+    ``probe_batch`` other than the protocol's for ``bench/finder_probe_batch.py``;
+    ``max_steps`` caps the sweep (the sweep-length test in ``finder_rule_research.md``)."""
     from lrpilot.finder import find_lr
     from lrpilot.finder.protocol import probe_plan
 
     task, x, y, _, _ = task_tensors(task_name)
     plan = probe_plan(len(x), BATCH, probe_batch=probe_batch)
+    if max_steps is not None:  # a shorter sweep than the protocol's (research only)
+        plan = dataclasses.replace(plan, steps=min(plan.steps, max_steps))
     key = f"{FINDER_PROTOCOL}|{task_name}|{seed}|b{plan.batch_size}|s{plan.steps}|{plan.start_lr:g}-{plan.end_lr:g}"
     if key not in curves:
         if progress is not None:
