@@ -110,54 +110,28 @@ def synth_mlp_ln() -> Task:
     )
 
 
-@cache
-def _mnist1d_large_sets(add_channel: bool) -> tuple[TensorDataset, TensorDataset]:
-    """MNIST-1D made by ``make_dataset`` with 20 000 samples instead of 5 000 (16 000 train /
-    4 000 test; the other arguments, the seed and the scaling as the built-in tasks)."""
-    from mnist1d.data import get_dataset_args, make_dataset
+def _mnist1d_16k(name: str, model_of: str, add_channel: bool) -> Task:
+    """The built-in ``model_of`` task's model on MNIST-1D made with 20 000 samples instead of
+    5 000 (16 000 train / 4 000 test; the other arguments, seed and scaling as built in), so
+    the finder's half-epoch sweep has 999 steps instead of 249."""
+    from lrpilot.tasks import get_task
+    from lrpilot.tasks.builtin import _datasets, _mnist1d_arrays
 
-    args = get_dataset_args()
-    args.num_samples = 20_000
-    data = make_dataset(args)  # generated locally; never downloaded
-    x_tr = np.asarray(data["x"], dtype=np.float32)
-    x_va = np.asarray(data["x_test"], dtype=np.float32)
-    mean, std = x_tr.mean(), x_tr.std()
-    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
-    tx_tr, tx_va = torch.from_numpy(x_tr), torch.from_numpy(x_va)
-    if add_channel:
-        tx_tr, tx_va = tx_tr[:, None, :], tx_va[:, None, :]
-    return (
-        TensorDataset(tx_tr, torch.from_numpy(np.asarray(data["y"], np.int64))),
-        TensorDataset(tx_va, torch.from_numpy(np.asarray(data["y_test"], np.int64))),
+    train_set, val_set = _datasets(_mnist1d_arrays(num_samples=20_000), add_channel)
+    return _classification_task(
+        name,
+        get_task(model_of).build_model,
+        train_set,
+        val_set,
+        f"MNIST-1D with 16 000 training samples, the {model_of} model (benchmark only)",
     )
 
 
 @cache
 def mnist1d_cnn_16k() -> Task:
-    """The built-in mnist1d-cnn model on 4x its training data (the finder's half-epoch sweep
-    then has 999 steps instead of 249)."""
-    from lrpilot.tasks import get_task
-
-    train_set, val_set = _mnist1d_large_sets(add_channel=True)
-    return _classification_task(
-        "mnist1d-cnn-16k",
-        get_task("mnist1d-cnn").build_model,
-        train_set,
-        val_set,
-        "MNIST-1D with 16 000 training samples, the mnist1d-cnn model (benchmark only)",
-    )
+    return _mnist1d_16k("mnist1d-cnn-16k", "mnist1d-cnn", add_channel=True)
 
 
 @cache
 def mnist1d_mlp_16k() -> Task:
-    """The built-in mnist1d-mlp model on 4x its training data."""
-    from lrpilot.tasks import get_task
-
-    train_set, val_set = _mnist1d_large_sets(add_channel=False)
-    return _classification_task(
-        "mnist1d-mlp-16k",
-        get_task("mnist1d-mlp").build_model,
-        train_set,
-        val_set,
-        "MNIST-1D with 16 000 training samples, the mnist1d-mlp model (benchmark only)",
-    )
+    return _mnist1d_16k("mnist1d-mlp-16k", "mnist1d-mlp", add_channel=False)
