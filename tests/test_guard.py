@@ -139,6 +139,28 @@ def test_gradual_rebound_to_the_initial_level_is_caught() -> None:
     assert guard.first_level == pytest.approx(statistics.median(losses[:10]))
 
 
+def test_noisy_first_blocks_do_not_delay_the_rebound_rule() -> None:
+    """The progress is measured in the quietest recent block's noise: a chaotic start (the
+    first steps of a high LR) does not keep the rule disarmed while the loss, having fallen
+    cleanly, climbs back (an MLP regression with AdamW at a far too high LR did this)."""
+    rng = random.Random(5)
+    chaotic = [1.0 + rng.uniform(-0.8, 0.8) for _ in range(20)]
+    quiet = [0.15 + rng.gauss(0, 0.03) for _ in range(20)]
+    back = [0.15 + 1.05 * min(1.0, (i + 1) / 10) + rng.gauss(0, 0.03) for i in range(40)]
+    losses = chaotic + quiet + back
+    guard = DivergenceGuard(threshold=1e9)  # the rebound rule alone
+    for v in losses[:30]:
+        assert guard.observe(v) == "ok"
+    # armed after the first quiet block: first block median ~1.0, best ~0.15, noise ~0.03
+    assert guard.rebound_at is not None
+    level = guard.rebound_at
+    verdicts = [guard.observe(v) for v in losses[30:]]
+    above = [v > level for v in losses]
+    expected = next(i for i in range(40, len(losses)) if sum(above[i - 9 : i + 1]) >= 6)
+    assert verdicts.index("diverged") + 30 == expected < 60
+    assert guard.cause == "rebound"
+
+
 def test_a_short_excursion_above_the_rebound_level_is_not_a_divergence() -> None:
     rng = random.Random(1)
     losses = _decline_then_rebound(rng, back=0)
