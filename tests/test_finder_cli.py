@@ -104,11 +104,30 @@ def test_probe_batch_and_budget_set_the_sweep_and_the_batch_ratio(capsys):
 
 
 def test_noisy_sweep_prints_the_flags_that_lower_the_noise(capsys):
-    # probe batch 16 for half an epoch: 15 tested LRs, too few to see the fall above the noise
+    # probe batch 16: half an epoch (256 samples) would be 15 steps, so the default budget is
+    # raised to the 20 steps of 21 * 16 = 336 samples (0.66 epoch); still too few to see the
+    # fall above the noise
     assert main(["find", "--task", TASK, "--probe-batch", "16"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert "note: half an epoch of 512 samples is too few for a sweep of 20 steps" in out
+    assert "uses 336 samples (0.66 epochs)" in out
     assert "verdict noisy" in out
-    assert "hint: --probe-batch 32 lowers the noise (add --budget-epochs 1 " in out
+    # twice the probe batch and twice the budget (rounded up to 0.1 epoch)
+    assert "hint: --probe-batch 32 lowers the noise (add --budget-epochs 1.4 " in out
+
+
+def test_small_training_set_raises_the_default_budget_not_an_explicit_one(capsys):
+    assert main(["find", "--task", TASK, "--probe-batch", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["budget_raised"] is True
+    assert out["optimizer_steps"] <= 20 and out["samples"] <= 336
+    assert main(["find", "--task", TASK, "--json"]) == 0  # probe batch 4: 63 steps
+    assert json.loads(capsys.readouterr().out)["budget_raised"] is False
+    code = main(["find", "--task", TASK, "--probe-batch", "16", "--budget-epochs", "0.5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--budget-epochs=0.5 gives 256 samples = 15 steps of batch 16" in err
+    assert "need at least 20 steps: --budget-epochs >= 0.7" in err
 
 
 def test_png_written_and_text_output(tmp_path, capsys):
@@ -136,7 +155,10 @@ def test_png_written_and_text_output(tmp_path, capsys):
         (["--task", TASK, "--probe-batch", "33"], "[1, 32]"),
         (["--task", TASK, "--budget-epochs", "0"], "--budget-epochs=0"),
         (["--task", TASK, "--budget-epochs", "11"], "(0, 10]"),
-        (["--task", TASK, "--probe-batch", "32", "--budget-epochs", "0.1"], "need at least 5"),
+        (
+            ["--task", TASK, "--probe-batch", "32", "--budget-epochs", "0.1"],
+            "need at least 20 steps: --budget-epochs >= 1.4",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):

@@ -55,9 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--budget-epochs",
         type=float,
-        default=0.5,
+        default=None,
         metavar="E",
-        help="epochs of compute for the sweep, in (0, 10] (default 0.5)",
+        help="epochs of compute for the sweep, in (0, 10] (default 0.5, raised on a small "
+        "training set to give the sweep 20 steps)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the model and batches")
     parser.add_argument("--png", default=None, help="write the plot to this PNG file")
@@ -90,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
 
     from lrpilot.finder import find_lr
     from lrpilot.finder.decision import schedule_fraction
-    from lrpilot.finder.protocol import MAX_BUDGET_EPOCHS, default_probe_batch, probe_plan
+    from lrpilot.finder.protocol import (
+        MAX_BUDGET_EPOCHS,
+        MIN_SWEEP_STEPS,
+        default_probe_batch,
+        probe_plan,
+    )
     from lrpilot.tasks import get_task
 
     schedule_fraction(args.schedule)  # validate before any work
@@ -113,15 +119,24 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.probe_batch is not None:
         check_int("--probe-batch", args.probe_batch, low=1, high=batch_size)
-    check_range(
-        "--budget-epochs", args.budget_epochs, low=0, high=MAX_BUDGET_EPOCHS, low_inclusive=False
-    )
-    plan = probe_plan(
-        len(task.train_set),
-        batch_size,
-        budget_epochs=args.budget_epochs,
-        probe_batch=args.probe_batch,
-    )
+    if args.budget_epochs is not None:
+        check_range(
+            "--budget-epochs",
+            args.budget_epochs,
+            low=0,
+            high=MAX_BUDGET_EPOCHS,
+            low_inclusive=False,
+        )
+    try:
+        plan = probe_plan(
+            len(task.train_set),
+            batch_size,
+            budget_epochs=args.budget_epochs,
+            probe_batch=args.probe_batch,
+        )
+    except ConfigError as exc:  # name the flags, not the function's arguments
+        raise ConfigError(str(exc).replace("budget_epochs", "--budget-epochs")) from None
+    budget_epochs = plan.samples_budget / len(task.train_set)
     check_int("--seed", args.seed, low=0)
 
     torch.manual_seed(args.seed)
@@ -158,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             "batch_size": batch_size,
             "probe_batch_size": plan.batch_size,
             "epochs_of_compute": result.samples / len(task.train_set),
+            "budget_raised": plan.raised,
         }
     )
     if args.json:
@@ -166,6 +182,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
+    if plan.raised:
+        console.print(
+            f"note: half an epoch of {len(task.train_set)} samples is too few for a sweep of "
+            f"{MIN_SWEEP_STEPS} steps of batch {plan.batch_size}; this one uses "
+            f"{plan.samples_budget} samples ({budget_epochs:.2f} epochs)"
+        )
     compute = (
         f"{result.samples} samples = {payload['epochs_of_compute']:.2f} epoch at probe batch "
         f"{plan.batch_size}"
@@ -177,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         )
         larger = min(2 * plan.batch_size, batch_size)
         if result.verdict == "noisy" and larger > plan.batch_size:
-            budget = min(2 * args.budget_epochs, MAX_BUDGET_EPOCHS)
+            budget = min(math.ceil(20 * budget_epochs) / 10, MAX_BUDGET_EPOCHS)
             console.print(
                 f"hint: --probe-batch {larger} lowers the noise (add --budget-epochs "
                 f"{budget:g} to keep the number of tested LRs); the rule was calibrated at "
