@@ -1,7 +1,9 @@
 """Finder with other probe batches: does a larger one rescue a ``"noisy"`` sweep?
 
 For each row of ``bench/finder_quality.py`` given (default: the LayerNorm task whose
-batch-8 sweeps are all ``"noisy"``) and each probe batch ``b``: 5 finder seeds with the
+batch-8 sweeps were all ``"noisy"`` under the linear analysis, 3 of 5 per optimizer under
+the log-scale one; the table in ``finder_rule_research.md`` was measured with the linear
+analysis) and each probe batch ``b``: 5 finder seeds with the
 half-epoch budget (``lrpilot.finder.protocol.probe_plan(..., probe_batch=b)``), their
 verdicts, the median ``lr_unstable``, and per schedule the suggestion of the rule with
 ``r = 64 / b`` against the row's grid-best LR and accuracy. Accuracies are interpolated

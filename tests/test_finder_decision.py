@@ -59,10 +59,33 @@ def test_crossing_matches_closed_form_and_interval_contains_it():
 
 
 def test_same_answer_for_negative_losses():
-    pos = analyze_curve(LRS, _u_curve(), initial_loss=2.3)
+    # negative losses are analysed on the linear scale, which does not see an offset
+    pos = analyze_curve(LRS, _u_curve(), initial_loss=2.3, scale="linear")
     neg = analyze_curve(LRS, _u_curve(offset=-100.0), initial_loss=2.3 - 100.0)
-    assert neg.verdict == "ok"
+    assert neg.verdict == "ok" and neg.scale == "linear"
     assert neg.lr_unstable == pytest.approx(pos.lr_unstable, rel=1e-6)
+
+
+def test_positive_losses_are_analysed_on_the_log_scale_which_ignores_units():
+    # ln(loss): an MSE in other units (the loss times a constant) gives the same answer
+    base = analyze_curve(LRS, _u_curve(noise=0.02, seed=6), initial_loss=2.3)
+    scaled = analyze_curve(
+        LRS, [1000.0 * v for v in _u_curve(noise=0.02, seed=6)], initial_loss=2300.0
+    )
+    assert base.scale == "log" and base.verdict == "ok"
+    assert scaled.lr_unstable == pytest.approx(base.lr_unstable, rel=1e-9)
+    assert scaled.interval == pytest.approx(base.interval, rel=1e-9)
+    # closed form on the log scale: the level is the geometric mean sqrt(2.3 * 0.8) (half of
+    # the progress in ln), crossed where 0.8 + 4.5 * (x - x_break) reaches it
+    exact = 0.1 * 10 ** ((math.sqrt(2.3 * 0.8) - 0.8) / 4.5)
+    clean = analyze_curve(LRS, _u_curve(), initial_loss=2.3)
+    assert abs(math.log10(clean.lr_unstable / exact)) < 0.05
+    # smoothed and slope are reported in loss units
+    assert min(clean.smoothed) == pytest.approx(0.8, abs=0.02)
+    with pytest.raises(ConfigError, match="scale='log' needs positive losses"):
+        analyze_curve(LRS, _u_curve(offset=-100.0), initial_loss=-97.7, scale="log")
+    with pytest.raises(ConfigError, match="scale='cubic' is not one of auto, log, linear"):
+        analyze_curve(LRS, _u_curve(), initial_loss=2.3, scale="cubic")
 
 
 def test_single_spike_is_ignored():
@@ -93,7 +116,7 @@ def test_interval_of_a_real_sweep_stays_near_its_crossing():
     path = Path(__file__).parent / "data" / "finder_curve_mnist1d_cnn.json"
     curve = json.loads(path.read_text())
     losses = [math.nan if v is None else v for v in curve["losses"]]
-    a = analyze_curve(curve["lrs"], losses, curve["initial_loss"])
+    a = analyze_curve(curve["lrs"], losses, curve["initial_loss"], scale="linear")
     assert a.verdict == "ok" and a.lr_unstable == pytest.approx(0.1292, rel=1e-3)
     assert 0.5 * a.lr_unstable <= a.interval[0] <= a.lr_unstable <= a.interval[1]
     assert a.interval[1] <= 5 * a.lr_unstable
@@ -128,24 +151,26 @@ def test_verdict_flat():
 def test_verdict_noisy_when_the_drop_is_within_four_noise_units():
     # the loss falls by 0.3 and climbs at the end, measured with noise 0.2 (as a batch-8 sweep
     # of a task with noisy labels): no instability point is trusted
+    # (the linear scale, where the drop and the noise are in loss units)
     y = _u_curve(noise=0.2, seed=4, floor=2.0)
-    a = analyze_curve(LRS, y, 2.3)
+    a = analyze_curve(LRS, y, 2.3, scale="linear")
     assert a.verdict == "noisy" and a.lr_unstable is None and a.interval is None
     j = int(np.argmin(a.smoothed))
     assert max(max(a.smoothed[: j + 1]), 2.3) - a.smoothed[j] < NOISY_DROP * a.noise
     assert a.lr_min_loss is not None and "times its noise" in a.message
     # the same curve measured 10x more precisely is usable, and the rule is the only change
-    clean = analyze_curve(LRS, _u_curve(noise=0.02, seed=4, floor=2.0), 2.3)
+    clean = analyze_curve(LRS, _u_curve(noise=0.02, seed=4, floor=2.0), 2.3, scale="linear")
     assert clean.verdict == "ok" and 2.3 - min(clean.smoothed) >= NOISY_DROP * clean.noise
     # the drop counts from the highest level before the minimum, not only from L0: a loss
     # measured far above the initial loss at first (find_lr's own doctest) that then falls
     # clearly is not noisy, although L0 - Lmin is under 4 sigma here
     noisy_dip = _u_curve(noise=0.2, seed=4, floor=2.0)  # "noisy" above
     raised = [v + (3.0 if i < 30 else 0.0) for i, v in enumerate(noisy_dip)]
-    b = analyze_curve(LRS, raised, 2.1)
+    b = analyze_curve(LRS, raised, 2.1, scale="linear")
     assert b.verdict == "ok" and 2.1 - min(b.smoothed) < NOISY_DROP * b.noise
     # a loss that climbs from the first LRs is still "diverged at once", not "noisy"
     rising = [2.3 + 0.5 * i + 0.2 * math.sin(i) for i in range(len(LRS))]
+    assert analyze_curve(LRS, rising, 2.3, scale="linear").verdict == "diverged at once"
     assert analyze_curve(LRS, rising, 2.3).verdict == "diverged at once"
 
 

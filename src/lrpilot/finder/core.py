@@ -283,6 +283,7 @@ def combine_records(
         batch_ratio=float(batch_ratio),
         lr_min_loss=analysis.lr_min_loss,
         noise=analysis.noise,
+        loss_scale=analysis.scale,
         repeat_lr_unstable=per_repeat,
         samples=sum(rec.samples for rec in records),
         optimizer_steps=sum(rec.optimizer_steps for rec in records),

@@ -68,6 +68,10 @@ class FinderResult:
             widened by the spread of the calibration ratios.
         confidence: ``"high"``/``"medium"``/``"low"`` from the interval's width
             (at most 1.5x / 3x / wider), ``"none"`` without a suggestion.
+        lr_min_loss: the LR at the smallest smoothed loss.
+        noise: the curve's robust noise, in the units of ``loss_scale``.
+        loss_scale: ``"log"`` when the decision analysed ``ln(loss)`` (all losses positive),
+            ``"linear"`` otherwise (``lrpilot.finder.decision``, step 0).
         repeat_lr_unstable: ``lr_unstable`` of each repeat analysed on its own.
         samples: samples passed through the model (the finder's compute).
         optimizer_steps: optimizer steps applied (tested LRs, all repeats).
@@ -92,6 +96,7 @@ class FinderResult:
     batch_ratio: float
     lr_min_loss: float | None = None
     noise: float = 0.0
+    loss_scale: str = "linear"
     repeat_lr_unstable: list[float | None] = field(default_factory=list)
     samples: int = 0
     optimizer_steps: int = 0
