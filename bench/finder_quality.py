@@ -23,10 +23,11 @@ second set run blind after the rule was fixed (``bench/heldout_tasks.py``: digit
 synth-mlp-ln, a LayerNorm MLP on 8 noisy ``make_classification`` classes, each with SGD
 and AdamW), and a third that changes only the training-set size (mnist1d-cnn-16k with SGD
 and mnist1d-mlp-16k with AdamW: the calibration pairs on 16 000 MNIST-1D training samples
-instead of 4 000, so the half-epoch sweep has 999 steps instead of 249). A finder seed whose verdict is not "ok" (for example "noisy") gives no
-suggestion; a row without any is reported as such. The rule (``lrpilot.finder.decision``, step 6) is
-``f(schedule) * r ** kappa(optimizer) * lr_unstable`` with ``r = 8`` (training batch / probe
-batch), ``kappa = 1`` for SGD and ``1/2`` for AdamW.
+instead of 4 000, so the half-epoch sweep has 999 steps instead of 249). A finder seed whose
+verdict is not "ok" (for example "noisy") gives no suggestion; a row without any is reported
+as such. The rule (``lrpilot.finder.decision``, step 6) is ``f(schedule) * r **
+kappa(optimizer) * lr_unstable`` with ``r = 8`` (training batch / probe batch), ``kappa = 1``
+for SGD and ``1/2`` for AdamW.
 
 Training is a lean loop over in-memory tensors (no DataLoader), one thread, with the
 schedules of ``lrpilot.schedules.from_config`` attached to the optimizer, as ``lrpilot fit``

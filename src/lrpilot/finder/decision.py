@@ -11,8 +11,8 @@ Nothing here trains or plots. The steps, for ``x = log10(lr)``:
    either way; ``noise`` in the units analysed. Measured: on a regression MLP with AdamW
    (MSE; its batch-8 sweep is loud at the start, quiet at its minimum) the linear analysis
    put ``lr_unstable`` at 1.41, 8-16x too high, the log one at 0.053; on the benchmark's
-   LayerNorm task every batch-8 sweep was "noisy" on the linear scale and none is on the log
-   scale (``bench/results/finder_rule_research.md``).
+   LayerNorm task every batch-8 sweep was "noisy" on the linear scale, 2 of 5 per optimizer
+   are usable on the log scale (``bench/results/finder_rule_research.md``).
 1. **Smoothing** (centred, no lag): a running median of 3 removes single spikes, a blow-up
    is capped at ``L0 + 2 * max(L0 - min, 10 * roughness)`` so that it cannot leak backwards,
    then a local-linear Gaussian kernel regression in ``x`` with bandwidth ``h`` decades
@@ -33,8 +33,9 @@ Nothing here trains or plots. The steps, for ``x = log10(lr)``:
    LR on), first climbs above it and stays above for at least ``HOLD = 0.4`` decades of LR
    (or to the end of the sweep), interpolated linearly in ``x``. Shorter excursions are
    noise (a single dip under the level, as a loud start makes, opens no search); a later
-   recovery does not undo the instability (a peak LR beyond it is risky). If the loss turns non-finite first, ``lr_unstable`` is
-   halfway (in ``x``) between the last finite and the first non-finite LR.
+   recovery does not undo the instability (a peak LR beyond it is risky). If the loss turns
+   non-finite first, ``lr_unstable`` is halfway (in ``x``) between the last finite and the
+   first non-finite LR.
 4. **Interval**: the 10%..90% range of the same crossing over ``BOOTSTRAP`` wild-bootstrap
    curves ``smoothed_i + v_i * r_i`` (``r_i`` the residual where it was measured; ``v_i = +-1``
    with equal odds, one sign per block of ``2h`` so that neighbouring residuals stay

@@ -63,9 +63,9 @@ healthy run. Replayed offline on the recorded losses, ``rebound = 0.5`` would al
 mnist1d-cnn's one-cycle at 0.3, a run that recovers by itself to 93.6%. A model that
 collapses before it made clear progress (for example a CNN that falls to chance level right
 after initialisation at a far too high LR) is caught by neither rule: the guard repairs
-divergence, it does not judge progress (``lrpilot diagnose`` does). A rescue cannot go back past the start of its epoch, so a
-rebound found in a later epoch than it began restores an already damaged state (with the
-LR lowered).
+divergence, it does not judge progress (``lrpilot diagnose`` does). A rescue cannot go back
+past the start of its epoch, so a rebound found in a later epoch than it began restores an
+already damaged state (with the LR lowered).
 
 The guard's own state (window, suspect flags, rescue count, rebound levels) has a versioned
 ``state_dict()``; snapshots are saved in checkpoints too, so a resumed run rescues exactly
