@@ -2,7 +2,8 @@
 
 The task's defaults give the optimizer settings and the training batch size; the probing
 protocol (``lrpilot.finder.protocol``) gives the probe batch (training batch // 8), the
-number of steps (half an epoch of samples) and the LR range. The suggestion is the peak LR
+number of steps (half an epoch of samples, at least 20 steps on a small training set) and
+the LR range. The suggestion is the peak LR
 for the ``--schedule`` (one-cycle or warmup+cosine) and the optimizer at the training batch
 size (``lrpilot.finder.decision``: the instability point is carried from the probe batch to
 the training batch linearly for SGD and by the square root for AdamW).
