@@ -392,12 +392,6 @@ def analysis_of(curve: dict):  # type: ignore[no-untyped-def]
     return analyze_curve(curve["lrs"], losses, curve["initial_loss"])
 
 
-def verdict_of(curve: dict) -> tuple[str, float | None]:
-    """``(verdict, lr_unstable or None)`` of a recorded curve."""
-    a = analysis_of(curve)
-    return a.verdict, (a.lr_unstable if a.verdict == "ok" else None)
-
-
 def interp_acc(means: dict[float, float], lr: float) -> float:
     """Grid accuracy linearly interpolated in log10(lr) (edge values outside the grid)."""
     xs = sorted(means)

@@ -22,7 +22,7 @@ import argparse
 import json
 import math
 
-from lrpilot.errors import ConfigError, check_int, check_range
+from lrpilot.errors import ConfigError, check_int
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -118,17 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--batch-size={batch_size} is larger than the training set ({len(task.train_set)})"
         )
-    if args.probe_batch is not None:
-        check_int("--probe-batch", args.probe_batch, low=1, high=batch_size)
-    if args.budget_epochs is not None:
-        check_range(
-            "--budget-epochs",
-            args.budget_epochs,
-            low=0,
-            high=MAX_BUDGET_EPOCHS,
-            low_inclusive=False,
-        )
-    try:
+    try:  # probe_plan validates --probe-batch and --budget-epochs
         plan = probe_plan(
             len(task.train_set),
             batch_size,
@@ -136,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
             probe_batch=args.probe_batch,
         )
     except ConfigError as exc:  # name the flags, not the function's arguments
-        raise ConfigError(str(exc).replace("budget_epochs", "--budget-epochs")) from None
+        message = str(exc).replace("budget_epochs", "--budget-epochs")
+        raise ConfigError(message.replace("probe_batch", "--probe-batch")) from None
     budget_epochs = plan.samples_budget / len(task.train_set)
     check_int("--seed", args.seed, low=0)
 

@@ -427,9 +427,8 @@ def analyze_curve(
     if scale == "log" and not positive:
         raise ConfigError("scale='log' needs positive losses; use 'linear' or 'auto'")
     use_log = scale == "log" or (scale == "auto" and positive)
-    if use_log:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.where(np.isfinite(y), np.log(np.where(np.isfinite(y), y, 1.0)), y)
+    if use_log:  # every finite loss is positive; inf and NaN stay what they are
+        y = np.log(y)
         if initial_loss is not None and math.isfinite(initial_loss):
             initial_loss = math.log(initial_loss)
     unit = "log loss" if use_log else "loss"

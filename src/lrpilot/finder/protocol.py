@@ -108,10 +108,10 @@ def probe_plan(
     if steps >= MIN_SWEEP_STEPS:
         return ProbePlan(probe, steps, START_LR, END_LR, budget)
     needed = (MIN_SWEEP_STEPS + 1) * probe  # samples for MIN_SWEEP_STEPS steps
-    # the smallest budget (in epochs, rounded up to 0.1) that gives them
-    needed_epochs = math.ceil(needed / train_size * 10 - 1e-9) / 10
     if not explicit and needed <= MAX_BUDGET_EPOCHS * train_size:
         return ProbePlan(probe, MIN_SWEEP_STEPS, START_LR, END_LR, needed, raised=True)
+    # the smallest budget (in epochs, rounded up to 0.1) that gives them
+    needed_epochs = math.ceil(needed / train_size * 10 - 1e-9) / 10
     hint = (
         f"budget_epochs >= {needed_epochs:g}"
         if needed_epochs <= MAX_BUDGET_EPOCHS
