@@ -160,6 +160,9 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert summary["status"] == "completed"
     assert (summary["epochs_run"], summary["steps_run"]) == (2, 2 * spe)
     assert summary["samples_seen"] == 2 * 4000 and summary["samples_per_s"] > 0
+    # the phases: steps and validation, both inside the wall time
+    assert summary["train_time_s"] > 0 and summary["eval_time_s"] > 0
+    assert summary["train_time_s"] + summary["eval_time_s"] < summary["wall_time_s"]
     assert summary["final"]["val_accuracy"] == history.epochs[-1]["val_accuracy"]
     best = min(history.epochs, key=lambda e: e["val_loss"])
     assert summary["best"]["epoch"] == best["epoch"] and summary["best"]["monitor"] == "val_loss"

@@ -114,6 +114,7 @@ class LoopState:
     skipped_steps: int = 0  # fp16 GradScaler overflow skips
     elapsed: float = 0.0  # wall seconds in earlier segments (before a resume)
     train_time: float = 0.0  # seconds spent in training steps
+    eval_time: float = 0.0  # seconds spent in the per-epoch validation
     events: list[dict] = field(default_factory=list)
     last_epoch_record: dict | None = None
     best_record: dict | None = None
@@ -131,6 +132,7 @@ class LoopState:
             "skipped_steps": self.skipped_steps,
             "elapsed": self.elapsed,
             "train_time": self.train_time,
+            "eval_time": self.eval_time,
             "events": [dict(e) for e in self.events],
             "last_epoch_record": self.last_epoch_record,
             "best_record": self.best_record,
@@ -155,6 +157,7 @@ class LoopState:
             "stopped_early",
         ):
             setattr(self, key, state[key])
+        self.eval_time = float(state.get("eval_time", 0.0))  # absent before it was counted
         self.events = [dict(e) for e in state["events"]]
 
 
@@ -687,7 +690,9 @@ class _Trainer:
 
     def _end_epoch(self, epoch: int) -> None:
         cfg, state = self.cfg, self.state
+        t_eval = time.perf_counter()
         metrics = evaluate(self.model, self.task, self.data, cfg.amp, self.device)
+        state.eval_time += time.perf_counter() - t_eval
         metrics = bdist.broadcast_object(metrics)  # rank 0's: every process decides alike
         train_loss = (
             state.epoch_loss_sum / state.epoch_loss_samples
@@ -838,6 +843,7 @@ def finish_run(trainer: _Trainer, status: str) -> dict[str, Any]:
         "wall_time_s": wall,
         "train_time_s": state.train_time,
         "samples_per_s": state.samples / state.train_time if state.train_time > 0 else None,
+        "eval_time_s": state.eval_time,
         "final": final,
         "best": best,
         "restored_best_weights": restored,
