@@ -45,6 +45,7 @@ import random
 import statistics
 import tempfile
 import time
+from typing import NamedTuple
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -57,13 +58,21 @@ from lrpilot.train.config import parse_config
 SCHEDULE = {"name": "cosine", "lr": 0.1, "warmup": {"epochs": 1}}
 
 
-Result = tuple[float, float, float, int, float, float, float]
+class Result(NamedTuple):
+    """One training call of a variant."""
+
+    rate: float  # samples/s of wall time
+    cpu_rate: float  # samples per CPU second of the process
+    val_accuracy: float
+    samples: int
+    wall: float  # seconds of the whole call
+    steps_s: float  # seconds in the training steps
+    eval_s: float  # seconds in validation
 
 
 def bare_loop(epochs: int, batch_size: int, seed: int) -> Result:
-    """Hand-written loop; returns (samples/s, samples per CPU second, final val accuracy,
-    samples trained, wall seconds, seconds in the training steps, seconds in validation).
-    The two phase times come from two clock reads per epoch each (not per step)."""
+    """Hand-written loop. The two phase times of the :class:`Result` come from two clock
+    reads per epoch each (not per step)."""
     task = get_task("mnist1d-cnn")
     cfg = parse_config({"task": "mnist1d-cnn"})
     t0, c0 = time.perf_counter(), time.process_time()
@@ -109,12 +118,14 @@ def bare_loop(epochs: int, batch_size: int, seed: int) -> Result:
         eval_s += time.perf_counter() - t_eval
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     samples = n * epochs
-    return samples / elapsed, samples / cpu, correct / len(xv), samples, elapsed, steps_s, eval_s
+    return Result(
+        samples / elapsed, samples / cpu, correct / len(xv), samples, elapsed, steps_s, eval_s
+    )
 
 
 def lrpilot_loop(epochs: int, batch_size: int, seed: int, **extra) -> Result:
-    """``lrpilot.fit``; returns what :func:`bare_loop` returns, the phase times from
-    ``summary.json`` (``train_time_s``: the steps, ``eval_time_s``: the validation)."""
+    """``lrpilot.fit``; the phase times of the :class:`Result` come from ``summary.json``
+    (``train_time_s``: the steps, ``eval_time_s``: the validation)."""
     config = {
         "task": "mnist1d-cnn",
         "epochs": epochs,
@@ -130,7 +141,7 @@ def lrpilot_loop(epochs: int, batch_size: int, seed: int, **extra) -> Result:
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     summary = result.summary
     n = summary["samples_seen"]
-    return (
+    return Result(
         n / elapsed,
         n / cpu,
         summary["final"]["val_accuracy"],
@@ -231,24 +242,27 @@ def main() -> None:
         f"{'best-of':>8}{'cpu samples/s':>15}{'paired':>8}{'val acc':>9}"
     )
 
-    def column(run: tuple[str, int], k: int) -> list[float]:
-        return [values[k] for values in results[run]]
+    def rates(run: tuple[str, int]) -> list[float]:
+        return [r.rate for r in results[run]]
+
+    def cpu_rates(run: tuple[str, int]) -> list[float]:
+        return [r.cpu_rate for r in results[run]]
 
     short = {name: (name, args.epochs) for name in variants}
     for name in variants:
-        rates, cpu_rates = column(short[name], 0), column(short[name], 1)
+        rate, cpu_rate = rates(short[name]), cpu_rates(short[name])
         # paired ratios (each repeat against the bare run next to it), then the median:
         # robust to the machine's speed drifting during the benchmark
-        ratio, low, high = paired_summary(rates, column(short[base], 0))
+        ratio, low, high = paired_summary(rate, rates(short[base]))
         # best-of: the fastest repeat of each (timeit's rule: slower repeats are the
         # machine's interference, not the code's cost)
-        best_ratio = max(rates) / max(column(short[base], 0))
-        cpu_ratio = paired_summary(cpu_rates, column(short[base], 1))[0]
+        best_ratio = max(rate) / max(rates(short[base]))
+        cpu_ratio = paired_summary(cpu_rate, cpu_rates(short[base]))[0]
         print(
-            f"{name:<28}{statistics.median(rates):>10.0f}{min(rates):>8.0f}"
-            f"{max(rates):>8.0f}{ratio:>8.3f}{f'{low:.3f}..{high:.3f}':>14}{best_ratio:>8.3f}"
-            f"{statistics.median(cpu_rates):>15.0f}{cpu_ratio:>8.3f}"
-            f"{results[short[name]][-1][2]:>9.3f}"
+            f"{name:<28}{statistics.median(rate):>10.0f}{min(rate):>8.0f}"
+            f"{max(rate):>8.0f}{ratio:>8.3f}{f'{low:.3f}..{high:.3f}':>14}{best_ratio:>8.3f}"
+            f"{statistics.median(cpu_rate):>15.0f}{cpu_ratio:>8.3f}"
+            f"{results[short[name]][-1].val_accuracy:>9.3f}"
         )
     print(
         "samples/s: training samples over the wall time of the whole training call (median, "
@@ -270,13 +284,12 @@ def main() -> None:
     )
     steady: dict[str, list[float]] = {}
     for name in (base, default):
-        long_rates = column((name, long_epochs), 0)
+        long_rates = rates((name, long_epochs))
         pairs = [
-            [(values[3], values[3] / values[0]) for values in results[(name, e)]]
-            for e in (args.epochs, long_epochs)
+            [(r.samples, r.wall) for r in results[(name, e)]] for e in (args.epochs, long_epochs)
         ]
         steady[name] = marginal_rates(pairs[0], pairs[1])
-        call = paired_summary(long_rates, column((base, long_epochs), 0))
+        call = paired_summary(long_rates, rates((base, long_epochs)))
         marg = paired_summary(steady[name], steady[base])
         print(
             f"{name:<28}{statistics.median(long_rates):>16.0f}{call[0]:>8.3f}"
@@ -311,17 +324,22 @@ def print_phases(
         f"{'variant':<28}{'call':>8}{'steps':>8}{'validation':>12}{'rest':>8}"
         f"{'steps paired':>14}{'90% CI':>14}"
     )
-    bare_steps = [values[5] for values in results[short[base]]]
+    bare_speed = [1 / r.steps_s for r in results[short[base]]]
+
+    def per_epoch_ms(seconds: list[float]) -> float:
+        return statistics.median(seconds) * 1e3 / epochs
+
     for name in (base, default):
         runs = results[short[name]]
-        steps = [values[5] for values in runs]
-        ratio, low, high = paired_summary([1 / v for v in steps], [1 / v for v in bare_steps])
-        cells = [statistics.median(values[k] for values in runs) * 1e3 / epochs for k in (4, 5, 6)]
-        rest = statistics.median(
-            (values[4] - values[5] - values[6]) * 1e3 / epochs for values in runs
-        )
+        ratio, low, high = paired_summary([1 / r.steps_s for r in runs], bare_speed)
+        cells = [
+            per_epoch_ms([r.wall for r in runs]),
+            per_epoch_ms([r.steps_s for r in runs]),
+            per_epoch_ms([r.eval_s for r in runs]),
+            per_epoch_ms([r.wall - r.steps_s - r.eval_s for r in runs]),
+        ]
         print(
-            f"{name:<28}{cells[0]:>8.2f}{cells[1]:>8.2f}{cells[2]:>12.2f}{rest:>8.2f}"
+            f"{name:<28}{cells[0]:>8.2f}{cells[1]:>8.2f}{cells[2]:>12.2f}{cells[3]:>8.2f}"
             f"{ratio:>14.3f}{f'{low:.3f}..{high:.3f}':>14}"
         )
     print(
