@@ -36,6 +36,10 @@ FAST = {"task": "mnist1d-mlp", "epochs": 2, "batch_size": 128, "log_every": 1, "
         ({"optimizer": {"name": "sgd", "nesterov": True, "momentum": 0}}, "nesterov"),
         ({"optimizer": {"betas": [0.9]}}, "optimizer.betas must be a pair"),
         ({"optimizer": {"foo": 1}}, "'optimizer.foo'"),
+        (
+            {"optimizer": {"implementation": "fast"}},
+            "optimizer.implementation='fast' is not allowed; valid: auto, fused, foreach, for-loop",
+        ),
         ({"grad_clip": 0}, "grad_clip=0"),
         ({"amp": "yes"}, "amp must be true or false"),
         ({"guard": {"factor": 1.5}}, "guard.factor=1.5"),
@@ -399,3 +403,28 @@ def test_resume_refuses_a_changed_config_but_accepts_settings_added_since(tmp_pa
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     result = fit({**FAST, "epochs": 1}, run, resume=True, progress="none")
     assert result.summary["status"] == "completed"
+
+
+def test_optimizer_implementation_is_the_one_run_and_reported(tmp_path: Path) -> None:
+    base = {**FAST, "epochs": 1, "log_every": 10}
+    runs = {
+        impl: fit({**base, "optimizer": {"implementation": impl}}, tmp_path / impl, progress="none")
+        for impl in ("auto", "fused", "for-loop")
+    }
+    weights = {k: r.model.state_dict() for k, r in runs.items()}
+    for impl, run in runs.items():
+        expected = "fused" if impl == "auto" else impl  # auto: fused on CPU
+        assert run.summary["optimizer_implementation"] == expected
+        groups = load_checkpoint(run.run_dir / "checkpoints" / "latest.pt")["optimizer"]
+        assert bool(groups["param_groups"][0]["fused"]) is (expected == "fused")
+    assert (
+        yaml.safe_load((runs["auto"].run_dir / "config.yaml").read_text())["optimizer"][
+            "implementation"
+        ]
+        == "auto"
+    )
+    # auto is the fused kernel bit for bit; the for-loop the same rule to the last bits
+    assert all(torch.equal(weights["auto"][k], v) for k, v in weights["fused"].items())
+    assert any(not torch.equal(weights["for-loop"][k], v) for k, v in weights["fused"].items())
+    for k, v in weights["fused"].items():
+        torch.testing.assert_close(weights["for-loop"][k], v, rtol=1e-3, atol=1e-4)

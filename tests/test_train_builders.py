@@ -73,3 +73,63 @@ def test_snapshot_reuse_equals_a_fresh_snapshot_and_owns_its_memory() -> None:
     model(torch.randn(5, 3)).sum().backward()
     optimizer.step()  # training goes on: the snapshot must not change
     assert all(torch.equal(before[k], reused["model"][k]) for k in before)
+
+
+# -------------------------------------------------------------- optimizer implementation
+def test_resolve_implementation_auto_fuses_dense_float_parameters_only() -> None:
+    import pytest
+
+    from lrpilot.errors import ConfigError
+    from lrpilot.train.builders import makes_sparse_grads, resolve_implementation
+
+    dense = list(nn.Linear(3, 2).parameters())
+    assert resolve_implementation("auto", dense) == "fused"
+    assert resolve_implementation("auto", [torch.zeros(2, dtype=torch.float64)]) == "fused"
+    for explicit in ("fused", "foreach", "for-loop"):
+        assert resolve_implementation(explicit, dense) == explicit
+    # sparse gradients and devices without the fused kernels keep PyTorch's default
+    sparse = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2))
+    assert makes_sparse_grads(sparse) and not makes_sparse_grads(nn.Embedding(10, 4))
+    assert resolve_implementation("auto", list(sparse.parameters()), sparse_grads=True) == (
+        "for-loop"
+    )
+    meta = [torch.zeros(3, device="meta")]
+    assert resolve_implementation("auto", meta) == "for-loop"
+    with pytest.raises(ConfigError, match="sparse gradients"):
+        resolve_implementation("fused", list(sparse.parameters()), sparse_grads=True)
+    with pytest.raises(ConfigError, match=r"torch\.float32 on meta; valid here: auto, foreach"):
+        resolve_implementation("fused", meta)
+    with pytest.raises(ConfigError, match="implementation='fast' is not allowed; valid: auto"):
+        resolve_implementation("fast", dense)
+
+
+def test_build_optimizer_runs_the_resolved_kernel() -> None:
+    from lrpilot.train.builders import build_optimizer, implementation_of
+    from lrpilot.train.config import parse_config
+
+    for task, name in (("mnist1d-cnn", "SGD"), ("mnist1d-mlp", "AdamW")):
+        cfg = parse_config({"task": task})
+        for impl in ("fused", "foreach", "for-loop"):
+            model = nn.Linear(3, 2)
+            opt = build_optimizer(cfg, [{"params": list(model.parameters())}], impl)
+            assert type(opt).__name__ == name
+            assert implementation_of(opt) == impl
+            group = opt.param_groups[0]
+            assert bool(group["fused"]) is (impl == "fused")
+            assert bool(group["foreach"]) is (impl == "foreach")
+    # PyTorch's own default on CPU is the for-loop: what "for-loop" reproduces bit for bit
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 4), nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    cfg = parse_config({"task": "mnist1d-cnn", "optimizer": {"momentum": 0.9}})
+    ours = build_optimizer(cfg, [{"params": list(a.parameters())}], "for-loop")
+    torch_default = torch.optim.SGD(
+        b.parameters(), lr=cfg.optimizer.lr, momentum=0.9, weight_decay=cfg.optimizer.weight_decay
+    )
+    x = torch.randn(16, 8)
+    for model, opt in ((a, ours), (b, torch_default)):
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

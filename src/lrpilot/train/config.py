@@ -24,6 +24,9 @@ Semantics worth knowing:
   ``epoch``, or a number of optimizer steps.
 * ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; ``amp``
   means bf16 autocast on CPU, fp16 autocast with a ``GradScaler`` on CUDA.
+* ``optimizer.implementation``: ``auto`` (default: PyTorch's fused kernel where it applies,
+  see :func:`lrpilot.train.builders.build_optimizer`), ``fused``, ``foreach`` or
+  ``for-loop``. The same update rule; they differ in speed and in the last bits.
 * Numbers such as ``1e-3`` (YAML 1.1 reads them as strings) are accepted as numbers.
 
 >>> cfg = parse_config({"task": "mnist1d-mlp", "epochs": 2, "optimizer": {"lr": 0.003}})
@@ -72,7 +75,9 @@ TOP_KEYS = (
     "noise_scale",
 )
 OPTIMIZERS = ("sgd", "adamw", "adam")
-OPTIMIZER_KEYS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas")
+OPTIMIZER_KEYS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "implementation")
+#: how ``torch.optim`` runs the update (see :func:`lrpilot.train.builders.build_optimizer`)
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
     "adamw": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-2},
@@ -113,6 +118,7 @@ class OptimizerConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    implementation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,9 @@ def _optimizer(raw: Any, task: Task) -> OptimizerConfig:
         merged.update({k: v for k, v in task_opt.items() if k != "name"})
     merged.update({k: v for k, v in user.items() if k != "name"})
     lr = check_range("optimizer.lr", merged["lr"], low=0, low_inclusive=False)
+    impl = _check_choice(
+        "optimizer.implementation", merged.get("implementation", "auto"), IMPLEMENTATIONS
+    )
     wd = check_range("optimizer.weight_decay", merged.get("weight_decay", 0.0), low=0)
     if name == "sgd":
         if "betas" in user:
@@ -223,7 +232,7 @@ def _optimizer(raw: Any, task: Task) -> OptimizerConfig:
         nesterov = _check_bool("optimizer.nesterov", merged.get("nesterov", False))
         if nesterov and momentum == 0:
             raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
-        return OptimizerConfig(name, lr, momentum, nesterov, wd)
+        return OptimizerConfig(name, lr, momentum, nesterov, wd, implementation=impl)
     for key in ("momentum", "nesterov"):
         if key in user:
             raise ConfigError(
@@ -234,7 +243,7 @@ def _optimizer(raw: Any, task: Task) -> OptimizerConfig:
         raise ConfigError(f"optimizer.betas must be a pair [beta1, beta2], got {betas!r}")
     b1 = check_range("optimizer.betas[0]", betas[0], low=0, high=1, high_inclusive=False)
     b2 = check_range("optimizer.betas[1]", betas[1], low=0, high=1, high_inclusive=False)
-    return OptimizerConfig(name, lr, 0.0, False, wd, (b1, b2))
+    return OptimizerConfig(name, lr, 0.0, False, wd, (b1, b2), implementation=impl)
 
 
 def monitor_names(task: Task) -> tuple[str, ...]:

@@ -62,9 +62,12 @@ from lrpilot.train.builders import (
     evaluate,
     grad_clearer,
     grad_norm,
+    implementation_of,
     is_main_process,
+    makes_sparse_grads,
     params_finite,
     resolve_device,
+    resolve_implementation,
     wrap_model,
 )
 from lrpilot.train.checkpoint import (
@@ -270,7 +273,12 @@ class _Trainer:
         seed_everything(cfg.seed)
         self.model = wrap_model(task.build_model(), cfg, self.device)
         groups, mults, self.group_labels = build_param_groups(self.model, cfg.layer_lr)
-        self.optimizer = build_optimizer(cfg, groups)
+        self.implementation = resolve_implementation(
+            cfg.optimizer.implementation,
+            [p for group in groups for p in group["params"]],
+            sparse_grads=makes_sparse_grads(self.model),
+        )
+        self.optimizer = build_optimizer(cfg, groups, self.implementation)
         self.data = build_train_data(cfg, task, self.device)
         self.steps_per_epoch = self.data.order.steps_per_epoch()
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -374,6 +382,7 @@ class _Trainer:
         bdist.check_resume_world_size(ckpt.get("world_size", 1))
         bdist.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.implementation = implementation_of(self.optimizer)  # the checkpoint's groups
         self.adapter.load_state_dict(ckpt["schedule"])
         self.guard.load_state_dict(ckpt["guard"])
         self.snapshots = list(ckpt["guard_snapshots"])
@@ -833,6 +842,7 @@ def finish_run(trainer: _Trainer, status: str) -> dict[str, Any]:
         "optimizer_steps_skipped": state.skipped_steps,
         "samples_seen": state.samples,
         "effective_batch_size": bdist.effective_batch(cfg.batch_size, cfg.accumulate),
+        "optimizer_implementation": trainer.implementation,
         "world_size": bdist.current_env().world_size,
         "lr_scale_factor": bdist.lr_scale_factor(
             cfg.lr_scaling, bdist.effective_batch(cfg.batch_size, cfg.accumulate)
