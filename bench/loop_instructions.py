@@ -18,9 +18,10 @@ instruction share.
 
 Needs ``valgrind`` (with ``valgrind/callgrind.h``) and a C compiler. Cost: about 5 minutes per
 valgrind run on this machine (7 with ``--cache-sim``), two runs at a time (``--epochs 2,4``:
-about 10 minutes; ``--guard-off`` adds a third variant).
+about 10 minutes; ``--guard-off`` and ``--for-loop`` add a variant each).
 
-Run: ``.venv/bin/python bench/loop_instructions.py [--epochs 2,4] [--cache-sim] [--guard-off]``
+Run: ``.venv/bin/python bench/loop_instructions.py [--epochs 2,4] [--cache-sim] [--guard-off]
+[--for-loop]`` (``--for-loop``: lrpilot with the bare loop's optimizer kernel, like for like).
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ helper.lrpilot_start()
 if variant == "bare":
     bare_loop(epochs, 64, 0)
 else:
-    lrpilot_loop(epochs, 64, 0, **({{"guard": {{"enabled": False}}}} if variant == "guard-off" else {{}}))
+    extra = {{
+        "lrpilot": {{}},
+        "guard-off": {{"guard": {{"enabled": False}}}},
+        "for-loop": {{"optimizer": {{"implementation": "for-loop"}}}},
+    }}[variant]
+    lrpilot_loop(epochs, 64, 0, **extra)
 helper.lrpilot_stop()
 """
 
@@ -120,6 +126,12 @@ def main() -> None:
     parser.add_argument("--epochs", default="2,4", help="two epoch counts, e.g. 2,4")
     parser.add_argument("--cache-sim", action="store_true", help="also simulate caches")
     parser.add_argument("--guard-off", action="store_true", help="add lrpilot with guard off")
+    parser.add_argument(
+        "--for-loop",
+        action="store_true",
+        help="add lrpilot with the bare loop's optimizer kernel (optimizer.implementation: "
+        "for-loop; the default is fused)",
+    )
     args = parser.parse_args()
     try:
         low, high = (int(v) for v in args.epochs.split(","))
@@ -130,6 +142,7 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("loop_instructions: needs valgrind (apt install valgrind)")
     variants = ["bare", "lrpilot"] + (["guard-off"] if args.guard_off else [])
+    variants += ["for-loop"] if args.for_loop else []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         helper = build_helper(workdir)
@@ -166,9 +179,9 @@ def main() -> None:
         )
         at15 = (fixed + 15 * per_epoch) / (15 * bare_per_epoch)
         print(
-            f"\n{variant}: extra instructions fixed {fixed / 1e6:.1f} M + {per_epoch / 1e6:.2f} M per "
-            f"epoch (bare: {bare_per_epoch / 1e6:.0f} M per epoch); at 15 epochs "
-            f"+{100 * at15:.2f}% instructions (ratio {1 / (1 + at15):.4f})"
+            f"\n{variant}: extra instructions fixed {fixed / 1e6:+.1f} M, {per_epoch / 1e6:+.2f} M "
+            f"per epoch (bare: {bare_per_epoch / 1e6:.0f} M per epoch); at 15 epochs "
+            f"{100 * at15:+.2f}% instructions (ratio {1 / (1 + at15):.4f})"
         )
 
 
