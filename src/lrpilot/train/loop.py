@@ -25,7 +25,9 @@ same epoch and lowers the whole schedule; the global step counter keeps counting
 
 Costs on the hot path per optimizer step: one host sync for the loss (the guard reads it
 every step; on CUDA this is one ``.item()``), the gradient norm only on logged steps or
-when clipping, no per-sample collate for in-memory ``TensorDataset`` s.
+when clipping, no per-sample collate for in-memory ``TensorDataset`` s. The optimizer runs
+PyTorch's fused kernel unless configured otherwise (``optimizer.implementation``,
+:func:`lrpilot.train.builders.resolve_implementation`).
 
 Extension points (kept as single functions in :mod:`lrpilot.train.builders`):
 ``build_train_data`` (data order and batches), ``wrap_model`` (device placement, DDP),
