@@ -133,3 +133,24 @@ def test_build_optimizer_runs_the_resolved_kernel() -> None:
             model(x).pow(2).mean().backward()
             opt.step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_loading_an_older_checkpoint_keeps_the_built_implementation() -> None:
+    from lrpilot.train.builders import implementation_of, load_optimizer_state
+
+    model = nn.Linear(3, 2)
+    model(torch.randn(4, 3)).sum().backward()
+    old = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # flags unset: pre-fused
+    old.step()
+    state = old.state_dict()
+    assert state["param_groups"][0]["fused"] is None
+    fused = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, fused=True)
+    plain = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, fused=True)
+    plain.load_state_dict(state)  # PyTorch's own loader takes the checkpoint's flags
+    assert implementation_of(plain) == "for-loop" and plain._step_supports_amp_scaling
+    load_optimizer_state(fused, state)
+    assert implementation_of(fused) == "fused"
+    group = fused.param_groups[0]
+    assert group["lr"] == 0.1  # everything else is the checkpoint's
+    momentum = fused.state[model.weight]["momentum_buffer"]
+    assert torch.equal(momentum, old.state[model.weight]["momentum_buffer"])

@@ -164,8 +164,7 @@ def resolve_implementation(
 def implementation_of(optimizer: torch.optim.Optimizer) -> str:
     """The implementation an optimizer's first param group runs: ``"fused"``, ``"foreach"``
     or ``"for-loop"`` (unset flags mean PyTorch's default: foreach when every parameter is
-    on CUDA). After a resume it is the checkpoint's, which may predate
-    ``optimizer.implementation``.
+    on CUDA).
 
     >>> p = [torch.zeros(2, requires_grad=True)]
     >>> plain, fused = torch.optim.SGD(p, lr=0.1), torch.optim.SGD(p, lr=0.1, fused=True)
@@ -179,6 +178,20 @@ def implementation_of(optimizer: torch.optim.Optimizer) -> str:
     if foreach is None:
         foreach = all(p.device.type == "cuda" for p in group["params"])
     return "foreach" if foreach else "for-loop"
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` that keeps the implementation the optimizer was
+    built with. PyTorch's loader copies each saved param group's ``fused``/``foreach``
+    flags over the live ones; a checkpoint from before ``optimizer.implementation`` (flags
+    unset) would otherwise switch a fused optimizer to the for-loop while the optimizer
+    still tells a ``GradScaler`` that its step handles overflow itself. As for every
+    setting added since a run began, the resumed run takes the setting's value now.
+    """
+    kept = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, kept, strict=True):
+        group.update(flags)
 
 
 def build_optimizer(

@@ -25,7 +25,7 @@ Semantics worth knowing:
 * ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; ``amp``
   means bf16 autocast on CPU, fp16 autocast with a ``GradScaler`` on CUDA.
 * ``optimizer.implementation``: ``auto`` (default: PyTorch's fused kernel where it applies,
-  see :func:`lrpilot.train.builders.build_optimizer`), ``fused``, ``foreach`` or
+  see :func:`lrpilot.train.builders.resolve_implementation`), ``fused``, ``foreach`` or
   ``for-loop``. The same update rule; they differ in speed and in the last bits.
 * Numbers such as ``1e-3`` (YAML 1.1 reads them as strings) are accepted as numbers.
 
@@ -76,7 +76,7 @@ TOP_KEYS = (
 )
 OPTIMIZERS = ("sgd", "adamw", "adam")
 OPTIMIZER_KEYS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "implementation")
-#: how ``torch.optim`` runs the update (see :func:`lrpilot.train.builders.build_optimizer`)
+#: how ``torch.optim`` runs the update (:func:`lrpilot.train.builders.resolve_implementation`)
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},

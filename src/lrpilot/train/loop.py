@@ -66,6 +66,7 @@ from lrpilot.train.builders import (
     grad_norm,
     implementation_of,
     is_main_process,
+    load_optimizer_state,
     makes_sparse_grads,
     params_finite,
     resolve_device,
@@ -275,12 +276,12 @@ class _Trainer:
         seed_everything(cfg.seed)
         self.model = wrap_model(task.build_model(), cfg, self.device)
         groups, mults, self.group_labels = build_param_groups(self.model, cfg.layer_lr)
-        self.implementation = resolve_implementation(
+        implementation = resolve_implementation(
             cfg.optimizer.implementation,
             [p for group in groups for p in group["params"]],
             sparse_grads=makes_sparse_grads(self.model),
         )
-        self.optimizer = build_optimizer(cfg, groups, self.implementation)
+        self.optimizer = build_optimizer(cfg, groups, implementation)
         self.data = build_train_data(cfg, task, self.device)
         self.steps_per_epoch = self.data.order.steps_per_epoch()
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -383,8 +384,7 @@ class _Trainer:
     def _load_checkpoint(self, ckpt: dict) -> None:
         bdist.check_resume_world_size(ckpt.get("world_size", 1))
         bdist.unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.implementation = implementation_of(self.optimizer)  # the checkpoint's groups
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.adapter.load_state_dict(ckpt["schedule"])
         self.guard.load_state_dict(ckpt["guard"])
         self.snapshots = list(ckpt["guard_snapshots"])
@@ -844,7 +844,7 @@ def finish_run(trainer: _Trainer, status: str) -> dict[str, Any]:
         "optimizer_steps_skipped": state.skipped_steps,
         "samples_seen": state.samples,
         "effective_batch_size": bdist.effective_batch(cfg.batch_size, cfg.accumulate),
-        "optimizer_implementation": trainer.implementation,
+        "optimizer_implementation": implementation_of(trainer.optimizer),
         "world_size": bdist.current_env().world_size,
         "lr_scale_factor": bdist.lr_scale_factor(
             cfg.lr_scaling, bdist.effective_batch(cfg.batch_size, cfg.accumulate)
