@@ -10,11 +10,11 @@ hand: index the in-memory tensors, forward, backward, ``optimizer.step()``,
 its ratio is the loop's own overhead, like for like. ``lrpilot.fit`` adds its default
 logging (metrics.jsonl every 10 steps with the gradient norm, TensorBoard, progress off),
 the divergence guard (loss rule every step, snapshots), the validation loss, checkpoints
-(every 60 s and at the end), summary and diagnosis. Runs are interleaved, in an order that rotates every repeat (with
-a fixed order, whichever variant ran right after the bare loop measured 2-3% slower: with
-"guard off" first, the defaults measured 0.980 and "guard off" 0.971; swapped, 0.944 and
-0.999), and repeated. Wall time covers the whole
-training call (model build to summary), not process start or dataset creation.
+(every 60 s and at the end), summary and diagnosis. Runs are interleaved, in an order
+that rotates every repeat (with a fixed order, whichever variant ran right after the bare
+loop measured 2-3% slower: with "guard off" first, the defaults measured 0.980 and "guard
+off" 0.971; swapped, 0.944 and 0.999), and repeated. Wall time covers the whole training
+call (model build to summary), not process start or dataset creation.
 
 Two ratios: the median of paired ratios (each repeat against the bare run next to it) and
 best-of (fastest repeat against fastest repeat, as ``timeit`` recommends: slower repeats
@@ -35,7 +35,7 @@ validation and the rest, in ms per epoch, with the paired ratio of the step time
 reads the clock twice per epoch and phase).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/loop_overhead.py [--epochs 15]
-[--long-epochs 45] [--repeats 28]`` (about 5 minutes on one core).
+[--long-epochs 45] [--repeats 28]`` (about 8 minutes on one core; 15 at 56 repeats).
 Target: lrpilot within 3% of the bare loop (ratio >= 0.97).
 """
 
@@ -326,7 +326,7 @@ def print_phases(
     validation, and the rest (set-up, per-epoch logging, snapshots and checkpoints, the
     end of the run), as medians over the repeats in ms per epoch; and the paired ratio of
     the step time alone (bare / variant: the per-step overhead without the per-epoch and
-    one-off work)."""
+    one-off work). ``names[0]`` is the bare loop."""
     print(f"where the time goes: the {epochs}-epoch call, ms per epoch (median of the repeats)")
     print(
         f"{'variant':<28}{'call':>8}{'steps':>8}{'validation':>12}{'rest':>8}"
