@@ -20,6 +20,7 @@ from lrpilot.batch import distributed as bdist
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task
 from lrpilot.train.config import (
+    IMPLEMENTATIONS,
     FitConfig,
 )
 from lrpilot.train.data import BatchFetcher, DataOrder
@@ -142,18 +143,18 @@ def resolve_implementation(
                 if bad is None
                 else f"a parameter is {bad.dtype} on {bad.device.type}"
             )
+            others = ", ".join(name for name in IMPLEMENTATIONS if name != "fused")
             raise ConfigError(
                 "optimizer.implementation='fused' needs dense floating-point parameters on "
-                f"{' or '.join(AUTO_FUSED_DEVICES)}, but {what}; valid here: auto, foreach, "
-                "for-loop"
+                f"{' or '.join(AUTO_FUSED_DEVICES)}, but {what}; valid here: {others}"
             )
         return "fused"
     if choice in ("foreach", "for-loop"):
         return choice
     if choice != "auto":
         raise ConfigError(
-            f"optimizer.implementation={choice!r} is not allowed; valid: auto, fused, foreach, "
-            "for-loop"
+            f"optimizer.implementation={choice!r} is not allowed; valid: "
+            + ", ".join(IMPLEMENTATIONS)
         )
     if fusable:
         return "fused"
