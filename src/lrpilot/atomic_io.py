@@ -5,6 +5,10 @@ Recipe: write to a temp file in the same directory, flush, ``fsync``, ``os.repla
 the target, then ``fsync`` the directory so the rename itself is durable. Used for
 checkpoints, ``summary.json`` and every PNG lrpilot writes.
 
+Permissions: ``tempfile.mkstemp`` creates its file with mode ``0600``; the file is given
+the mode an ordinary ``open(path, "w")`` would have, ``0666 & ~umask`` (``0644`` under the
+usual umask ``022``), so colleagues, CI and dashboards can read what lrpilot writes.
+
 >>> import json, pathlib, tempfile
 >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.json"
 >>> atomic_write_bytes(json.dumps({"a": 1}).encode(), target)
@@ -19,7 +23,33 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "fsync_dir", "default_file_mode", "give_default_mode"]
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS says it (Linux:
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - non-Linux
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
+def default_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file."""
+    return 0o666 & ~_current_umask()
+
+
+def give_default_mode(fd: int) -> None:
+    """Give the open temp file ``fd`` the mode a plainly created file would have."""
+    with contextlib.suppress(OSError, AttributeError):  # fchmod: POSIX only
+        os.fchmod(fd, default_file_mode())
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,6 +74,7 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        give_default_mode(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from lrpilot.atomic_io import atomic_write_bytes, fsync_dir
+from lrpilot.atomic_io import atomic_write_bytes, fsync_dir, give_default_mode
 from lrpilot.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -98,6 +98,7 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".latest.", suffix=".tmp", dir=self.directory)
         try:
+            give_default_mode(fd)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
