@@ -23,7 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "fsync_dir", "default_file_mode", "give_default_mode"]
+__all__ = ["atomic_write_bytes", "default_file_mode", "fsync_dir", "give_default_mode"]
 
 
 def _current_umask() -> int:
