@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrpilot.train.guard import cpu_clone
+from lrpilot._state import cpu_clone
 
 
 @dataclass

@@ -1,15 +1,18 @@
-"""The training loop: ``lrpilot.fit`` and its pieces (config, data order, checkpoints,
-divergence guard, logging), each a small module of its own.
+"""Training: ``lrpilot.fit``, the :class:`Engine` it drives (one optimizer step, no I/O,
+snapshot/restore for branching), the :class:`Callback` interface the loop is extended
+through, and the pieces (config, data order, checkpoints, divergence guard, logging).
 
 >>> from lrpilot.train import parse_config
 >>> parse_config({"task": "mnist1d-cnn", "accumulate": 4}).accumulate
 4
 """
 
+from lrpilot.train.callbacks import Callback, Control, StepOutcome
 from lrpilot.train.checkpoint import CheckpointManager, atomic_save, load_checkpoint
 from lrpilot.train.config import FitConfig, apply_overrides, load_yaml, parse_config
 from lrpilot.train.data import BatchFetcher, DataOrder
 from lrpilot.train.early_stop import BestTracker
+from lrpilot.train.engine import Engine, RunPlan, plan_run
 from lrpilot.train.guard import DivergenceGuard, classify
 from lrpilot.train.loop import fit
 from lrpilot.train.result import RunResult
@@ -17,11 +20,16 @@ from lrpilot.train.result import RunResult
 __all__ = [
     "BatchFetcher",
     "BestTracker",
+    "Callback",
     "CheckpointManager",
+    "Control",
     "DataOrder",
     "DivergenceGuard",
+    "Engine",
     "FitConfig",
+    "RunPlan",
     "RunResult",
+    "StepOutcome",
     "apply_overrides",
     "atomic_save",
     "classify",
@@ -29,4 +37,5 @@ __all__ = [
     "load_checkpoint",
     "load_yaml",
     "parse_config",
+    "plan_run",
 ]

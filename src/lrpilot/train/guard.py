@@ -87,20 +87,26 @@ as the uninterrupted one would.
 from __future__ import annotations
 
 import bisect
-import copy
 import math
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import torch
+# state capture lives in lrpilot._state; these names stay importable from here
+from lrpilot._state import copy_into as copy_into
+from lrpilot._state import cpu_clone as cpu_clone
+from lrpilot._state import restore_snapshot as restore_snapshot
+from lrpilot._state import take_snapshot as take_snapshot
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 OK, SUSPECT, DIVERGED = "ok", "suspect", "diverged"
 #: rebound rule: the progress is measured in the smallest within-block noise of this many
 #: recent blocks
 REBOUND_NOISE_BLOCKS = 5
+#: stall rule: blocks of ``horizon`` steps after a rescue within which the loss must have
+#: moved clearly below the run's starting level
+STALL_BLOCKS = 5
 
 
 def rebound_level(
@@ -250,8 +256,11 @@ class DivergenceGuard:
         self._sorted: list[float] = []
         self.recent: deque[bool] = deque(maxlen=horizon)
         self.rescues = 0
-        #: why the last "diverged" came: "non-finite", "spikes" or "rebound"
+        #: why the last "diverged" came: "non-finite", "spikes", "rebound" or "stalled"
         self.cause: str | None = None
+        #: the loss of the first step observed (the model as initialised): the level a
+        #: rescued run must move clearly away from (stall rule)
+        self.initial_level: float | None = None
         self._reset_rebound()
 
     def _reset_rebound(self) -> None:
@@ -262,6 +271,12 @@ class DivergenceGuard:
         self.rebound_at: float | None = None  # the armed rebound level
         self._above: deque[bool] = deque(maxlen=self.horizon)
         self._n_above = 0
+        # stall rule: blocks left to judge after a rescue (None: not watching), the lowest
+        # block median and the smallest block noise since the rescue
+        self._watch: int | None = None
+        self._watch_best = math.inf
+        self._watch_noise = math.inf
+        self._stalled = False
 
     def observe(self, loss: float, grad_norm: float | None = None) -> str:
         """Classify one optimizer step's loss; ``"diverged"`` means: rescue now
@@ -277,7 +292,9 @@ class DivergenceGuard:
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             self.cause = "non-finite"
             return DIVERGED
-        if self.rebound is not None:
+        if self.initial_level is None:
+            self.initial_level = loss
+        if self.rebound is not None or self._watch is not None:
             above = self.rebound_at is not None and loss > self.rebound_at
             if len(self._above) == self.horizon:
                 self._n_above -= self._above[0]
@@ -288,6 +305,10 @@ class DivergenceGuard:
                 self._close_block()
             if self._n_above > self.horizon // 2:
                 self.cause = "rebound"
+                return DIVERGED
+            if self._stalled:
+                self._stalled = False
+                self.cause = "stalled"
                 return DIVERGED
         suspect = False
         ordered = self._sorted
@@ -320,7 +341,39 @@ class DivergenceGuard:
         if self.first_level is None:
             self.first_level = med
         self.best_level = med if self.best_level is None else min(self.best_level, med)
+        if self._watch is not None:
+            self._judge_recovery(med, self._noises[-1])
         self._arm()
+
+    def _judge_recovery(self, med: float, noise: float) -> None:
+        """Stall rule, one block after a rescue: after ``STALL_BLOCKS`` blocks the lowest
+        block median since the rescue must be below :meth:`stall_level`; otherwise the
+        rescue did not rescue (the next :meth:`observe` says ``"diverged"``, cause
+        ``"stalled"``)."""
+        self._watch_best = min(self._watch_best, med)
+        self._watch_noise = min(self._watch_noise, noise)
+        self._watch -= 1  # type: ignore[operator]
+        if self._watch > 0:  # type: ignore[operator]
+            return
+        self._watch = None
+        level = self.stall_level()
+        self._stalled = level is not None and not self._watch_best < level
+
+    def stall_level(self) -> float | None:
+        """``initial - max(rebound_progress * noise, 0.01 * |initial|, 1e-8)``: the level
+        a rescued run's block median must go below to count as learning (``noise``: the
+        smallest within-block noise since the rescue); ``None`` before any loss.
+
+        >>> g = DivergenceGuard(horizon=2, patience=1)
+        >>> g.initial_level, g._watch_noise = 2.3, 0.05
+        >>> round(g.stall_level(), 6)
+        2.0
+        """
+        init = self.initial_level
+        if init is None or not math.isfinite(init):
+            return None
+        margin = max(self.rebound_progress * self._watch_noise, 0.01 * abs(init), 1e-8)
+        return init - margin
 
     def _arm(self) -> None:
         if self.rebound is None or self.first_level is None or self.best_level is None:
@@ -337,9 +390,9 @@ class DivergenceGuard:
 
     @property
     def healthy(self) -> bool:
-        """No suspect or rebounded step among the last ``horizon`` (a snapshot taken now
-        is good)."""
-        return not any(self.recent) and not self._n_above
+        """No suspect or rebounded step among the last ``horizon``, and not on probation
+        after a rescue (a snapshot taken now is good)."""
+        return not any(self.recent) and not self._n_above and self._watch is None
 
     def record_rescue(self) -> None:
         """Count a rescue and forget the suspect flags (the window is kept: it describes
@@ -349,6 +402,7 @@ class DivergenceGuard:
         self.rescues += 1
         self.recent.clear()
         self._reset_rebound()
+        self._watch = STALL_BLOCKS
 
     @property
     def exhausted(self) -> bool:
@@ -365,19 +419,26 @@ class DivergenceGuard:
             "best_level": self.best_level,
             "noises": list(self._noises),
             "above": list(self._above),
+            "initial_level": self.initial_level,
+            "watch": self._watch,
+            "watch_best": self._watch_best,
+            "watch_noise": self._watch_noise,
+            "stalled": self._stalled,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load a state of this version or of version 1 (before the rebound rule: its
-        levels start again from the next steps)."""
+        """Load a state of this version, of version 2 (before the stall rule: it starts
+        at the next rescue, the starting level unknown) or of version 1 (before the rebound
+        rule: its levels start again from the next steps)."""
         version = state.get("version")
-        if version not in (1, STATE_VERSION):
-            raise ValueError(f"guard state version {version!r}; expected 1 or {STATE_VERSION}")
+        if version not in (1, 2, STATE_VERSION):
+            raise ValueError(f"guard state version {version!r}; expected 1, 2 or {STATE_VERSION}")
         self.window = deque((float(v) for v in state["window"]), maxlen=self.window_size)
         self._sorted = sorted(self.window)
         self.recent = deque((bool(v) for v in state["recent"]), maxlen=self.horizon)
         self.rescues = int(state["rescues"])
         self._reset_rebound()
+        self.initial_level = math.nan  # unknown before version 3: no stall rule
         if version == 1:
             return
         self._block = [float(v) for v in state["block"]]
@@ -386,88 +447,11 @@ class DivergenceGuard:
         self._noises.extend(float(v) for v in state["noises"])
         self._above.extend(bool(v) for v in state["above"])
         self._n_above = sum(self._above)
+        if version == STATE_VERSION:
+            init = state["initial_level"]
+            self.initial_level = None if init is None else float(init)
+            self._watch = None if state["watch"] is None else int(state["watch"])
+            self._watch_best = float(state["watch_best"])
+            self._watch_noise = float(state["watch_noise"])
+            self._stalled = bool(state["stalled"])
         self._arm()
-
-
-def cpu_clone(obj: Any) -> Any:
-    """Deep copy with every tensor detached, cloned and moved to the CPU."""
-    return copy_into(None, obj)
-
-
-def copy_into(old: Any, obj: Any) -> Any:
-    """:func:`cpu_clone` of ``obj`` that copies into the CPU tensors of ``old`` (an earlier
-    copy of the same structure that nobody else holds) where shape and dtype match, so a
-    snapshot taken again and again does not allocate again and again.
-
-    >>> a = cpu_clone({"w": torch.zeros(2)})
-    >>> b = copy_into(a, {"w": torch.ones(2)})
-    >>> b["w"].tolist(), b["w"] is a["w"]
-    ([1.0, 1.0], True)
-    """
-    kind = type(obj)
-    if kind in _IMMUTABLE:  # most leaves of an optimizer's param groups: checked first
-        return obj
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach()
-        if (
-            type(old) is torch.Tensor
-            and old.is_cpu
-            and old.layout is torch.strided
-            and obj.layout is torch.strided
-            and old.dtype is obj.dtype
-            and old.shape == obj.shape
-        ):
-            return old.copy_(obj)
-        return obj.clone() if obj.is_cpu else obj.to("cpu")
-    if isinstance(obj, dict):
-        previous = old if isinstance(old, dict) else _EMPTY
-        out = dict(obj)  # immutable values stay; the rest are copied below
-        for k, v in obj.items():
-            if type(v) not in _IMMUTABLE:
-                out[k] = copy_into(previous.get(k), v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        if all(type(v) in _IMMUTABLE for v in obj):
-            return list(obj) if isinstance(obj, list) else obj
-        same = isinstance(old, kind) and len(old) == len(obj)
-        items = [copy_into(old[i] if same else None, v) for i, v in enumerate(obj)]
-        return items if isinstance(obj, list) else tuple(items)
-    if isinstance(obj, (bool, int, float, str, bytes)):
-        return obj  # a subclass of an immutable type
-    return copy.copy(obj)
-
-
-_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes})
-_EMPTY: dict = {}
-
-
-def take_snapshot(
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    reuse: dict | None = None,
-) -> dict:
-    """A CPU copy of the model and optimizer state at ``step`` (checkpointable as is).
-
-    ``reuse``: a snapshot that is being dropped (held nowhere else); its tensors receive
-    the new copy instead of new allocations."""
-    reuse = reuse or {}
-    return {
-        "step": step,
-        "model": copy_into(reuse.get("model"), model.state_dict()),
-        "optimizer": copy_into(reuse.get("optimizer"), optimizer.state_dict()),
-    }
-
-
-def restore_snapshot(
-    snapshot: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> None:
-    """Put the snapshot's weights and optimizer state back (copies; the snapshot stays).
-
-    The optimizer's per-group learning rates are left to the caller (the schedule adapter
-    re-applies them)."""
-    model.load_state_dict(snapshot["model"])
-    lrs = [group["lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(cpu_clone(snapshot["optimizer"]))
-    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-        group["lr"] = lr

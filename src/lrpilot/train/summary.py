@@ -1,0 +1,108 @@
+"""The end of a run: ``summary.json`` (:func:`finish_run`) and the diagnosis of its
+metrics (:func:`diagnose_run`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from lrpilot.atomic_io import atomic_write_bytes
+from lrpilot.batch import distributed as bdist
+from lrpilot.history import History
+from lrpilot.train.builders import implementation_of
+
+
+def diagnose_run(run: Any) -> tuple[History | None, list[dict]]:
+    """``(history, findings)``: ``lrpilot.diagnose`` of the run's ``metrics.jsonl``,
+    printed and returned as dicts (a failure of the diagnosis is reported, never fatal to
+    the run)."""
+    from lrpilot.diagnosis import diagnose
+
+    history = None
+    try:
+        if run.log is not None:
+            run.log.flush()
+        # every record is written by now: the same history is returned by run()
+        history = History.read_jsonl(run.run_dir / "metrics.jsonl")
+        findings = diagnose(history)
+    except Exception as exc:  # the run itself is done; say why there is no diagnosis
+        error = f"diagnosis failed: {type(exc).__name__}: {exc}"
+        if run.progress_mode != "none":
+            run.progress.message(f"lrpilot fit: {error}")
+        return history, [{"error": error}]
+    if run.progress_mode != "none":
+        for finding in findings:
+            run.progress.message(f"lrpilot fit: diagnosis: {finding.describe()}")
+    return history, [f.to_dict() for f in findings]
+
+
+def atomic_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    import json
+
+    atomic_write_bytes((json.dumps(obj, indent=2) + "\n").encode("utf-8"), path)
+
+
+def finish_run(trainer: Any, status: str) -> dict[str, Any]:
+    """The end of a run: restore best weights if asked, build ``summary.json``."""
+    cfg, engine = trainer.cfg, trainer.engine
+    state = engine.state
+    es = cfg.early_stopping
+    restored = False
+    if (
+        es is not None
+        and es.restore_best
+        and trainer.best.best_model is not None
+        and status != "aborted"
+    ):
+        bdist.unwrap(engine.model).load_state_dict(trainer.best.best_model)
+        restored = True
+    wall = engine.elapsed()
+    final = {k: v for k, v in (state.last_epoch_record or {}).items() if k not in ("type",)}
+    best = None
+    if state.best_record is not None:
+        best = {
+            "monitor": trainer.best.tracker.monitor,
+            "mode": trainer.best.tracker.mode,
+            "value": trainer.best.tracker.best,
+            **{k: v for k, v in state.best_record.items() if k != "type"},
+        }
+    rescues = [e for e in state.events if e.get("action") == "guard_rescue"]
+    return {
+        "task": cfg.task,
+        "status": status,
+        "epochs_run": state.epoch,
+        "epochs_planned": cfg.epochs,
+        "steps_run": state.step,
+        "steps_planned": engine.total_steps,
+        "steps_per_epoch": engine.steps_per_epoch,
+        "optimizer_steps_skipped": state.skipped_steps,
+        "samples_seen": state.samples,
+        "effective_batch_size": bdist.effective_batch(cfg.batch_size, cfg.accumulate),
+        "optimizer_implementation": implementation_of(engine.optimizer),
+        "world_size": bdist.current_env().world_size,
+        "lr_scale_factor": bdist.lr_scale_factor(
+            cfg.lr_scaling, bdist.effective_batch(cfg.batch_size, cfg.accumulate)
+        ),
+        "noise_scale": engine.noise.value
+        if engine.noise is not None and math.isfinite(engine.noise.value)
+        else None,
+        "wall_time_s": wall,
+        "train_time_s": state.train_time,
+        "samples_per_s": state.samples / state.train_time if state.train_time > 0 else None,
+        "eval_time_s": state.eval_time,
+        "final": final,
+        "best": best,
+        "restored_best_weights": restored,
+        "stop_reason": trainer.stop_reason or None,
+        "device": str(engine.device),
+        "guard": {
+            "enabled": cfg.guard.enabled,
+            "rescues": len(rescues),
+            "lr_scale": engine.adapter.lr_scale,
+            "actions": [dict(e) for e in state.events],
+        },
+        "run_dir": str(trainer.run_dir),
+        "tensorboard_dir": str(trainer.run_dir / "tensorboard"),
+    }
