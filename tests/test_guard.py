@@ -14,6 +14,7 @@ from lrpilot.errors import TrainingAborted
 from lrpilot.history import History
 from lrpilot.train import fit
 from lrpilot.train.guard import (
+    STALL_BLOCKS,
     DivergenceGuard,
     _mad_lower_bound,
     _scale_about_sorted,
@@ -209,6 +210,73 @@ def test_version_1_guard_state_still_loads() -> None:
     guard = DivergenceGuard()
     guard.load_state_dict({"version": 1, "window": [2.0, 1.9], "recent": [False], "rescues": 2})
     assert guard.rescues == 2 and guard.first_level is None and guard.rebound_at is None
+
+
+# ------------------------------------------------------------------ the stall rule
+def _rescued_guard(start: float = 2.3, **kwargs) -> DivergenceGuard:
+    """A guard that saw the starting loss, a blow-up and one rescue."""
+    guard = DivergenceGuard(**kwargs)
+    assert guard.observe(start) == "ok" and guard.observe(float("inf")) == "diverged"
+    guard.record_rescue()
+    return guard
+
+
+def test_a_rescued_run_still_at_its_starting_level_is_rescued_again() -> None:
+    rng = random.Random(5)
+    guard = _rescued_guard()
+    watch = STALL_BLOCKS * guard.horizon  # 50 steps with the defaults
+    verdicts = [guard.observe(2.3 + rng.gauss(0, 0.05)) for _ in range(watch)]
+    assert verdicts[:-1] == ["ok"] * (watch - 1) and verdicts[-1] == "diverged"
+    assert guard.cause == "stalled"
+    guard.record_rescue()  # the watch starts again
+    assert not guard.healthy and guard.observe(2.3) == "ok"
+
+
+def test_a_rescued_run_that_learns_is_left_alone() -> None:
+    rng = random.Random(6)
+    guard = _rescued_guard()
+    watch = STALL_BLOCKS * guard.horizon
+    assert not guard.healthy  # on probation: no snapshots of an unproven state
+    losses = [2.3 - 0.8 * i / watch + rng.gauss(0, 0.05) for i in range(2 * watch)]
+    assert all(guard.observe(v) == "ok" for v in losses)
+    assert guard.healthy
+
+
+@pytest.mark.parametrize(("level", "verdict"), [(1.98, "diverged"), (1.9799, "ok")])
+def test_stall_level_boundary(level: float, verdict: str) -> None:
+    """Constant losses: no within-block noise, so the margin is its floor 1% of the
+    starting level 2.0: a block median of 1.98 is still the starting level."""
+    guard = _rescued_guard(start=2.0, rebound=None)
+    verdicts = [guard.observe(level) for _ in range(STALL_BLOCKS * guard.horizon)]
+    assert guard.stall_level() == pytest.approx(1.98)
+    assert verdicts[-1] == verdict and set(verdicts[:-1]) == {"ok"}
+
+
+def test_stall_watch_resumes_mid_block() -> None:
+    rng = random.Random(7)
+    losses = [2.3 + rng.gauss(0, 0.05) for _ in range(60)]
+    reference = _rescued_guard()
+    expected = [reference.observe(v) for v in losses]
+    assert "diverged" in expected
+    for cut in (3, 25, 49):
+        head = _rescued_guard()
+        for v in losses[:cut]:
+            head.observe(v)
+        resumed = DivergenceGuard()
+        resumed.load_state_dict(json.loads(json.dumps(head.state_dict())))
+        assert [resumed.observe(v) for v in losses[cut:]] == expected[cut:], cut
+
+
+def test_version_2_guard_state_loads_without_the_stall_rule() -> None:
+    guard = DivergenceGuard()
+    state = {k: v for k, v in _rescued_guard().state_dict().items() if k in _V2_KEYS}
+    guard.load_state_dict({**state, "version": 2})
+    guard.record_rescue()
+    assert guard.stall_level() is None  # the starting level of that run is unknown
+    assert all(guard.observe(2.3) == "ok" for _ in range(100))
+
+
+_V2_KEYS = ("window", "recent", "rescues", "block", "first_level", "best_level", "noises", "above")
 
 
 def _too_high_config(guard: bool) -> dict:
