@@ -431,6 +431,26 @@ def test_resume_refuses_a_changed_config_but_accepts_settings_added_since(tmp_pa
     assert result.summary["status"] == "completed"
 
 
+def test_resuming_a_complete_run_says_so_and_trains_nothing(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    config = {**FAST, "early_stopping": {"patience": 1, "restore_best": True}}
+    first = fit(config, run, progress="none")
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", str(path), "--out", str(run), "--resume", "--progress", "plain"]) == 0
+    out = capsys.readouterr().out
+    assert f"the run in {run} is already complete (completed, 2 of 2 epochs" in out
+    assert "resuming from" not in out and out.count("\n") == 1
+    again = fit(config, run, resume=True, progress="none")
+    assert again.summary == json.loads((run / "summary.json").read_text())
+    assert again.summary["steps_run"] == first.summary["steps_run"]
+    for key, value in first.model.state_dict().items():  # the best weights, as returned
+        assert torch.equal(value, again.model.state_dict()[key]), key
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    assert after == files  # nothing written
+
+
 def test_optimizer_implementation_is_the_one_run_and_reported(tmp_path: Path) -> None:
     base = {**FAST, "epochs": 1, "log_every": 10}
     runs = {

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -269,18 +270,54 @@ class _Run:
         restore_rng(ckpt["rng"])
 
     # ---------------------------------------------------------------------------- run
-    def _open(self, resume: bool) -> list[str]:
-        """Find the checkpoint, write config.yaml, load, open the log; the messages."""
-        messages: list[str] = []
-        ckpt = None
-        if resume:
-            ckpt, messages = self.ckpt.ckpts.newest_valid()
-            if ckpt is None:
-                messages.append(
-                    "no valid checkpoint found; starting again from step 0"
-                    if not self.ckpt.ckpts.candidates()
-                    else "no checkpoint could be read; starting again from step 0"
-                )
+    def _find(self, resume: bool) -> tuple[dict | None, list[str]]:
+        """The newest valid checkpoint (resume only) and what to say about it."""
+        if not resume:
+            return None, []
+        ckpt, messages = self.ckpt.ckpts.newest_valid()
+        if ckpt is None:
+            messages.append(
+                "no valid checkpoint found; starting again from step 0"
+                if not self.ckpt.ckpts.candidates()
+                else "no checkpoint could be read; starting again from step 0"
+            )
+        return ckpt, messages
+
+    def _completed(self, ckpt: dict | None) -> RunResult | None:
+        """The result of a run that is already complete (its newest checkpoint is the
+        end of the run and ``summary.json`` says so), else ``None``. Nothing is written."""
+        if ckpt is None:
+            return None
+        loop = ckpt["loop"]
+        if loop["epoch"] < self.cfg.epochs and not loop["stopped_early"]:
+            return None
+        path = self.run_dir / "summary.json"
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # the run ended but its summary was never written: finish it
+        if summary.get("status") not in ("completed", "early_stopped"):
+            return None
+        if summary.get("steps_run") != ckpt["step"]:
+            return None
+        bdist.check_resume_world_size(ckpt.get("world_size", 1))
+        best = ckpt["best_model"] if summary.get("restored_best_weights") else None
+        model = bdist.unwrap(self.engine.model)
+        model.load_state_dict(best if best is not None else ckpt["model"])
+        if self.progress_mode != "none":
+            print(
+                f"lrpilot fit: the run in {self.run_dir} is already complete "
+                f"({summary['status']}, {summary.get('epochs_run')} of "
+                f"{summary.get('epochs_planned')} epochs, step {ckpt['step']}); nothing to "
+                "train (to train longer, start a new run with another --out)",
+                flush=True,
+            )
+        self.ckpt.writer.close()
+        history = History.read_jsonl(self.run_dir / "metrics.jsonl") if self.main else History()
+        return RunResult(summary=summary, history=history, run_dir=self.run_dir, model=model)
+
+    def _open(self, ckpt: dict | None, messages: list[str]) -> list[str]:
+        """Write config.yaml, load the checkpoint, open the log; the messages."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present
@@ -303,7 +340,11 @@ class _Run:
         return messages
 
     def run(self, resume: bool) -> RunResult:
-        messages = self._open(resume)
+        ckpt, messages = self._find(resume)
+        done = self._completed(ckpt)
+        if done is not None:
+            return done
+        messages = self._open(ckpt, messages)
         engine, cfg = self.engine, self.cfg
         self.progress = Progress(self.progress_mode, engine.total_steps, cfg.epochs)
         for line in messages:
