@@ -148,6 +148,7 @@ def test_callbacks_from_outside_stop_record_and_scale_the_lr(tmp_path: Path) -> 
     # the user's callback state is in the checkpoint; resuming needs the same callbacks
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert ckpt["step"] == 40 and ckpt["callbacks"] == [{}, {"seen": 40}, {}]
+    (tmp_path / "run" / "summary.json").unlink()  # as if killed before the summary
     with pytest.raises(ConfigError, match="holds 3 callback state"):
         fit(CONFIG, tmp_path / "run", resume=True, progress="none")
 

@@ -1,7 +1,7 @@
 """Builders for a training run: device, model wrapping, parameter groups (``layer_lr``),
 optimizer, schedule, training data, and the small helpers the loop calls (autocast,
 evaluation, gradient norm). Each is a plain function of the validated ``FitConfig``, so the
-loop in :mod:`lrpilot.train.loop` stays about the loop.
+engine (:mod:`lrpilot.train.engine`) stays about the step.
 """
 
 from __future__ import annotations

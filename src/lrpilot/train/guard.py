@@ -19,9 +19,17 @@ The rule (a pure function of the recorded losses, :func:`classify`):
   ``best + rebound * (first - best)`` (``rebound = 0.8``: 80% of the progress lost) in a
   majority of the last ``horizon`` steps is a **divergence** (:func:`rebound_level`). A
   rescue starts the levels again from the restored state. ``rebound = None`` turns it off.
+* **stall** (a rescue that did not rescue): ``initial`` is the first step's loss (the
+  model as initialised). For ``STALL_BLOCKS`` (5) blocks of ``horizon`` steps after a
+  rescue no snapshot is taken (the state is on probation); if the lowest block median
+  since the rescue is then not below ``initial - max(rebound_progress * noise, 0.01 *
+  |initial|)`` (``noise``: the smallest within-block noise since the rescue), the loss
+  still sits at its starting level: a **divergence** (cause ``"stalled"``), so the run
+  goes back to the same good snapshot at a lower LR again, until it learns or
+  ``max_rescues`` ends it (:meth:`DivergenceGuard.stall_level`).
 
-On a divergence the loop (:mod:`lrpilot.train.loop`) goes back to a good snapshot of the
-same epoch: model and optimizer state (CPU copies), the schedule position (plateau
+On a divergence the loop (:class:`lrpilot.train.builtin.GuardCallback`) goes back to a
+good snapshot of the same epoch: model and optimizer state (CPU copies), the schedule position (plateau
 included), the position in the epoch's data order and the epoch's loss sums. Snapshots are
 taken at the start of every epoch and every ``snapshot_every`` steps while no step of the
 horizon is suspect; the last two are kept and a rescue returns to the **older** one (the
@@ -36,36 +44,14 @@ The global step counter keeps counting (``metrics.jsonl`` never repeats a step; 
 rewound steps show in ``steps_run``). Each rescue is a ``guard_rescue`` event; after
 ``max_rescues`` of them the next divergence raises ``TrainingAborted``.
 
-Calibration and limits: the defaults (window 50, threshold 6, patience 3 of horizon 10)
-raised no rescue on recorded healthy runs (8 epochs each: mnist1d-cnn with one-cycle
-and warmup+cosine at peak 0.3 and constant 0.1 and 0.2, digits-cnn and mnist1d-mlp with
-their defaults) and catch blow-ups within a few steps. The rebound rule was added after an
-MLP on the digits data (``bench/heldout_tasks.py``, SGD, one-cycle at peak 0.662, 15
-epochs) slid back to chance level on 1 of 5 seeds without a rescue: its batch losses fell
-from 2.30 to 0.15-0.5 by step 55, were back at 1.9-3.3 by steps 64-70 and at chance level
-from step 106, a climb amid losses so noisy (0.15 to 1.5 from batch to batch) that the
-spike rule's scale stayed wide. With ``rebound = 0.8`` that seed is rescued at step 69
-(96.9% validation accuracy instead of 10.0%). On 19 runs of 15 epochs (that MLP at peaks
-0.475 and 0.662, 5 seeds each; mnist1d-cnn with warmup+cosine, one-cycle at 0.3, constant
-0.2 and 2.0, warm restarts and a cyclic schedule; digits-cnn with its defaults and with warm
-restarts; mnist1d-mlp) no other run's rescues or accuracy changed, except that on one seed
-at 0.662 the rebound rule fired 3 steps before the spike rule would have (same accuracy).
-The noise is the smallest, not the median, of the recent blocks' because the first blocks of
-a run are often its noisiest (a high LR's first steps, the loss falling within a block, or
-MSE batch losses whose spread grows with their level): with the median, an MLP regression
-with AdamW at peak 0.49 that fell from 0.87 to 0.13 by step 33 and was back at 1.0 by step
-64 armed the rule only at step 136. On 22 recorded runs (the same kinds, plus that
-regression at peaks 0.03-0.82) the smallest fires earlier on three collapsing runs (mnist1d-cnn
-one-cycle at 0.5: step 242 instead of 316, 95.3% instead of 82.3% validation accuracy; the
-regression at 0.49: step 60 instead of an abort after 8 spike rescues, validation MSE
-0.0047; and step 68 instead of 136 on another seed, still collapsed) and changes no
-healthy run. Replayed offline on the recorded losses, ``rebound = 0.5`` would also have fired on
-mnist1d-cnn's one-cycle at 0.3, a run that recovers by itself to 93.6%. A model that
-collapses before it made clear progress (for example a CNN that falls to chance level right
-after initialisation at a far too high LR) is caught by neither rule: the guard repairs
-divergence, it does not judge progress (``lrpilot diagnose`` does). A rescue cannot go back
-past the start of its epoch, so a rebound found in a later epoch than it began restores an
-already damaged state (with the LR lowered).
+Limits: a model that collapses before it made clear progress and was never rescued
+(for example a CNN that falls to chance level right after initialisation without a spike)
+is caught by no rule: the guard repairs divergence, it does not judge progress
+(``lrpilot diagnose`` does). A rescue cannot go back past the start of its epoch. The
+calibration of the defaults on recorded runs is in ``bench/results/guard_calibration.md``.
+Reference for the spike rule: the median/MAD outlier test (Hampel, "The influence curve and
+its role in robust estimation", JASA 1974; Leys et al., "Detecting outliers: do not use
+standard deviation around the mean, use absolute deviation around the median", JESP 2013).
 
 The guard's own state (window, suspect flags, rescue count, rebound levels) has a versioned
 ``state_dict()``; snapshots are saved in checkpoints too, so a resumed run rescues exactly
