@@ -48,7 +48,7 @@ from lrpilot.integrations._common import (
     resolve_schedule,
 )
 from lrpilot.schedules import ScheduleAdapter, attach
-from lrpilot.train.guard import DIVERGED, DivergenceGuard
+from lrpilot.train.guard import DIVERGED, SUSPECT, DivergenceGuard
 
 _T = require("transformers", "hf", "lrpilot.integrations.transformers")
 
@@ -61,11 +61,13 @@ def make_scheduler(
     *,
     num_training_steps: int | None = None,
     steps_per_epoch: int | None = None,
+    default_lr: float | None = None,
     **attach_kwargs: Any,
 ) -> ScheduleAdapter:
     """A torch ``LRScheduler`` driving ``optimizer`` from a lrpilot schedule (or a
     ``from_config`` mapping, whose omitted lengths span ``num_training_steps`` optimizer
-    steps), for ``Trainer(optimizers=(optimizer, scheduler))``.
+    steps; a mapping without its peak LR takes ``default_lr``), for
+    ``Trainer(optimizers=(optimizer, scheduler))``.
 
     >>> import torch
     >>> from lrpilot import schedules
@@ -76,7 +78,10 @@ def make_scheduler(
     [0.0, 0.0005, 0.001, 0.001, 0.001, 0.00075, 0.0005, 0.00025, 0.0]
     """
     sched, momentum = resolve_schedule(
-        schedule, steps_per_epoch=steps_per_epoch, total_steps=num_training_steps
+        schedule,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=num_training_steps,
+        default_lr=default_lr,
     )
     if momentum is not None:
         attach_kwargs.setdefault("momentum", momentum)
@@ -111,6 +116,7 @@ class LRPilotTrainer(_T.Trainer):
                 self.lrpilot_schedule,
                 num_training_steps=num_training_steps,
                 steps_per_epoch=self._lrpilot_steps_per_epoch,
+                default_lr=self.args.learning_rate,
             )
             self._created_lr_scheduler = True  # rebuilt on the next train(), as the Trainer does
         return self.lr_scheduler
@@ -211,6 +217,7 @@ class LRPilotCallback(_T.TrainerCallback):
         self._metrics: MetricsFile | None = None
         self._run_dir: Path | None = None
         self._bad_grad: float | None = None
+        self._trouble_since: int | None = None  # first suspect step of the current trouble
         self._last_logged = 0
         self._epoch_sum = 0.0
         self._epoch_steps = 0
@@ -224,6 +231,7 @@ class LRPilotCallback(_T.TrainerCallback):
             self._metrics = MetricsFile(self._run_dir, state.global_step if resumed else None)
         self._last_logged = state.global_step
         self.stop_message = None
+        self._trouble_since = None
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         model = kwargs.get("model")
@@ -265,6 +273,10 @@ class LRPilotCallback(_T.TrainerCallback):
             self._epoch_steps += steps
         if self.guard is not None and self.stop_message is None:
             verdict = self.guard.observe(loss, None if grad_norm is None else float(grad_norm))
+            if verdict == SUSPECT and self._trouble_since is None:
+                self._trouble_since = state.global_step
+            elif self.guard.healthy:
+                self._trouble_since = None
             if verdict == DIVERGED:
                 cause = {
                     "non-finite": "non-finite loss or gradient norm",
@@ -294,6 +306,8 @@ class LRPilotCallback(_T.TrainerCallback):
         self._flush_epoch()
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stop_message is not None:
+            control.should_save = False  # an epoch-end save would hold the damaged weights
         self._flush_epoch()
         self._pending_epoch = {
             "type": "epoch",
@@ -335,13 +349,16 @@ class LRPilotCallback(_T.TrainerCallback):
         control.should_training_stop = True
         control.should_save = False  # never save the damaged weights as a checkpoint
         step = state.global_step
-        good = _last_checkpoint_before(args.output_dir, step)
+        since = step if self._trouble_since is None else min(step, self._trouble_since)
+        good = _last_checkpoint_before(args.output_dir, since)
         where = f"resume from {good}" if good else "restart (no earlier checkpoint was saved)"
         self.stop_message = (
-            f"lrpilot guard: training stopped at step {step}: {reason}. The weights of this "
-            f"step are not saved. What to do: {where} with the peak learning rate halved "
-            f"(TrainingArguments.learning_rate or the schedule's lr), e.g. "
-            f"trainer.train(resume_from_checkpoint=...); run `lrpilot diagnose "
+            f"lrpilot guard: training stopped at step {step}: {reason}"
+            + (f" (trouble since step {since})" if since < step else "")
+            + f". The weights of this step are not saved. What to do: {where} with the peak "
+            "learning rate halved "
+            "(TrainingArguments.learning_rate or the schedule's lr), e.g. "
+            "trainer.train(resume_from_checkpoint=...); run `lrpilot diagnose "
             f"{self._run_dir}` for the curves."
         )
         self._write(
