@@ -233,8 +233,8 @@ class MetricsFile:
 
 
 def _json_safe(record: dict) -> dict:
-    """Non-finite floats as strings ``"nan"``/``"inf"`` are not JSON; keep them as the
-    ``NaN``/``Infinity`` tokens :mod:`json` reads back (what ``lrpilot fit`` writes)."""
+    """Tensors become floats; non-finite floats stay as the ``NaN``/``Infinity`` tokens
+    that :mod:`json` writes and reads back (as ``lrpilot fit`` does)."""
     return {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
 
 

@@ -239,7 +239,9 @@ class LRPilot(Callback):
             run_dir = self.log_dir or Path(trainer.log_dir or trainer.default_root_dir)
             self._metrics = MetricsFile(run_dir, self._seen_step if resumed else None)
         if self.find_lr and self.decision is None:
-            self._apply_decision(trainer, self.choose_lr(trainer, pl_module))
+            decision = self.choose_lr(trainer, pl_module)
+            # every process applies rank 0's decision (each probed its own data shard)
+            self._apply_decision(trainer, trainer.strategy.broadcast(decision, src=0))
         if self.guard is not None:
             self._snapshot(trainer, pl_module)
 
@@ -319,6 +321,9 @@ class LRPilot(Callback):
                 self.adapter.step()
         step_loss = sum(self._micro) / len(self._micro) if self._micro else math.nan
         self._micro = []
+        if trainer.world_size > 1:  # one verdict for all processes: the mean over them
+            value = torch.tensor(step_loss, device=pl_module.device)
+            step_loss = float(trainer.strategy.reduce(value, reduce_op="mean"))
         self._end_step(trainer, pl_module, step_loss)
 
     def _end_step(self, trainer: Any, pl_module: Any, loss: float) -> None:
