@@ -158,18 +158,27 @@ def test_resume_from_checkpoint_continues_the_lr_sequence(tmp_path, capsys):
         rec = RecordLR()
         trainer = LRPilotTrainer(
             model=model(),
-            args=args(tmp_path, max_steps=9, save_strategy="steps", save_steps=4),
+            args=args(
+                tmp_path,
+                max_steps=9,
+                save_strategy="steps",
+                save_steps=4,
+                restore_callback_states_from_checkpoint=True,
+            ),
             train_dataset=Tokens(24),  # 6 batches per epoch: the checkpoint is mid-epoch
             schedule=sched,
             callbacks=[rec, LRPilotCallback()],
         )
         trainer.train(resume_from_checkpoint=resume)
-        return rec.lrs
+        [pilot] = [c for c in trainer.callback_handler.callbacks if isinstance(c, LRPilotCallback)]
+        return rec.lrs, pilot
 
-    full = run()
+    full, _ = run()
     assert full == pytest.approx([sched(s) for s in range(9)], rel=1e-12, abs=0)
-    rest = run(resume=str(tmp_path / "checkpoint-4"))
+    rest, pilot = run(resume=str(tmp_path / "checkpoint-4"))
     assert rest == pytest.approx(full[4:], rel=1e-12, abs=0)
+    # the guard went on from the checkpoint's window (4 losses) instead of starting empty
+    assert len(pilot.guard.window) == 9
     steps = History.read_jsonl(tmp_path).steps
     assert [r["step"] for r in steps] == list(range(1, 10))  # nothing repeated
     assert [r["lr"] for r in steps] == pytest.approx(full, rel=1e-12)

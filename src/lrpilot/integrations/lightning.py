@@ -112,6 +112,26 @@ def configure_optimizers(
 class LRPilot(Callback):
     """lrpilot in a Lightning Trainer; see the module docstring.
 
+    >>> import tempfile, lightning.pytorch as L, torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> from lrpilot import schedules
+    >>> class Regression(L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.net = torch.nn.Linear(4, 1)
+    ...     def training_step(self, batch, batch_idx):
+    ...         return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+    ...     def configure_optimizers(self):
+    ...         return torch.optim.SGD(self.parameters(), lr=1.0)
+    >>> data = DataLoader(TensorDataset(torch.randn(40, 4), torch.randn(40, 1)), batch_size=8)
+    >>> pilot = LRPilot(schedules.cosine(0.1, steps=6), log_dir=tempfile.mkdtemp())
+    >>> trainer = L.Trainer(max_epochs=2, accumulate_grad_batches=2, callbacks=[pilot],
+    ...     accelerator="cpu", logger=False, enable_checkpointing=False,
+    ...     enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(Regression(), data)  # 5 batches per epoch: 3 optimizer steps
+    >>> trainer.global_step, pilot.adapter.last_epoch, pilot.adapter.get_last_lr()
+    (6, 6, [0.0])
+
     Args:
         schedule: a lrpilot schedule, a ``from_config`` mapping, or None (use the
             module's lrpilot scheduler, else a constant LR).
@@ -275,6 +295,14 @@ class LRPilot(Callback):
                     schedule_kind=finder_kind(self.adapter.schedule),
                     options=self.finder_options,
                 )
+        except RuntimeError as exc:
+            if "not attached to a `Trainer`" not in str(exc):
+                raise
+            raise ConfigError(
+                "LRPilot(find_lr=True) runs training_step outside the loop, without the "
+                "Trainer (self.log is then skipped), but this training_step reads self.trainer; "
+                "read it only when self._trainer is not None, or run lrpilot.find_lr yourself"
+            ) from exc
         finally:
             pl_module.trainer = attached
 

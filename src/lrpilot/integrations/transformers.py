@@ -51,6 +51,7 @@ from lrpilot.schedules import ScheduleAdapter, attach
 from lrpilot.train.guard import DIVERGED, SUSPECT, DivergenceGuard
 
 _T = require("transformers", "hf", "lrpilot.integrations.transformers")
+_TC = require("transformers.trainer_callback", "hf", "lrpilot.integrations.transformers")
 
 __all__ = ["LRPilotCallback", "LRPilotTrainer", "choose_lr", "find_lr", "make_scheduler"]
 
@@ -183,7 +184,7 @@ def _grad_norm(model: nn.Module) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
-class LRPilotCallback(_T.TrainerCallback):
+class LRPilotCallback(_TC.TrainerCallback, _TC.ExportableState):
     """Guard signals, ``metrics.jsonl`` and the diagnosis for a Hugging Face ``Trainer``.
 
     Args:
@@ -208,7 +209,8 @@ class LRPilotCallback(_T.TrainerCallback):
         for name, value in (("guard", guard), ("diagnose", diagnose), ("check_grads", check_grads)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {value!r}")
-        self.guard = DivergenceGuard(**dict(guard_options or {})) if guard else None
+        self._guard_options = dict(guard_options or {})
+        self.guard = DivergenceGuard(**self._guard_options) if guard else None
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.diagnose = diagnose
         self.check_grads = check_grads and guard
@@ -333,6 +335,31 @@ class LRPilotCallback(_T.TrainerCallback):
             self.findings = print_diagnosis(self._run_dir)
         if self.stop_message is not None:
             print(self.stop_message)
+
+    # -- checkpoint state (TrainingArguments.restore_callback_states_from_checkpoint) -----
+    def state(self) -> dict:
+        """What the Trainer stores in ``trainer_state.json`` and rebuilds the callback from:
+        the constructor's arguments and the guard's state (so a resumed guard goes on from
+        the checkpoint's loss window)."""
+        return {
+            "args": {
+                "guard": self.guard is not None,
+                "log_dir": None if self.log_dir is None else str(self.log_dir),
+                "diagnose": self.diagnose,
+                "guard_options": self._guard_options,
+                "check_grads": self.check_grads,
+            },
+            "attributes": {"guard_state": self.guard_state},
+        }
+
+    @property
+    def guard_state(self) -> dict | None:
+        return None if self.guard is None else self.guard.state_dict()
+
+    @guard_state.setter
+    def guard_state(self, value: dict | None) -> None:
+        if self.guard is not None and value is not None:
+            self.guard.load_state_dict(value)
 
     # -- helpers --------------------------------------------------------------------------
     def _flush_epoch(self) -> None:
