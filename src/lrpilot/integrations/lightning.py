@@ -51,7 +51,6 @@ from typing import Any
 import torch
 
 from lrpilot.errors import ConfigError, TrainingAborted
-from lrpilot.finder.snapshot import TrainingSnapshot
 from lrpilot.integrations._common import (
     CallModule,
     LRDecision,
@@ -64,8 +63,9 @@ from lrpilot.integrations._common import (
     resolve_schedule,
     schedule_peak,
 )
+from lrpilot.integrations._rollback import Rollback
 from lrpilot.schedules import ScheduleAdapter, attach, constant
-from lrpilot.train.guard import DIVERGED, DivergenceGuard
+from lrpilot.train.guard import DivergenceGuard
 
 _L = require("lightning.pytorch", "lightning", "lrpilot.integrations.lightning")
 Callback = _L.Callback
@@ -185,7 +185,7 @@ class LRPilot(Callback):
         self._lr_used: float | None = None
         self._epoch_sum = 0.0
         self._epoch_n = 0
-        self._snapshots: list[tuple[int, int, TrainingSnapshot]] = []
+        self.rollback: Rollback | None = None
         self._metrics: MetricsFile | None = None
 
     # -- set-up ---------------------------------------------------------------------------
@@ -254,7 +254,6 @@ class LRPilot(Callback):
         self._pending = None
         self._seen_step = trainer.global_step  # the checkpoint's step when resumed
         self._micro = []
-        self._snapshots = []
         if trainer.is_global_zero:
             run_dir = self.log_dir or Path(trainer.log_dir or trainer.default_root_dir)
             self._metrics = MetricsFile(run_dir, self._seen_step if resumed else None)
@@ -262,8 +261,11 @@ class LRPilot(Callback):
             decision = self.choose_lr(trainer, pl_module)
             # every process applies rank 0's decision (each probed its own data shard)
             self._apply_decision(trainer, trainer.strategy.broadcast(decision, src=0))
-        if self.guard is not None:
-            self._snapshot(trainer, pl_module)
+        if self.guard is not None and self.adapter is not None:
+            self.rollback = Rollback(
+                self.guard, self.adapter, factor=self.guard_factor, every=self.snapshot_every
+            )
+            self.rollback.snapshot(trainer.global_step, pl_module)
 
     # -- the LR decision -----------------------------------------------------------------
     def choose_lr(self, trainer: Any, pl_module: Any) -> LRDecision:
@@ -366,71 +368,20 @@ class LRPilot(Callback):
         if math.isfinite(loss):
             self._epoch_sum += loss
             self._epoch_n += 1
-        if self.guard is None:
+        if self.rollback is None:
             return
-        if self.guard.observe(loss) == DIVERGED:
-            self._rescue(trainer, pl_module, loss)
-        elif self.guard.healthy and step - self._snapshots[-1][0] >= self.snapshot_every:
-            self._snapshot(trainer, pl_module)
-
-    # -- guard ------------------------------------------------------------------------------
-    def _snapshot(self, trainer: Any, pl_module: Any) -> None:
-        assert self.adapter is not None
-        snap = TrainingSnapshot.capture(pl_module, self.adapter.optimizer)
-        self._snapshots = [
-            *self._snapshots[-1:],
-            (trainer.global_step, self.adapter.last_epoch, snap),
-        ]
-
-    def _rescue(self, trainer: Any, pl_module: Any, loss: float) -> None:
-        guard, adapter = self.guard, self.adapter
-        assert guard is not None and adapter is not None
-        reason = {"non-finite": "non-finite loss", "rebound": "loss rebounded"}.get(
-            str(guard.cause), "loss far above its recent level"
-        )
-        if guard.exhausted:
-            self._event(
-                {
-                    "type": "event",
-                    "step": trainer.global_step,
-                    "epoch": trainer.current_epoch,
-                    "action": "guard_abort",
-                    "reason": reason,
-                    "loss": loss,
-                    "rescues": guard.rescues,
-                    "lr_scale": adapter.lr_scale,
-                }
+        try:
+            event = self.rollback.observe(step, epoch, loss, pl_module)
+        except TrainingAborted:
+            self._event(self.rollback.abort_event(step, epoch, loss))
+            raise
+        if event is not None:
+            self._event(event)
+            print(
+                f"lrpilot guard: rescue {event['rescue']} at step {step} ({event['reason']}); "
+                f"back to the state of step {event['restored_step']}, schedule scaled by "
+                f"{event['lr_scale']:g}"
             )
-            raise TrainingAborted(
-                f"lrpilot guard: {reason} at step {trainer.global_step} after {guard.rescues} "
-                f"rescue(s); the schedule was already scaled by {adapter.lr_scale:g}; lower the "
-                "learning rate and rerun"
-            )
-        step, sched_step, snap = self._snapshots[0]
-        self._snapshots = self._snapshots[:1]
-        snap.restore(rng=False)
-        adapter.step(sched_step)  # back to the snapshot's schedule position
-        adapter.set_lr_scale(adapter.lr_scale * self.guard_factor)
-        guard.record_rescue()
-        self._event(
-            {
-                "type": "event",
-                "step": trainer.global_step,
-                "epoch": trainer.current_epoch,
-                "action": "guard_rescue",
-                "reason": reason,
-                "loss": loss,
-                "restored_step": step,
-                "schedule_step": sched_step,
-                "lr_scale": adapter.lr_scale,
-                "lr": float(adapter.optimizer.param_groups[0]["lr"]),
-                "rescue": guard.rescues,
-            }
-        )
-        print(
-            f"lrpilot guard: rescue {guard.rescues} at step {trainer.global_step} ({reason}); "
-            f"back to the state of step {step}, schedule scaled by {adapter.lr_scale:g}"
-        )
 
     # -- epochs, end, logging -----------------------------------------------------------------
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
