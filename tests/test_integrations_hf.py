@@ -27,6 +27,7 @@ from lrpilot.history import History  # noqa: E402
 from lrpilot.integrations.transformers import (  # noqa: E402
     LRPilotCallback,
     LRPilotTrainer,
+    choose_lr,
     find_lr,
     make_scheduler,
 )
@@ -136,12 +137,20 @@ def test_lrpilot_trainer_builds_a_config_schedule_and_works_with_model_init(tmp_
     rec = RecordLR()
     trainer = LRPilotTrainer(
         model_init=lambda: model(),
-        args=args(tmp_path, max_steps=10, learning_rate=2e-3, weight_decay=0.01),
-        train_dataset=Tokens(40),
-        schedule={"name": "wsd", "warmup": 2, "decay_fraction": 0.3},  # lr: learning_rate
+        args=args(
+            tmp_path,
+            num_train_epochs=2,
+            gradient_accumulation_steps=2,
+            learning_rate=2e-3,
+            weight_decay=0.01,
+        ),
+        train_dataset=Tokens(36),  # 9 batches = 5 optimizer steps per epoch
+        # no lr: TrainingArguments.learning_rate; one epoch of warmup = 5 optimizer steps;
+        # the stable and decay phases span the rest of the 10 steps
+        schedule={"name": "wsd", "unit": "epochs", "warmup": 1, "decay_fraction": 0.3},
         callbacks=[rec],
     )
-    expected = schedules.wsd(2e-3, steps=10, warmup=2, decay_fraction=0.3)
+    expected = schedules.wsd(2e-3, steps=10, warmup=5, decay_fraction=0.3)
     trainer.train()
     first = list(rec.lrs)
     assert first == pytest.approx([expected(s) for s in range(10)], rel=1e-12, abs=0)
@@ -243,6 +252,22 @@ def test_find_lr_for_a_hf_model_restores_everything():
             assert torch.equal(after["state"][key][name], tensor)
     assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), grads, strict=True))
     assert not net.training and torch.equal(torch.get_rng_state(), rng)
+
+
+def test_choose_lr_is_the_range_test_at_the_training_batch():
+    net = model()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(
+        Tokens(64), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    decision = choose_lr(net, opt, loader, schedule="one_cycle", steps=20, start_lr=1e-5)
+    # everything is restored, so the same sweep again gives the same curve
+    result = find_lr(
+        net, opt, loader, steps=20, start_lr=1e-5, batch_ratio=1.0, schedule="one_cycle"
+    )
+    assert decision.source == "find_lr" and decision.verdict == result.verdict
+    assert decision.lr == result.suggestion
+    assert decision.evidence["lr_unstable"] == result.lr_unstable
 
 
 def test_find_lr_without_labels_says_so():

@@ -86,18 +86,24 @@ def steps_of(run_dir) -> list[dict]:
     return History.read_jsonl(run_dir).steps
 
 
-def test_schedule_steps_once_per_optimizer_step_with_accumulation(tmp_path):
+@pytest.mark.parametrize("kind", ["schedule", "config"])
+def test_schedule_steps_once_per_optimizer_step_with_accumulation(tmp_path, kind):
     torch.manual_seed(0)
-    sched = schedules.warmup(schedules.cosine(0.1, steps=6), steps=3)
+    if kind == "schedule":
+        spec = sched = schedules.warmup(schedules.cosine(0.1, steps=5), steps=3)
+    else:  # epochs are optimizer steps per epoch (4 here), not batches (7)
+        spec = {"name": "cosine", "lr": 0.1, "warmup": {"epochs": 1}}
+        sched = schedules.from_config(spec, steps_per_epoch=4, total_steps=8)
+        assert sched(4) == 0.1
     rec = RecordLR()
-    trainer = make_trainer(
-        tmp_path, [LRPilot(sched, guard=False, log_dir=tmp_path), rec], accumulate_grad_batches=2
-    )
+    pilot = LRPilot(spec, guard=False, log_dir=tmp_path)
+    trainer = make_trainer(tmp_path, [pilot, rec], accumulate_grad_batches=2, max_epochs=2)
     trainer.fit(Digits(), loader(n=112))  # 7 batches: 3 full windows and a last one of 1
-    assert trainer.global_step == 4
-    assert rec.lrs == pytest.approx([sched(s) for s in range(4)], rel=1e-12, abs=0)
+    assert trainer.global_step == 8
+    assert rec.lrs == pytest.approx([sched(s) for s in range(8)], rel=1e-12, abs=0)
+    assert pilot.adapter.last_epoch == 8
     recorded = steps_of(tmp_path)
-    assert [r["step"] for r in recorded] == [1, 2, 3, 4]
+    assert [r["step"] for r in recorded] == list(range(1, 9))
     assert [r["lr"] for r in recorded] == pytest.approx(rec.lrs, rel=1e-12)
     # the step's loss is the mean of its micro-batches, not Lightning's loss / accumulate
     assert all(1.0 < r["train_loss"] < 4.0 for r in recorded)
@@ -107,9 +113,10 @@ def test_configure_optimizers_helper_is_stepped_per_optimizer_step(tmp_path):
     torch.manual_seed(0)
     sched = schedules.linear(0.1, 0.0, steps=8)
     rec = RecordLR()
+    pilot = LRPilot(log_dir=tmp_path)  # drives the module's lrpilot scheduler, never steps it
     trainer = make_trainer(
         tmp_path,
-        [rec],
+        [pilot, rec],
         accumulate_grad_batches=2,
         max_epochs=2,
         enable_checkpointing=True,
@@ -119,6 +126,7 @@ def test_configure_optimizers_helper_is_stepped_per_optimizer_step(tmp_path):
     assert rec.lrs == pytest.approx([sched(s) for s in range(8)], rel=1e-12)
     [config] = trainer.lr_scheduler_configs
     assert config.interval == "step" and config.scheduler.last_epoch == 8
+    assert pilot.adapter is config.scheduler and not pilot.owns_schedule
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
     state = torch.load(ckpt, weights_only=True)
     assert state["lr_schedulers"][0]["step"] == 8
@@ -239,12 +247,16 @@ def test_metrics_jsonl_is_read_by_diagnose(tmp_path, capsys):
 
 def test_resume_with_ckpt_path_continues_the_lr_sequence(tmp_path):
     sched = schedules.warmup(schedules.cosine(0.1, steps=12), steps=4)
+
+    def pilot(run):  # the LR decision is part of the state: a resumed run does not probe again
+        return LRPilot(sched, find_lr=True, finder={"steps": 10}, log_dir=tmp_path / run)
+
     torch.manual_seed(0)
     full = RecordLR()
-    make_trainer(tmp_path / "a", [LRPilot(sched, log_dir=tmp_path / "a"), full], max_epochs=2).fit(
-        Digits(), loader()
-    )
-    assert full.lrs == pytest.approx([sched(s) for s in range(16)], rel=1e-12)
+    whole = pilot("a")
+    make_trainer(tmp_path / "a", [whole, full], max_epochs=2).fit(Digits(), loader())
+    scale = whole.adapter.lr_scale
+    assert full.lrs == pytest.approx([sched(s) * scale for s in range(16)], rel=1e-12)
 
     torch.manual_seed(0)
     ckpt_cb = L.callbacks.ModelCheckpoint(
@@ -252,7 +264,7 @@ def test_resume_with_ckpt_path_continues_the_lr_sequence(tmp_path):
     )
     first = make_trainer(
         tmp_path / "b",
-        [LRPilot(sched, log_dir=tmp_path / "b"), ckpt_cb],
+        [pilot("b"), ckpt_cb],
         max_epochs=2,
         max_steps=5,
         enable_checkpointing=True,
@@ -262,11 +274,16 @@ def test_resume_with_ckpt_path_continues_the_lr_sequence(tmp_path):
     saved = torch.load(ckpt, weights_only=True)["callbacks"]
     [state] = [v for k, v in saved.items() if k.startswith("LRPilot")]
     assert state["schedule"]["step"] == 5 and state["seen_step"] == 5
+    assert state["decision"] == whole.decision
     rest = RecordLR()
-    second = make_trainer(
-        tmp_path / "b", [LRPilot(sched, log_dir=tmp_path / "b"), rest], max_epochs=2
-    )
+    resumed = pilot("b")
+    second = make_trainer(tmp_path / "b", [resumed, rest], max_epochs=2)
     second.fit(Digits(), loader(), ckpt_path=str(ckpt))
+    assert resumed.events == [] and resumed.decision == whole.decision
+    decisions = [
+        e for e in History.read_jsonl(tmp_path / "b").events if e["action"] == "lr_decision"
+    ]
+    assert len(decisions) == 1
     assert second.global_step == 16
     assert rest.lrs == pytest.approx(full.lrs[5:], rel=1e-12)
     # metrics.jsonl continues after step 5 without repeating a step

@@ -203,8 +203,8 @@ class LRPilot(Callback):
                     "LRPilot(schedule=...) and a scheduler from configure_optimizers would both "
                     "set the LR; pass the schedule to one of them only"
                 )
+            total = _total_steps(trainer)  # first: it sets up the training dataloader
             spe = self._steps_per_epoch(trainer)
-            total = _total_steps(trainer)
             sched, momentum = resolve_schedule(
                 self.schedule_spec, steps_per_epoch=spe, total_steps=total
             )
