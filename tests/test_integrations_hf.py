@@ -160,6 +160,17 @@ def test_lrpilot_trainer_builds_a_config_schedule_and_works_with_model_init(tmp_
     assert rec.lrs == first
 
 
+def test_lrpilot_trainer_refuses_the_trainers_own_schedule_settings(tmp_path):
+    trainer = LRPilotTrainer(
+        model=model(),
+        args=args(tmp_path, max_steps=2, warmup_steps=5),
+        train_dataset=Tokens(8),
+        schedule=schedules.constant(1e-3),
+    )
+    with pytest.raises(ValueError, match=r"warmup_steps=5 would be ignored; put the warmup"):
+        trainer.train()
+
+
 def test_resume_from_checkpoint_continues_the_lr_sequence(tmp_path, capsys):
     sched = schedules.warmup(schedules.cosine(1e-3, steps=6), steps=3)
 

@@ -112,6 +112,7 @@ class LRPilotTrainer(_T.Trainer):
         if self.lrpilot_schedule is None:
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
+            _refuse_hf_schedule_args(self.args)
             self.lr_scheduler = make_scheduler(
                 optimizer if optimizer is not None else self.optimizer,
                 self.lrpilot_schedule,
@@ -121,6 +122,26 @@ class LRPilotTrainer(_T.Trainer):
             )
             self._created_lr_scheduler = True  # rebuilt on the next train(), as the Trainer does
         return self.lr_scheduler
+
+
+def _refuse_hf_schedule_args(args: Any) -> None:
+    """The Trainer's own schedule settings would be ignored next to ``schedule=``: refuse
+    them instead (the warmup belongs in the lrpilot schedule)."""
+    given = []
+    if str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)) != "linear":
+        given.append(f"lr_scheduler_type={args.lr_scheduler_type!r}")
+    if getattr(args, "warmup_steps", 0):
+        given.append(f"warmup_steps={args.warmup_steps!r}")
+    if getattr(args, "warmup_ratio", None):
+        given.append(f"warmup_ratio={args.warmup_ratio!r}")
+    if getattr(args, "lr_scheduler_kwargs", None):
+        given.append(f"lr_scheduler_kwargs={args.lr_scheduler_kwargs!r}")
+    if given:
+        raise ConfigError(
+            f"LRPilotTrainer(schedule=...) sets the LR schedule, so TrainingArguments' "
+            f"{', '.join(given)} would be ignored; put the warmup in the lrpilot schedule "
+            "(e.g. 'warmup': {'steps': N}) and leave these at their defaults"
+        )
 
 
 def _outputs_loss(outputs: Any, _target: Any) -> torch.Tensor:
