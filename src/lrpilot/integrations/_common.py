@@ -12,12 +12,10 @@ Nothing here imports Lightning or Transformers.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -32,14 +30,14 @@ from lrpilot.schedules.base import MAX_BOUNDARIES
 PEAK_KEYS = {"one_cycle": "max_lr", "cyclic": "max_lr", "linear": "start_lr"}
 
 
-def require(module: str, extra: str, feature: str) -> ModuleType:
-    """Import ``module`` or raise an ``ImportError`` naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(
-            f"{feature} needs the {module!r} package: pip install lrpilot[{extra}]"
-        ) from exc
+def missing_extra(module: str, extra: str, feature: str) -> ImportError:
+    """The error raised when an integration's library is not installed: it names the
+    extra that installs it.
+
+    >>> str(missing_extra("lightning.pytorch", "lightning", "lrpilot.integrations.lightning"))
+    "lrpilot.integrations.lightning needs the 'lightning.pytorch' package: pip install lrpilot[lightning]"
+    """
+    return ImportError(f"{feature} needs the {module!r} package: pip install lrpilot[{extra}]")
 
 
 # -- schedules ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from lrpilot.integrations._common import (
     decide_lr,
     finder_kind,
     group_multipliers,
-    require,
+    missing_extra,
     resolve_schedule,
     schedule_peak,
 )
@@ -67,8 +67,10 @@ from lrpilot.integrations._rollback import Rollback
 from lrpilot.schedules import ScheduleAdapter, attach, constant
 from lrpilot.train.guard import DivergenceGuard
 
-_L = require("lightning.pytorch", "lightning", "lrpilot.integrations.lightning")
-Callback = _L.Callback
+try:
+    from lightning.pytorch import Callback
+except ImportError as exc:
+    raise missing_extra("lightning.pytorch", "lightning", "lrpilot.integrations.lightning") from exc
 
 __all__ = ["LRPilot", "configure_optimizers"]
 

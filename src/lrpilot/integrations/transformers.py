@@ -43,15 +43,18 @@ from lrpilot.integrations._common import (
     MetricsFile,
     PairLoader,
     decide_lr,
+    missing_extra,
     print_diagnosis,
-    require,
     resolve_schedule,
 )
 from lrpilot.schedules import ScheduleAdapter, attach
 from lrpilot.train.guard import DIVERGED, SUSPECT, DivergenceGuard
 
-_T = require("transformers", "hf", "lrpilot.integrations.transformers")
-_TC = require("transformers.trainer_callback", "hf", "lrpilot.integrations.transformers")
+try:
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import ExportableState
+except ImportError as exc:
+    raise missing_extra("transformers", "hf", "lrpilot.integrations.transformers") from exc
 
 __all__ = ["LRPilotCallback", "LRPilotTrainer", "choose_lr", "find_lr", "make_scheduler"]
 
@@ -89,7 +92,7 @@ def make_scheduler(
     return attach(optimizer, sched, **attach_kwargs)
 
 
-class LRPilotTrainer(_T.Trainer):
+class LRPilotTrainer(Trainer):
     """A ``Trainer`` whose LR scheduler is a lrpilot schedule (``schedule=``); everything
     else is the Trainer's. ``create_scheduler`` is the Trainer's documented override point,
     called after the optimizer exists on every ``train()`` (also with ``model_init``)."""
@@ -113,13 +116,17 @@ class LRPilotTrainer(_T.Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
             _refuse_hf_schedule_args(self.args)
-            self.lr_scheduler = make_scheduler(
-                optimizer if optimizer is not None else self.optimizer,
+            target = optimizer if optimizer is not None else self.optimizer
+            if target is None:
+                raise ConfigError("create_scheduler needs the optimizer; create it first")
+            scheduler: Any = make_scheduler(
+                target,
                 self.lrpilot_schedule,
                 num_training_steps=num_training_steps,
                 steps_per_epoch=self._lrpilot_steps_per_epoch,
                 default_lr=self.args.learning_rate,
             )
+            self.lr_scheduler = scheduler
             self._created_lr_scheduler = True  # rebuilt on the next train(), as the Trainer does
         return self.lr_scheduler
 
@@ -205,7 +212,7 @@ def _grad_norm(model: nn.Module) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
-class LRPilotCallback(_TC.TrainerCallback, _TC.ExportableState):
+class LRPilotCallback(TrainerCallback, ExportableState):
     """Guard signals, ``metrics.jsonl`` and the diagnosis for a Hugging Face ``Trainer``.
 
     Args:
