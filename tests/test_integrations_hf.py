@@ -118,8 +118,11 @@ def test_make_scheduler_counts_optimizer_steps_with_accumulation(tmp_path):
     rec = RecordLR()
     trainer = Trainer(
         model=net,
-        args=args(tmp_path, gradient_accumulation_steps=2, num_train_epochs=2),
+        args=args(
+            tmp_path, gradient_accumulation_steps=2, num_train_epochs=2, eval_strategy="epoch"
+        ),
         train_dataset=Tokens(36),  # 9 batches: 4 full windows and a last one of 1 per epoch
+        eval_dataset=Tokens(8, seed=1),
         optimizers=(opt, make_scheduler(opt, sched)),
         callbacks=[rec, LRPilotCallback(diagnose=False)],
     )
@@ -130,6 +133,12 @@ def test_make_scheduler_counts_optimizer_steps_with_accumulation(tmp_path):
     assert [r["step"] for r in recorded.steps] == list(range(1, 11))
     assert [r["lr"] for r in recorded.steps] == pytest.approx(rec.lrs, rel=1e-12)
     assert [r["epoch"] for r in recorded.epochs] == [0, 1]
+    for epoch, record in enumerate(recorded.epochs):  # epoch records from the step records
+        rows = recorded.steps[5 * epoch : 5 * epoch + 5]
+        assert {r["epoch"] for r in rows} == {epoch}
+        assert record["train_loss"] == pytest.approx(sum(r["train_loss"] for r in rows) / 5)
+        assert record["lr"] == rows[-1]["lr"] and record["step"] == rows[-1]["step"]
+        assert math.isfinite(record["val_loss"])  # the evaluation that follows the epoch end
 
 
 def test_lrpilot_trainer_builds_a_config_schedule_and_works_with_model_init(tmp_path):

@@ -238,6 +238,11 @@ def test_metrics_jsonl_is_read_by_diagnose(tmp_path, capsys):
     assert [r["step"] for r in history.steps] == list(range(1, 25))
     assert [r["epoch"] for r in history.epochs] == [0, 1, 2]
     assert all(math.isfinite(r["val_loss"]) for r in history.epochs)
+    for epoch, record in enumerate(history.epochs):  # epoch records from the step records
+        rows = history.steps[8 * epoch : 8 * epoch + 8]
+        assert {r["epoch"] for r in rows} == {epoch}
+        assert record["train_loss"] == pytest.approx(sum(r["train_loss"] for r in rows) / 8)
+        assert record["lr"] == rows[-1]["lr"] and record["step"] == rows[-1]["step"]
     findings = lrpilot.diagnose(history)
     assert findings and all(f.kind != "nan" for f in findings)
     capsys.readouterr()

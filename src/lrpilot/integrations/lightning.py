@@ -391,7 +391,7 @@ class LRPilot(Callback):
             "type": "epoch",
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
-            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+            "lr": self._lr_used if self._lr_used is not None else math.nan,  # last one used
             "train_loss": self._epoch_sum / self._epoch_n if self._epoch_n else math.nan,
         }
         for key, value in trainer.callback_metrics.items():

@@ -252,6 +252,7 @@ class LRPilotCallback(TrainerCallback, ExportableState):
         self._epoch_sum = 0.0
         self._epoch_steps = 0
         self._pending_epoch: dict | None = None
+        self._last_lr = math.nan
         self._eval: dict[str, float] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -297,6 +298,7 @@ class LRPilotCallback(TrainerCallback, ExportableState):
             record["grad_norm"] = float(grad_norm)
         if steps > 1:
             record["steps_averaged"] = steps
+        self._last_lr = record["lr"]
         self._write(record)
         if math.isfinite(loss):
             self._epoch_sum += loss * steps
@@ -343,7 +345,7 @@ class LRPilotCallback(TrainerCallback, ExportableState):
             "type": "epoch",
             "epoch": _epoch_index(state.epoch),
             "step": state.global_step,
-            "lr": _last_lr(kwargs.get("optimizer")),
+            "lr": self._last_lr,  # the last logged (used) LR
             "train_loss": self._epoch_sum / self._epoch_steps if self._epoch_steps else math.nan,
             **self._eval,
         }
@@ -436,10 +438,6 @@ def _epoch_index(epoch: float | None) -> int:
     if not epoch:
         return 0
     return max(math.ceil(float(epoch)) - 1, 0)
-
-
-def _last_lr(optimizer: Any) -> float:
-    return math.nan if optimizer is None else float(optimizer.param_groups[0]["lr"])
 
 
 def _last_checkpoint_before(output_dir: str, step: int) -> str | None:
