@@ -24,7 +24,6 @@ from torch import nn
 from lrpilot.atomic_io import atomic_write_bytes
 from lrpilot.errors import ConfigError
 from lrpilot.schedules import OneCycle, Schedule, from_config, momentum_from_config
-from lrpilot.schedules.base import MAX_BOUNDARIES
 
 #: family -> the config key holding its peak LR (others: ``lr``; piecewise/join: none)
 PEAK_KEYS = {"one_cycle": "max_lr", "cyclic": "max_lr", "linear": "start_lr"}
@@ -72,13 +71,15 @@ def resolve_schedule(
 
 
 def schedule_peak(schedule: Callable[[int], float], total_steps: int) -> float:
-    """The largest LR ``schedule`` gives over steps ``0 .. total_steps - 1``: its value at
-    the phase starts (``Schedule.boundaries``) and at the last step, where every lrpilot
-    family (monotone between boundaries) reaches its extremes; a plain callable is
-    evaluated at every step (up to 100 000)."""
+    """The largest LR ``schedule`` gives over steps ``0 .. total_steps - 1``: for a
+    lrpilot schedule, the largest of its values at each phase start
+    (``Schedule.boundaries``), the step before it and the last step, where a schedule
+    monotone between boundaries reaches its extremes; a plain callable is evaluated at
+    every step (up to 100 000)."""
     last = max(int(total_steps) - 1, 0)
     if isinstance(schedule, Schedule):
-        points = {*schedule.boundaries(last)[: MAX_BOUNDARIES + 2], last}
+        starts = schedule.boundaries(last)
+        points = {last, *starts, *(max(b - 1, 0) for b in starts)}
     else:
         points = set(range(min(last, 100_000) + 1))
     return max(float(schedule(p)) for p in sorted(points) if p <= last)

@@ -7,8 +7,9 @@ configure_optimizers``. With the callback::
                                                      "warmup": {"epochs": 1}}, find_lr=True)])
 
 * the schedule (a lrpilot schedule, or a :func:`lrpilot.schedules.from_config` mapping
-  whose omitted lengths span ``trainer.estimated_stepping_batches``) is attached to the
-  optimizer and stepped once per OPTIMIZER step: the callback counts
+  whose omitted lengths span ``trainer.estimated_stepping_batches`` optimizer steps, whose
+  epochs are optimizer steps per epoch and whose omitted peak LR is the optimizer's LR) is
+  attached to the optimizer and stepped once per OPTIMIZER step: the callback counts
   ``trainer.global_step``, so ``accumulate_grad_batches`` and the last, shorter
   accumulation window of an epoch are counted exactly as Lightning steps. Group LRs keep
   their ratios to the first group. Without ``schedule`` the callback drives a lrpilot
@@ -208,7 +209,10 @@ class LRPilot(Callback):
             total = _total_steps(trainer)  # first: it sets up the training dataloader
             spe = self._steps_per_epoch(trainer)
             sched, momentum = resolve_schedule(
-                self.schedule_spec, steps_per_epoch=spe, total_steps=total
+                self.schedule_spec,
+                steps_per_epoch=spe,
+                total_steps=total,
+                default_lr=float(optimizer.param_groups[0]["lr"]),
             )
             self._attach(optimizer, sched, momentum)
         elif found:
