@@ -220,6 +220,16 @@ def test_guard_rolls_back_to_the_snapshot_and_cuts_the_lr(tmp_path):
     assert History.read_jsonl(tmp_path).events[-1]["action"] == "guard_rescue"
 
 
+def test_guard_out_of_rescues_aborts_with_an_event(tmp_path):
+    torch.manual_seed(0)
+    pilot = LRPilot(schedules.constant(0.05), log_dir=tmp_path, guard_options={"max_rescues": 0})
+    trainer = make_trainer(tmp_path, [pilot])
+    with pytest.raises(lrpilot.TrainingAborted, match="non-finite loss at step 3 after 0 rescue"):
+        trainer.fit(Digits(nan_at=2), loader())
+    [event] = History.read_jsonl(tmp_path).events  # the file was closed on the exception
+    assert event["action"] == "guard_abort" and event["step"] == 3
+
+
 def test_metrics_jsonl_is_read_by_diagnose(tmp_path, capsys):
     torch.manual_seed(0)
     csv = L.loggers.CSVLogger(tmp_path / "csv", name="run")
