@@ -202,7 +202,7 @@ def test_guard_rolls_back_to_the_snapshot_and_cuts_the_lr(tmp_path):
     model = Digits(nan_at=5)  # the 6th optimizer step gets a NaN loss
     trainer.fit(model, loader())
     [event] = [e for e in pilot.events if e["action"] == "guard_rescue"]
-    assert event["step"] == 6 and event["reason"] == "non-finite loss"
+    assert event["step"] == 6 and event["reason"] == "non-finite loss or gradient norm"
     # snapshots at steps 0, 2, 4: the older of the last two is step 2's
     assert event["restored_step"] == 2 and event["lr_scale"] == 0.5
     weights, momentum = seen["after"][6]
@@ -224,7 +224,9 @@ def test_guard_out_of_rescues_aborts_with_an_event(tmp_path):
     torch.manual_seed(0)
     pilot = LRPilot(schedules.constant(0.05), log_dir=tmp_path, guard_options={"max_rescues": 0})
     trainer = make_trainer(tmp_path, [pilot])
-    with pytest.raises(lrpilot.TrainingAborted, match="non-finite loss at step 3 after 0 rescue"):
+    with pytest.raises(
+        lrpilot.TrainingAborted, match="non-finite loss or gradient norm at step 3 after 0 rescue"
+    ):
         trainer.fit(Digits(nan_at=2), loader())
     [event] = History.read_jsonl(tmp_path).events  # the file was closed on the exception
     assert event["action"] == "guard_abort" and event["step"] == 3

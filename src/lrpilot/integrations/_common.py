@@ -39,6 +39,21 @@ def missing_extra(module: str, extra: str, feature: str) -> ImportError:
     return ImportError(f"{feature} needs the {module!r} package: pip install lrpilot[{extra}]")
 
 
+def guard_reason(cause: str | None) -> str:
+    """A divergence guard's ``cause`` (:mod:`lrpilot.train.guard`) in words.
+
+    >>> guard_reason("spikes"), guard_reason("something new")
+    ('loss far above its recent level', 'divergence (something new)')
+    """
+    reasons = {
+        "non-finite": "non-finite loss or gradient norm",
+        "spikes": "loss far above its recent level",
+        "rebound": "loss rebounded: most of its progress lost",
+        "stalled": "loss still at its level from before the last rescue",
+    }
+    return reasons.get(str(cause), f"divergence ({cause})")
+
+
 # -- schedules ---------------------------------------------------------------------------
 def resolve_schedule(
     spec: Any,

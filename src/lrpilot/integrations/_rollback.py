@@ -33,10 +33,9 @@ from torch import nn
 
 from lrpilot.errors import TrainingAborted
 from lrpilot.finder.snapshot import TrainingSnapshot
+from lrpilot.integrations._common import guard_reason
 from lrpilot.schedules import ScheduleAdapter
 from lrpilot.train.guard import DIVERGED, DivergenceGuard
-
-REASONS = {"non-finite": "non-finite loss", "rebound": "loss rebounded"}
 
 
 class Rollback:
@@ -68,7 +67,7 @@ class Rollback:
 
     def rescue(self, step: int, epoch: int, loss: float) -> dict:
         guard, adapter = self.guard, self.adapter
-        reason = REASONS.get(str(guard.cause), "loss far above its recent level")
+        reason = guard_reason(guard.cause)
         if guard.exhausted or not self.snapshots:
             raise TrainingAborted(
                 f"lrpilot guard: {reason} at step {step} after {guard.rescues} rescue(s); the "
@@ -102,7 +101,7 @@ class Rollback:
             "step": step,
             "epoch": epoch,
             "action": "guard_abort",
-            "reason": REASONS.get(str(self.guard.cause), "loss far above its recent level"),
+            "reason": guard_reason(self.guard.cause),
             "loss": loss,
             "rescues": self.guard.rescues,
             "lr_scale": self.adapter.lr_scale,

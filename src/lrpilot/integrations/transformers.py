@@ -43,6 +43,7 @@ from lrpilot.integrations._common import (
     MetricsFile,
     PairLoader,
     decide_lr,
+    guard_reason,
     missing_extra,
     print_diagnosis,
     resolve_schedule,
@@ -310,17 +311,7 @@ class LRPilotCallback(TrainerCallback, ExportableState):
             elif self.guard.healthy:
                 self._trouble_since = None
             if verdict == DIVERGED:
-                cause = {
-                    "non-finite": "non-finite loss or gradient norm",
-                    "rebound": "loss rebounded",
-                }
-                self._stop(
-                    args,
-                    state,
-                    control,
-                    cause.get(str(self.guard.cause), "loss far above its recent level"),
-                    loss,
-                )
+                self._stop(args, state, control, guard_reason(self.guard.cause), loss)
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any
