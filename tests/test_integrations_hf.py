@@ -6,6 +6,7 @@ random token data generated here."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import sys
 
@@ -29,6 +30,12 @@ from lrpilot.integrations.transformers import (  # noqa: E402
     choose_lr,
     find_lr,
     make_scheduler,
+)
+
+#: The Trainer itself needs accelerate (in the hf extra, so `make test` always has it).
+needs_trainer = pytest.mark.skipif(
+    importlib.util.find_spec("accelerate") is None,
+    reason="transformers.Trainer needs accelerate: pip install lrpilot[hf]",
 )
 
 CONFIG = BertConfig(
@@ -111,6 +118,7 @@ class RecordLR(TrainerCallback):
         self.lrs.append(optimizer.param_groups[0]["lr"])
 
 
+@needs_trainer
 def test_make_scheduler_counts_optimizer_steps_with_accumulation(tmp_path):
     net = model()
     opt = torch.optim.AdamW(net.parameters(), lr=1.0)
@@ -141,6 +149,7 @@ def test_make_scheduler_counts_optimizer_steps_with_accumulation(tmp_path):
         assert math.isfinite(record["val_loss"])  # the evaluation that follows the epoch end
 
 
+@needs_trainer
 def test_lrpilot_trainer_builds_a_config_schedule_and_works_with_model_init(tmp_path):
     rec = RecordLR()
     trainer = LRPilotTrainer(
@@ -168,6 +177,7 @@ def test_lrpilot_trainer_builds_a_config_schedule_and_works_with_model_init(tmp_
     assert rec.lrs == first
 
 
+@needs_trainer
 def test_lrpilot_trainer_refuses_the_trainers_own_schedule_settings(tmp_path):
     trainer = LRPilotTrainer(
         model=model(),
@@ -179,6 +189,7 @@ def test_lrpilot_trainer_refuses_the_trainers_own_schedule_settings(tmp_path):
         trainer.train()
 
 
+@needs_trainer
 def test_resume_from_checkpoint_continues_the_lr_sequence(tmp_path, capsys):
     sched = schedules.warmup(schedules.cosine(1e-3, steps=6), steps=3)
 
@@ -213,6 +224,7 @@ def test_resume_from_checkpoint_continues_the_lr_sequence(tmp_path, capsys):
     assert "lrpilot diagnosis of" in capsys.readouterr().out
 
 
+@needs_trainer
 @pytest.mark.parametrize(
     ("factor", "steps", "stop_step", "reason"),
     [
@@ -300,8 +312,6 @@ def test_find_lr_without_labels_says_so():
 def test_missing_extras_are_named_and_the_package_stays_lazy(monkeypatch):
     """With both libraries made unimportable, lrpilot.integrations still imports (so it
     loads neither), and each integration's error names its extra."""
-    import importlib
-
     import lrpilot
 
     monkeypatch.setattr(lrpilot, "integrations", importlib.import_module("lrpilot.integrations"))
