@@ -39,6 +39,29 @@ def missing_extra(module: str, extra: str, feature: str) -> ImportError:
     return ImportError(f"{feature} needs the {module!r} package: pip install lrpilot[{extra}]")
 
 
+def make_guard(options: Mapping[str, Any] | None) -> Any:
+    """A :class:`lrpilot.train.guard.DivergenceGuard` from keyword options; an unknown
+    option raises naming the valid ones.
+
+    >>> make_guard({"window": 20}).window_size
+    20
+    >>> make_guard({"windw": 20})
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: guard option 'windw' is not valid; allowed: horizon, max_rescues, min_history, patience, rebound, rebound_progress, threshold, window
+    """
+    import inspect
+
+    from lrpilot.train.guard import DivergenceGuard
+
+    valid = sorted(inspect.signature(DivergenceGuard).parameters)
+    options = dict(options or {})
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"guard option {key!r} is not valid; allowed: {', '.join(valid)}")
+    return DivergenceGuard(**options)
+
+
 def guard_reason(cause: str | None) -> str:
     """A divergence guard's ``cause`` (:mod:`lrpilot.train.guard`) in words.
 

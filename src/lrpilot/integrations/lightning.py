@@ -60,13 +60,13 @@ from lrpilot.integrations._common import (
     decide_lr,
     finder_kind,
     group_multipliers,
+    make_guard,
     missing_extra,
     resolve_schedule,
     schedule_peak,
 )
 from lrpilot.integrations._rollback import Rollback
 from lrpilot.schedules import ScheduleAdapter, attach, constant
-from lrpilot.train.guard import DivergenceGuard
 
 try:
     from lightning.pytorch import Callback
@@ -175,7 +175,7 @@ class LRPilot(Callback):
         self.find_lr = find_lr
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.finder_options = dict(finder or {})
-        self.guard = DivergenceGuard(**dict(guard_options or {})) if guard else None
+        self.guard = make_guard(guard_options) if guard else None
         self.guard_factor = float(guard_factor)
         self.snapshot_every = snapshot_every
         self.adapter: ScheduleAdapter | None = None

@@ -44,12 +44,13 @@ from lrpilot.integrations._common import (
     PairLoader,
     decide_lr,
     guard_reason,
+    make_guard,
     missing_extra,
     print_diagnosis,
     resolve_schedule,
 )
 from lrpilot.schedules import ScheduleAdapter, attach
-from lrpilot.train.guard import DIVERGED, SUSPECT, DivergenceGuard
+from lrpilot.train.guard import DIVERGED, SUSPECT
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -239,7 +240,7 @@ class LRPilotCallback(TrainerCallback, ExportableState):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {value!r}")
         self._guard_options = dict(guard_options or {})
-        self.guard = DivergenceGuard(**self._guard_options) if guard else None
+        self.guard = make_guard(self._guard_options) if guard else None
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.diagnose = diagnose
         self.check_grads = check_grads and guard
