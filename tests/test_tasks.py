@@ -42,7 +42,7 @@ def test_unknown_task_lists_valid_names():
 def test_module_function_task_spec():
     task = get_task("lrpilot.tasks.builtin:mnist1d_mlp")
     assert isinstance(task, Task) and task.name == "mnist1d-mlp"
-    with pytest.raises(ConfigError, match="no callable"):
+    with pytest.raises(ConfigError, match="has no attribute .nope."):
         get_task("lrpilot.tasks.builtin:nope")
     with pytest.raises(ConfigError, match="cannot import"):
         get_task("no_such_module_xyz:f")

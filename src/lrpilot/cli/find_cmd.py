@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=int_flag("--batch-size", low=1),
+        type=int_flag("--batch-size"),
         default=None,
         help="training batch size (default: the task's)",
     )
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--probe-batch",
-        type=int_flag("--probe-batch", low=1),
+        type=int_flag("--probe-batch"),
         default=None,
         metavar="N",
         help="batch of the sweep (default: training batch // 8, the calibrated protocol; "
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=int_flag("--seed", low=0, high=2**63 - 1),
+        type=int_flag("--seed"),
         default=0,
         help="seed for the model and batches",
     )
@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from lrpilot.tasks import get_task
 
     schedule_fraction(args.schedule)  # validate before any work
+    check_int("--seed", args.seed, low=0, high=2**63 - 1)
     if args.png is not None:
         check_png(args.png)
     task = get_task(args.task)
@@ -138,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
         message = str(exc).replace("budget_epochs", "--budget-epochs")
         raise ConfigError(message.replace("probe_batch", "--probe-batch")) from None
     budget_epochs = plan.samples_budget / len(task.train_set)
-    check_int("--seed", args.seed, low=0)
 
     torch.manual_seed(args.seed)
     model = task.build_model()
