@@ -91,16 +91,22 @@ def get_task(spec: str | Task) -> Task:
     if isinstance(spec, Task):
         return spec
     if not isinstance(spec, str) or not spec:
-        raise ConfigError(f"task must be a name or 'module:function', got {short_repr(spec)}")
+        raise ConfigError(f"task must be a name or 'module:function', got {_spec(spec)}")
     if ":" in spec:
         return call_factory(spec, load_factory(spec))
     if spec not in _REGISTRY:
         raise ConfigError(
-            f"unknown task {short_repr(spec)}; valid: {', '.join(list_tasks())} or module:function"
+            f"unknown task {_spec(spec)}; valid: {', '.join(list_tasks())} or module:function"
         )
     if spec not in _CACHE:
         _CACHE[spec] = _REGISTRY[spec]()
     return _CACHE[spec]
+
+
+def _spec(spec: object) -> str:
+    """A task spec for messages: whole up to 200 characters (a file path), else shortened."""
+    text = repr(spec)
+    return text if len(text) <= 200 else short_repr(spec)
 
 
 def _import_module(spec: str, module_name: str) -> ModuleType:
@@ -111,7 +117,7 @@ def _import_module(spec: str, module_name: str) -> ModuleType:
             return _import_file(spec, Path(module_name))
         if not all(part.isidentifier() for part in module_name.split(".")):
             raise ConfigError(
-                f"task {short_repr(spec)}: {short_repr(module_name)} is neither a module name "
+                f"task {_spec(spec)}: {short_repr(module_name)} is neither a module name "
                 "nor a .py file"
             )
         return importlib.import_module(module_name)
@@ -119,17 +125,17 @@ def _import_module(spec: str, module_name: str) -> ModuleType:
         raise
     except ImportError as exc:
         raise ConfigError(
-            f"task {short_repr(spec)}: cannot import module {module_name!r}: {exc}"
+            f"task {_spec(spec)}: cannot import module {module_name!r}: {exc}"
         ) from None
     except Exception as exc:  # the module's own code failed while importing
         raise ConfigError(
-            f"task {short_repr(spec)}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
+            f"task {_spec(spec)}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
         ) from None
 
 
 def _import_file(spec: str, path: Path) -> ModuleType:
     if not path.is_file() or path.suffix != ".py":
-        raise ConfigError(f"task {short_repr(spec)}: {str(path)!r} is not a .py file")
+        raise ConfigError(f"task {_spec(spec)}: {str(path)!r} is not a .py file")
     resolved = path.resolve()
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
     name = f"_lrpilot_task_{resolved.stem if resolved.stem.isidentifier() else 'file'}_{digest}"
@@ -137,7 +143,7 @@ def _import_file(spec: str, path: Path) -> ModuleType:
         return sys.modules[name]
     loader_spec = importlib.util.spec_from_file_location(name, resolved)
     if loader_spec is None or loader_spec.loader is None:
-        raise ConfigError(f"task {short_repr(spec)}: cannot load {str(path)!r}")
+        raise ConfigError(f"task {_spec(spec)}: cannot load {str(path)!r}")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module  # pickling (DataLoader workers) finds classes defined there
     try:
@@ -164,15 +170,15 @@ def load_factory(spec: str) -> Callable[[], Task]:
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
         raise ConfigError(
-            f"task {short_repr(spec)}: expected 'module:function' or 'path/to/file.py:function' "
+            f"task {_spec(spec)}: expected 'module:function' or 'path/to/file.py:function' "
             "with both parts"
         )
     if not all(part.isidentifier() for part in attr.split(".")):
-        raise ConfigError(f"task {short_repr(spec)}: {short_repr(attr)} is not a function name")
+        raise ConfigError(f"task {_spec(spec)}: {short_repr(attr)} is not a function name")
     obj: Any = _import_module(spec, module_name)
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"task {short_repr(spec)}: {module_name} has no attribute {attr!r}")
+            raise ConfigError(f"task {_spec(spec)}: {module_name} has no attribute {attr!r}")
         obj = getattr(obj, part)
     _check_factory(spec, obj, attr)
     return obj
@@ -184,27 +190,25 @@ _EXPECTED = "a Python function taking no arguments and returning lrpilot.Task"
 def _check_factory(spec: str, obj: Any, attr: str) -> None:
     name = attr
     if isinstance(obj, ModuleType):
-        raise ConfigError(f"task {short_repr(spec)}: {name} is a module, not a Task factory")
+        raise ConfigError(f"task {_spec(spec)}: {name} is a module, not a Task factory")
     if not callable(obj):
         raise ConfigError(
-            f"task {short_repr(spec)}: {name} is a {type(obj).__name__}, not callable "
+            f"task {_spec(spec)}: {name} is a {type(obj).__name__}, not callable "
             f"(expected {_EXPECTED})"
         )
     if inspect.isbuiltin(obj) or inspect.ismethoddescriptor(obj):
         raise ConfigError(
-            f"task {short_repr(spec)}: {name} is a built-in function, not a Task factory "
-            f"({_EXPECTED})"
+            f"task {_spec(spec)}: {name} is a built-in function, not a Task factory ({_EXPECTED})"
         )
     if inspect.isclass(obj) and not issubclass(obj, Task):
         raise ConfigError(
-            f"task {short_repr(spec)}: {name} is a class that is not lrpilot.Task "
-            f"(expected {_EXPECTED})"
+            f"task {_spec(spec)}: {name} is a class that is not lrpilot.Task (expected {_EXPECTED})"
         )
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"task {short_repr(spec)}: cannot inspect {name}'s parameters (expected {_EXPECTED})"
+            f"task {_spec(spec)}: cannot inspect {name}'s parameters (expected {_EXPECTED})"
         ) from None
     required = [
         p.name
@@ -213,7 +217,7 @@ def _check_factory(spec: str, obj: Any, attr: str) -> None:
     ]
     if required:
         raise ConfigError(
-            f"task {short_repr(spec)}: {name}() has required parameters ({', '.join(required)}); "
+            f"task {_spec(spec)}: {name}() has required parameters ({', '.join(required)}); "
             f"expected {_EXPECTED}"
         )
     returns = signature.return_annotation
@@ -221,7 +225,7 @@ def _check_factory(spec: str, obj: Any, attr: str) -> None:
         text = returns if isinstance(returns, str) else getattr(returns, "__name__", "")
         if not (isinstance(text, str) and text.rsplit(".", 1)[-1] == "Task"):
             raise ConfigError(
-                f"task {short_repr(spec)}: {name}() is annotated to return {text or returns!r}, "
+                f"task {_spec(spec)}: {name}() is annotated to return {text or returns!r}, "
                 "not lrpilot.Task"
             )
 
@@ -235,11 +239,11 @@ def call_factory(spec: str, factory: Callable[[], Task]) -> Task:
     except (Exception, SystemExit) as exc:
         detail = " ".join(str(exc).split()) or "(no message)"
         raise ConfigError(
-            f"task {short_repr(spec)}: {name}() raised {type(exc).__name__}: {short_repr_text(detail)}"
+            f"task {_spec(spec)}: {name}() raised {type(exc).__name__}: {short_repr_text(detail)}"
         ) from None
     if not isinstance(task, Task):
         raise ConfigError(
-            f"task {short_repr(spec)}: {name}() returned {type(task).__name__}, expected lrpilot.Task"
+            f"task {_spec(spec)}: {name}() returned {type(task).__name__}, expected lrpilot.Task"
         )
     return task
 

@@ -372,6 +372,7 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
     objects); otherwise ``raw["task"]`` is resolved with :func:`lrpilot.tasks.get_task`.
     """
     cfg = _check_keys("config", raw, TOP_KEYS)
+    seed = check_int("seed", cfg.get("seed", 0), low=0, high=2**63 - 1)  # before any task work
     if task is None:
         if "task" not in cfg:
             raise ConfigError("config needs 'task' (a built-in name or 'module:function')")
@@ -405,7 +406,7 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
         schedule = copy.deepcopy(dict(schedule))
     fit = FitConfig(
         task=task_name,
-        seed=check_int("seed", cfg.get("seed", 0), low=0, high=2**63 - 1),
+        seed=seed,
         epochs=epochs,
         batch_size=batch_size,
         optimizer=_optimizer(cfg.get("optimizer"), task),
