@@ -83,6 +83,10 @@ run_section() {  # name timeout_s command...
         record "$name" SKIP "time budget of ${BUDGET}s used up" 0
         return
     fi
+    if [ "$name" != pytest ] && [ "$DEVICE" = cuda ] && [ "$HAS_CUDA" != 1 ]; then
+        record "$name" SKIP "no CUDA device on this machine (GPU_CHECK_DEVICE=cpu runs it on the CPU)" 0
+        return
+    fi
     local t0 out rc line
     t0=$(date +%s)
     out=$(mktemp)

@@ -125,3 +125,18 @@ def test_task_factory_checked_before_it_is_called(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match=needle):
             get_task(spec)
     assert not calls.exists()
+
+
+def test_readme_own_task_example_runs(tmp_path):
+    """The README's "Your own task" example, written to a file, loads by file path."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n# my_task.py\n(.*?)```", readme, re.S)
+    assert code, "README lost its own-task example"
+    (tmp_path / "my_task.py").write_text(code.group(1))
+    task = get_task(f"{tmp_path / 'my_task.py'}:make")
+    from lrpilot.train import parse_config
+
+    cfg = parse_config({"task": f"{tmp_path / 'my_task.py'}:make"})
+    assert task.name == "my-task" and cfg.optimizer.name == "adamw" and cfg.epochs == 10
