@@ -160,7 +160,10 @@ def test_missing_path_and_empty_dir(tmp_path):
 
 def test_cli_words_json_and_png(tmp_path, capsys):
     _write_jsonl(tmp_path / "metrics.jsonl", _records(nan_from=150))
-    png = tmp_path / "out" / "diag.png"
+    missing = tmp_path / "out" / "diag.png"  # a directory that does not exist is refused
+    assert main(["diagnose", str(tmp_path), "--png", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.parent.exists()
+    png = tmp_path / "diag.png"
     assert main(["diagnose", str(tmp_path), "--png", str(png)]) == 0
     out = capsys.readouterr().out
     assert "nan at epoch 7, step 150" in out

@@ -131,7 +131,10 @@ def test_small_training_set_raises_the_default_budget_not_an_explicit_one(capsys
 
 
 def test_png_written_and_text_output(tmp_path, capsys):
-    png = tmp_path / "sub" / "finder.png"
+    missing = tmp_path / "sub" / "finder.png"  # refused before the sweep; nothing created
+    assert main(["find", "--task", TASK, "--png", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.parent.exists()
+    png = tmp_path / "finder.png"
     code = main(
         ["find", "--task", TASK, "--optimizer", "adamw", "--schedule", "cosine", "--png", str(png)]
     )

@@ -58,7 +58,7 @@ FAST = {"task": "mnist1d-mlp", "epochs": 2, "batch_size": 128, "log_every": 1, "
         ({"device": "tpu"}, "device='tpu'"),
         ({"seed": -1}, "seed=-1"),
         ({"task": "nope"}, "unknown task 'nope'"),
-        ({"task": "os:nothing_here"}, "has no callable 'nothing_here'"),
+        ({"task": "os:nothing_here"}, "has no attribute 'nothing_here'"),
         ({"lr": 0.1}, "unknown config key 'lr'"),
         ({"schedule": "cosine"}, "schedule must be a mapping"),
     ],

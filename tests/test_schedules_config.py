@@ -81,7 +81,8 @@ def test_epochs_unit_and_shorthand():
         },
         steps_per_epoch=10,
     )
-    assert s == S.warmup(S.multistep(0.1, [300, 600], 0.1), 20)
+    # `steps` means steps whatever `unit` says; `unit` converts the bare milestones only
+    assert s == S.warmup(S.multistep(0.1, [300, 600], 0.1), 2)
     s = from_config(
         {"name": "cosine", "lr": 0.1, "epochs": 3, "warmup": {"epochs": 0.5}}, steps_per_epoch=10
     )
@@ -186,6 +187,85 @@ def test_epochs_unit_and_shorthand():
 def test_config_errors_name_the_field(config, kwargs, pattern):
     with pytest.raises(ConfigError, match=pattern):
         from_config(config, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        # issue 16: a key called `steps` is steps, `epochs` is epochs, whatever `unit` says
+        (
+            {
+                "name": "step_decay",
+                "lr": 0.1,
+                "gamma": 0.5,
+                "every": 2,
+                "unit": "epochs",
+                "warmup": {"steps": 20},
+            },
+            S.warmup(S.step_decay(0.1, 20, 0.5), 20),
+        ),
+        (
+            {
+                "name": "step_decay",
+                "lr": 0.1,
+                "gamma": 0.5,
+                "every": 20,
+                "unit": "steps",
+                "warmup": {"epochs": 2},
+            },
+            S.warmup(S.step_decay(0.1, 20, 0.5), 20),
+        ),
+        (
+            {
+                "name": "cosine_restarts",
+                "lr": 0.1,
+                "period": 3,
+                "unit": "epochs",
+                "warmup": {"epochs": 1},
+            },
+            S.warmup(S.cosine_restarts(0.1, 30), 10),
+        ),
+        (
+            {
+                "name": "wsd",
+                "lr": 0.1,
+                "warmup": 1,
+                "decay_fraction": 0.5,
+                "steps": 50,
+                "unit": "epochs",
+            },
+            S.wsd(0.1, 50, 10, 0.5),
+        ),
+        (
+            {"name": "inverse_sqrt", "lr": 0.1, "warmup": 2, "unit": "epochs"},
+            S.inverse_sqrt(0.1, 20),
+        ),
+        (
+            {
+                "name": "join",
+                "unit": "epochs",
+                "boundaries": [1],
+                "schedules": [
+                    {"name": "linear", "start_lr": 0.0, "end_lr": 0.1, "steps": 4},
+                    {"name": "constant", "lr": 0.1},
+                ],
+            },
+            S.join([S.linear(0.0, 0.1, 4), S.constant(0.1)], [10]),
+        ),
+    ],
+)
+def test_steps_key_means_steps_whatever_the_unit(config, expected):
+    s = from_config(config, steps_per_epoch=10)
+    assert s == expected and same(s, expected, 200)
+
+
+def test_unit_epochs_that_converts_nothing_is_refused():
+    cfg = {"name": "cosine", "lr": 0.1, "steps": 30, "unit": "epochs"}
+    with pytest.raises(ConfigError, match=r"only length is 'steps', which is always steps"):
+        from_config(cfg, steps_per_epoch=10)
+    # the same length in epochs, said with the `epochs` key
+    s = from_config({"name": "cosine", "lr": 0.1, "epochs": 3}, steps_per_epoch=10)
+    assert s == S.cosine(0.1, 30)
 
 
 def test_join_from_config_pieces_on_local_time_and_spans():

@@ -42,7 +42,7 @@ def test_unknown_task_lists_valid_names():
 def test_module_function_task_spec():
     task = get_task("lrpilot.tasks.builtin:mnist1d_mlp")
     assert isinstance(task, Task) and task.name == "mnist1d-mlp"
-    with pytest.raises(ConfigError, match="no callable"):
+    with pytest.raises(ConfigError, match=r"has no attribute .nope."):
         get_task("lrpilot.tasks.builtin:nope")
     with pytest.raises(ConfigError, match="cannot import"):
         get_task("no_such_module_xyz:f")
@@ -87,3 +87,56 @@ def test_console_script_finds_a_task_module_in_the_current_directory(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["task"] == "local"
+
+
+def test_task_factory_from_a_file_path(tmp_path):
+    """`path/to/file.py:function` loads the file as a module (issue 21)."""
+    path = tmp_path / "sub dir" / "my_file_task.py"
+    path.parent.mkdir()
+    path.write_text(LOCAL_TASK)
+    task = get_task(f"{path}:build")
+    assert isinstance(task, Task) and task.name == "local" and len(task.train_set) == 256
+    assert type(get_task(f"{path}:build").build_model()) is type(task.build_model())
+    with pytest.raises(ConfigError, match=r"is not a \.py file"):
+        get_task(f"{tmp_path / 'missing.py'}:build")
+    with pytest.raises(ConfigError, match=r"has no attribute 'nope'"):
+        get_task(f"{path}:nope")
+
+
+def test_task_factory_checked_before_it_is_called(tmp_path, monkeypatch):
+    """Refused without a call: built-ins, required parameters, a non-Task return annotation."""
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "guarded_task.py").write_text(
+        "from pathlib import Path\n"
+        f"CALLS = Path({str(calls)!r})\n"
+        "def needs(x):\n    CALLS.write_text('called')\n"
+        "def annotated() -> dict:\n    CALLS.write_text('called')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, needle in [
+        ("os:system", "built-in function"),
+        ("sys:exit", "built-in function"),
+        ("guarded_task:needs", r"required parameters \(x\)"),
+        ("guarded_task:annotated", "annotated to return 'dict'"),
+        (":", "with both parts"),
+        ("os:", "with both parts"),
+        ("os:1x", "is not a function name"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            get_task(spec)
+    assert not calls.exists()
+
+
+def test_readme_own_task_example_runs(tmp_path):
+    """The README's "Your own task" example, written to a file, loads by file path."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n# my_task.py\n(.*?)```", readme, re.S)
+    assert code, "README lost its own-task example"
+    (tmp_path / "my_task.py").write_text(code.group(1))
+    task = get_task(f"{tmp_path / 'my_task.py'}:make")
+    from lrpilot.train import parse_config
+
+    cfg = parse_config({"task": f"{tmp_path / 'my_task.py'}:make"})
+    assert task.name == "my-task" and cfg.optimizer.name == "adamw" and cfg.epochs == 10

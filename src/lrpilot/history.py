@@ -32,6 +32,44 @@ from pathlib import Path
 from lrpilot.errors import ConfigError
 
 RECORD_TYPES = ("step", "epoch", "event")
+#: Keys that hold a number (or null) wherever they appear, besides every ``val_*`` key.
+NUMBER_KEYS = ("lr", "train_loss", "val_loss", "grad_norm", "time", "noise_scale")
+
+
+def _check_record(record: dict, where: str) -> None:
+    """Refuse a record a reader would misread: an unknown ``type``, a ``step`` or ``epoch``
+    that is not a non-negative integer, a loss, LR or metric that is not a number or null
+    (a string loss is not NaN; JSON ``NaN`` and ``Infinity`` are numbers).
+
+    >>> _check_record({"type": "step", "step": 1, "train_loss": "abc"}, "m.jsonl:1")
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: m.jsonl:1: train_loss='abc' is not a number
+    """
+    kind = record.get("type")
+    if kind not in RECORD_TYPES:
+        raise ConfigError(f"{where}: type={kind!r} is not one of {', '.join(RECORD_TYPES)}")
+    for key in ("step", "epoch"):
+        value = record.get(key)
+        if value is None and (kind == "event" or key not in record):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}: {key}={_short(value)} is not a non-negative integer")
+    if kind == "event":
+        return
+    for key, value in record.items():
+        numeric = key in NUMBER_KEYS or key.startswith("val_")
+        if numeric and value is not None and not _is_number(value):
+            raise ConfigError(f"{where}: {key}={_short(value)} is not a number")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}...({len(text)} characters)"
 
 
 @dataclass
@@ -70,19 +108,26 @@ class History:
             path = path / "metrics.jsonl"
         if not path.is_file():
             raise ConfigError(f"no metrics file at {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
         history = cls()
         for number, line in enumerate(lines, start=1):
+            if "\x00" in line:
+                raise ConfigError(f"{path}:{number}: a NUL byte; not a metrics log")
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if number == len(lines):
+            except ValueError as exc:  # JSONDecodeError, or an integer over Python's digit limit
+                if number == len(lines) and isinstance(exc, json.JSONDecodeError):
                     break  # partial final line from an interrupted writer
-                raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+                detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "number too long"
+                raise ConfigError(f"{path}:{number}: not valid JSON ({detail})") from None
             if not isinstance(record, dict):
                 raise ConfigError(f"{path}:{number}: expected a JSON object")
+            _check_record(record, f"{path}:{number}")
             history.append(record)
         return history
 

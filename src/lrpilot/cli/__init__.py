@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lrpilot.errors import TrainingAborted
 
@@ -28,8 +29,15 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with usage errors on one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lrpilot",
         description="Learning-rate and batch-size autopilot for PyTorch training.",
     )
@@ -60,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lrpilot {args.command}: stopped: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
-        print(f"lrpilot {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the exception says
+        print(f"lrpilot {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

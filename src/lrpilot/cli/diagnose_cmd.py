@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lrpilot.cli.checks import check_png
 from lrpilot.errors import ConfigError
 
 
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     tags = _pairs(args.tag, "--tag")
     columns = _pairs(args.column, "--column")
-    if args.png and not str(args.png).lower().endswith(".png"):
-        raise ConfigError(f"--png {args.png!r}: the file name must end in .png")
+    if args.png is not None:
+        check_png(args.png)
     history = read_history(args.path, tags=tags, columns=columns)
     findings = diagnose(history)
     if args.png:

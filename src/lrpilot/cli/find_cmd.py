@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 
+from lrpilot.cli.checks import check_png, int_flag
 from lrpilot.errors import ConfigError, check_int
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -38,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--optimizer", choices=OPTIMIZERS, default=None, help="default: the task's optimizer"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="training batch size (default: the task's)"
+        "--batch-size",
+        type=int_flag("--batch-size"),
+        default=None,
+        help="training batch size (default: the task's)",
     )
     parser.add_argument(
         "--schedule",
@@ -47,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--probe-batch",
-        type=int,
+        type=int_flag("--probe-batch"),
         default=None,
         metavar="N",
         help="batch of the sweep (default: training batch // 8, the calibrated protocol; "
@@ -61,7 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="epochs of compute for the sweep, in (0, 10] (default 0.5, raised on a small "
         "training set to give the sweep 20 steps)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the model and batches")
+    parser.add_argument(
+        "--seed",
+        type=int_flag("--seed"),
+        default=0,
+        help="seed for the model and batches",
+    )
     parser.add_argument("--png", default=None, help="write the plot to this PNG file")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
@@ -101,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
     from lrpilot.tasks import get_task
 
     schedule_fraction(args.schedule)  # validate before any work
-    if args.png is not None and not str(args.png).lower().endswith(".png"):
-        raise ConfigError(f"--png {args.png!r} must name a .png file")
+    check_int("--seed", args.seed, low=0, high=2**63 - 1)
+    if args.png is not None:
+        check_png(args.png)
     task = get_task(args.task)
     defaults = dict(task.defaults)
     opt_settings = dict(defaults.get("optimizer", {}))
@@ -129,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
         message = str(exc).replace("budget_epochs", "--budget-epochs")
         raise ConfigError(message.replace("probe_batch", "--probe-batch")) from None
     budget_epochs = plan.samples_budget / len(task.train_set)
-    check_int("--seed", args.seed, low=0)
 
     torch.manual_seed(args.seed)
     model = task.build_model()

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a CONFIG.yaml, --task NAME, or --resume with --out DIR")
     overrides = list(args.overrides)
     if args.task:
-        overrides.insert(0, f"task={args.task}")
+        overrides.insert(0, f"task={json.dumps(args.task)}")  # a string, never parsed as YAML
     result = fit(raw, args.out, resume=args.resume, overrides=overrides, progress=args.progress)
     if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 only
         print(json.dumps(result.summary, indent=2))

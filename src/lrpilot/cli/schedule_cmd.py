@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lrpilot.cli.checks import check_png
 from lrpilot.errors import ConfigError, short_repr
+from lrpilot.safe_yaml import parse_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,25 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _positive_int(flag: str, text: str | None) -> int | None:
     if text is None:
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{flag}={text!r} is not an integer; allowed: [1, inf)") from None
+    value = parse_number(text)
+    if not isinstance(value, int):
+        raise ConfigError(f"{flag}={short_repr(text)} is not an integer; allowed: [1, inf)")
     if value < 1:
         raise ConfigError(f"{flag}={value} is out of range; allowed: [1, inf)")
     return value
 
 
 def load_schedule_yaml(path: str) -> dict[str, Any]:
-    """Read a schedule mapping from YAML (``yaml.safe_load``), unwrapping ``schedule:``."""
-    import yaml
+    """Read a schedule mapping from YAML (:func:`lrpilot.safe_yaml.load_file`), unwrapping
+    ``schedule:``."""
+    from lrpilot.safe_yaml import load_file
 
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise ConfigError(f"{path}: invalid YAML: {detail}") from None
+    data = load_file(path, what="schedule config")
     if isinstance(data, dict) and "name" not in data and "schedule" in data:
         data = data["schedule"]
     if not isinstance(data, dict):
@@ -66,18 +63,6 @@ def load_schedule_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def _check_png(path: str) -> Path:
-    target = Path(path)
-    if target.suffix.lower() != ".png":
-        raise ConfigError(f"--png={path!r} must end in .png")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"--png={path!r}: directory {str(parent)!r} does not exist")
-    if target.is_dir():
-        raise ConfigError(f"--png={path!r} is a directory")
-    return target
-
-
 def run(args: argparse.Namespace) -> int:
     from lrpilot.schedules import from_config, momentum_from_config
     from lrpilot.schedules.report import curve, key_points, plot_steps, resolve_end
@@ -85,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     # 1. Validate everything (arguments, config, lengths) before writing anything.
     spe = _positive_int("--steps-per-epoch", args.steps_per_epoch)
     total = _positive_int("--total-steps", args.total_steps)
-    png = None if args.png is None else _check_png(args.png)
+    png = None if args.png is None else check_png(args.png)
     mapping = load_schedule_yaml(args.config)
     schedule = from_config(mapping, steps_per_epoch=spe, total_steps=total)
     momentum = momentum_from_config(mapping, steps_per_epoch=spe, total_steps=total)

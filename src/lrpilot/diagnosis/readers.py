@@ -31,6 +31,7 @@ Anything else raises ``ConfigError`` naming the path and what was expected, as d
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -208,12 +209,18 @@ def read_csv(path: str | Path, *, columns: Mapping[str, str] | None = None) -> H
             raise ConfigError(f"unknown CSV field {field!r}; valid: {', '.join(sorted(mapping))}")
         mapping[field] = (str(column),)
     try:
-        with p.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            rows = list(reader)
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not a text CSV file ({exc.reason})") from exc
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ConfigError(f"{p}:{line}: a NUL byte; not a text CSV file")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ConfigError(f"{p}:{reader.line_num}: not a valid CSV row ({exc})") from None
     if not header:
         raise ConfigError(f"{p}: empty CSV file (expected a header row)")
     header = [h.strip() for h in header]
@@ -232,9 +239,9 @@ def read_csv(path: str | Path, *, columns: Mapping[str, str] | None = None) -> H
     for number, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) < len(header):
-            row = row + [""] * (len(header) - len(row))
         where = f"{p}:{number}"
+        if len(row) != len(header):  # a ragged row: its cells cannot be matched to columns
+            raise ConfigError(f"{where}: {len(row)} cells, but the header has {len(header)}")
         values = {f: _number(row[i], where) for f, i in index.items()}
         is_epoch = "step" not in index or values.get("val_loss") is not None
         record: dict = {"type": "epoch" if is_epoch else "step"}

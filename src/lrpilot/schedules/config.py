@@ -8,12 +8,16 @@ parameters, for example::
     epochs: 30              # or steps: N; omitted -> the rest of the run (total_steps)
     warmup: {steps: 500, start_lr: 0.0, mode: linear}
 
-Lengths (``steps``, ``every``, ``milestones``, ``period``, ``up``/``down``, ``boundaries``,
-``warmup``) are optimizer steps unless ``unit: epochs`` is given (then every length and
-boundary of that schedule, its nested ``warmup`` and its ``join`` pieces, is in epochs)
-or ``epochs: N`` replaces ``steps: N``. Epochs are converted with ``steps_per_epoch``
-(fractional epochs are rounded to the nearest step) and need it. When the length key
-(``steps``) of cosine, linear, polynomial, one_cycle or wsd is omitted, the schedule spans
+A key called ``steps`` is always optimizer steps and a key called ``epochs`` is always
+epochs (``epochs: N`` replaces ``steps: N``; the nested ``warmup`` takes ``steps`` or
+``epochs``), whatever ``unit`` says. ``unit`` (``steps``, the default, or ``epochs``) gives
+the unit of the family's own bare lengths only: ``every`` (step_decay), ``milestones``
+(multistep), ``period`` (cosine_restarts), ``up``/``down`` (cyclic), ``boundaries``
+(piecewise, join), the integer ``warmup`` of inverse_sqrt and wsd, and, in a ``join``, those
+of its pieces. ``unit: epochs`` on a family without such lengths has no effect and is
+refused. Epochs are converted with ``steps_per_epoch`` (fractional epochs are rounded to
+the nearest step) and need it. When the length key (``steps``) of cosine, linear,
+polynomial, one_cycle or wsd is omitted, the schedule spans
 the whole run after its warmup: ``total_steps - warmup steps``. For ``inverse_sqrt`` and
 ``wsd``, ``warmup`` is the family's own warmup length (an integer), not the nested
 combinator. ``one_cycle`` also accepts ``base_momentum``, ``max_momentum`` and
@@ -27,6 +31,10 @@ combinator. ``one_cycle`` also accepts ``base_momentum``, ``max_momentum`` and
 ...                  "milestones": [2, 3], "gamma": 0.1}, steps_per_epoch=5)
 >>> s.boundaries(20)
 [0, 10, 15]
+>>> s = from_config({"name": "multistep", "lr": 1.0, "unit": "epochs", "milestones": [2],
+...                  "gamma": 0.1, "warmup": {"steps": 3}}, steps_per_epoch=5)
+>>> s.boundaries(20)  # a 3-step warmup (not 3 epochs), then the milestone 2 epochs later
+[0, 3, 13]
 """
 
 from __future__ import annotations
@@ -156,6 +164,7 @@ class _Context:
         return round(steps)
 
     def length(self, key: str, value: object, *, epochs: bool = False) -> object:
+        """A bare length (in ``unit``), or an ``epochs`` key's value with ``epochs=True``."""
         if epochs or self.unit == "epochs":
             return self.epochs_to_steps(key, value)
         return value
@@ -185,6 +194,11 @@ def _check_keys(where: str, config: Mapping[str, Any], allowed: set[str]) -> Non
         )
 
 
+def _bare_lengths(family: Family) -> tuple[str, ...]:
+    """The family's lengths that ``unit`` converts (every length but ``steps``)."""
+    return tuple(k for k in family.lengths if k != "steps")
+
+
 def _optional_int(name: str, value: object) -> int | None:
     return None if value is None else check_int(name, value, low=1, high=MAX_STEPS)
 
@@ -199,7 +213,7 @@ def _warmup_spec(ctx: _Context, value: object) -> tuple[int, dict[str, Any]]:
     if "epochs" in spec:
         steps = inner.length("epochs", spec["epochs"], epochs=True)
     else:
-        steps = inner.length("steps", spec["steps"])
+        steps = spec["steps"]  # steps, whatever the unit
     steps = check_int(f"{where}.steps", steps, low=0, high=MAX_STEPS)
     kwargs = {k: spec[k] for k in ("start_lr", "mode") if k in spec}
     return steps, kwargs
@@ -236,8 +250,13 @@ def _build(
     if name == "one_cycle":
         allowed.update(_MOMENTUM_KEYS)
     _check_keys(where, config, allowed)
-    no_lengths = family is not None and not family.lengths and not family.length_lists
-    if no_lengths and "unit" in config and unit == "epochs":
+    bare = () if family is None else (*_bare_lengths(family), *family.length_lists)
+    if family is not None and not bare and "unit" in config and unit == "epochs":
+        if "steps" in family.lengths:
+            raise ConfigError(
+                f"{where}.unit=epochs has no effect: {name}'s only length is 'steps', which is "
+                "always steps; give its length in epochs with 'epochs: N'"
+            )
         raise ConfigError(
             f"{where}.unit=epochs has no effect: {name} has no lengths "
             "(for a per-epoch decay use step_decay with every: 1 and unit: epochs)"
@@ -264,7 +283,7 @@ def _build(
             if key not in config:
                 continue
             value = config[key]
-            if key in family.lengths:
+            if key in _bare_lengths(family):
                 value = ctx.length(key, value)
             elif key in family.length_lists:
                 value = ctx.length_list(key, value)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import inspect
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, short_repr
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
@@ -78,32 +85,168 @@ def get_task(spec: str | Task) -> Task:
 
     Built-in tasks are built once per process and cached (their datasets are generated
     locally, never downloaded). Unknown names raise ``ConfigError`` listing the valid ones.
+    ``"module:function"`` and ``"path/to/file.py:function"`` name a user's factory; see
+    :func:`load_factory` for what it must be.
     """
     if isinstance(spec, Task):
         return spec
     if not isinstance(spec, str) or not spec:
-        raise ConfigError(f"task must be a name or 'module:function', got {spec!r}")
+        raise ConfigError(f"task must be a name or 'module:function', got {_spec(spec)}")
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"task {spec!r}: cannot import module {module_name!r}: {exc}"
-            ) from exc
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise ConfigError(f"task {spec!r}: {module_name} has no callable {attr!r}")
-        task = factory()
-        if not isinstance(task, Task):
-            raise ConfigError(
-                f"task {spec!r}: {attr}() returned {type(task).__name__}, expected lrpilot.Task"
-            )
-        return task
+        return call_factory(spec, load_factory(spec))
     if spec not in _REGISTRY:
         raise ConfigError(
-            f"unknown task {spec!r}; valid: {', '.join(list_tasks())} or module:function"
+            f"unknown task {_spec(spec)}; valid: {', '.join(list_tasks())} or module:function"
         )
     if spec not in _CACHE:
         _CACHE[spec] = _REGISTRY[spec]()
     return _CACHE[spec]
+
+
+def _spec(spec: object) -> str:
+    """A task spec for messages: whole up to 200 characters (a file path), else shortened."""
+    text = repr(spec)
+    return text if len(text) <= 200 else short_repr(spec)
+
+
+def _import_module(spec: str, module_name: str) -> ModuleType:
+    """``module_name`` as a dotted module (found on ``sys.path``) or a ``.py`` file path."""
+    is_path = module_name.endswith(".py") or "/" in module_name or os.sep in module_name
+    try:
+        if is_path:
+            return _import_file(spec, Path(module_name))
+        if not all(part.isidentifier() for part in module_name.split(".")):
+            raise ConfigError(
+                f"task {_spec(spec)}: {short_repr(module_name)} is neither a module name "
+                "nor a .py file"
+            )
+        return importlib.import_module(module_name)
+    except ConfigError:
+        raise
+    except ImportError as exc:
+        raise ConfigError(
+            f"task {_spec(spec)}: cannot import module {module_name!r}: {exc}"
+        ) from None
+    except Exception as exc:  # the module's own code failed while importing
+        raise ConfigError(
+            f"task {_spec(spec)}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _import_file(spec: str, path: Path) -> ModuleType:
+    if not path.is_file() or path.suffix != ".py":
+        raise ConfigError(f"task {_spec(spec)}: {str(path)!r} is not a .py file")
+    resolved = path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    name = f"_lrpilot_task_{resolved.stem if resolved.stem.isidentifier() else 'file'}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    loader_spec = importlib.util.spec_from_file_location(name, resolved)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ConfigError(f"task {_spec(spec)}: cannot load {str(path)!r}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module  # pickling (DataLoader workers) finds classes defined there
+    try:
+        loader_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def load_factory(spec: str) -> Callable[[], Task]:
+    """The factory a ``"module:function"`` (or ``"path/file.py:function"``) spec names,
+    checked before it is called: a Python function (or class) defined in Python, callable
+    with no arguments, whose return annotation, if any, is ``Task``. Built-ins (``os:system``,
+    ``sys:exit``) and functions with required parameters are refused without being called.
+
+    >>> load_factory("lrpilot.tasks.builtin:mnist1d_mlp").__name__
+    'mnist1d_mlp'
+    >>> load_factory("os:system")
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: task 'os:system': system is a built-in function, not a Task factory (a Python function taking no arguments and returning lrpilot.Task)
+    """
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"task {_spec(spec)}: expected 'module:function' or 'path/to/file.py:function' "
+            "with both parts"
+        )
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise ConfigError(f"task {_spec(spec)}: {short_repr(attr)} is not a function name")
+    obj: Any = _import_module(spec, module_name)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"task {_spec(spec)}: {module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    _check_factory(spec, obj, attr)
+    return obj
+
+
+_EXPECTED = "a Python function taking no arguments and returning lrpilot.Task"
+
+
+def _check_factory(spec: str, obj: Any, attr: str) -> None:
+    name = attr
+    if isinstance(obj, ModuleType):
+        raise ConfigError(f"task {_spec(spec)}: {name} is a module, not a Task factory")
+    if not callable(obj):
+        raise ConfigError(
+            f"task {_spec(spec)}: {name} is a {type(obj).__name__}, not callable "
+            f"(expected {_EXPECTED})"
+        )
+    if inspect.isbuiltin(obj) or inspect.ismethoddescriptor(obj):
+        raise ConfigError(
+            f"task {_spec(spec)}: {name} is a built-in function, not a Task factory ({_EXPECTED})"
+        )
+    if inspect.isclass(obj) and not issubclass(obj, Task):
+        raise ConfigError(
+            f"task {_spec(spec)}: {name} is a class that is not lrpilot.Task (expected {_EXPECTED})"
+        )
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"task {_spec(spec)}: cannot inspect {name}'s parameters (expected {_EXPECTED})"
+        ) from None
+    required = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise ConfigError(
+            f"task {_spec(spec)}: {name}() has required parameters ({', '.join(required)}); "
+            f"expected {_EXPECTED}"
+        )
+    returns = signature.return_annotation
+    if returns is not signature.empty and returns is not Task:
+        text = returns if isinstance(returns, str) else getattr(returns, "__name__", "")
+        if not (isinstance(text, str) and text.rsplit(".", 1)[-1] == "Task"):
+            raise ConfigError(
+                f"task {_spec(spec)}: {name}() is annotated to return {text or returns!r}, "
+                "not lrpilot.Task"
+            )
+
+
+def call_factory(spec: str, factory: Callable[[], Task]) -> Task:
+    """Call a user's factory; anything it raises (``SystemExit`` too) becomes one
+    ``ConfigError`` line with the exception's type and message."""
+    name = getattr(factory, "__name__", "factory")
+    try:
+        task = factory()
+    except (Exception, SystemExit) as exc:
+        detail = " ".join(str(exc).split()) or "(no message)"
+        raise ConfigError(
+            f"task {_spec(spec)}: {name}() raised {type(exc).__name__}: {short_repr_text(detail)}"
+        ) from None
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"task {_spec(spec)}: {name}() returned {type(task).__name__}, expected lrpilot.Task"
+        )
+    return task
+
+
+def short_repr_text(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

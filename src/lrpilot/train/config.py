@@ -27,7 +27,8 @@ Semantics worth knowing:
 * ``optimizer.implementation``: ``auto`` (default: PyTorch's fused kernel where it applies,
   see :func:`lrpilot.train.builders.resolve_implementation`), ``fused``, ``foreach`` or
   ``for-loop``. The same update rule; they differ in speed and in the last bits.
-* Numbers such as ``1e-3`` (YAML 1.1 reads them as strings) are accepted as numbers.
+* YAML is read by :mod:`lrpilot.safe_yaml`: ``1e-3`` is a number (YAML 1.2), duplicate keys
+  and hostile files (alias bombs, devices, deep nesting, huge values) are refused.
 
 >>> cfg = parse_config({"task": "mnist1d-mlp", "epochs": 2, "optimizer": {"lr": 0.003}})
 >>> cfg.optimizer.name, cfg.optimizer.lr, cfg.batch_size, cfg.accumulate
@@ -43,15 +44,13 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lrpilot.errors import ConfigError, check_int, check_range
+from lrpilot.errors import ConfigError, check_int, check_range, short_repr
+from lrpilot.safe_yaml import load_mapping, loads
 from lrpilot.tasks import Task, get_task
 
 TOP_KEYS = (
@@ -373,6 +372,7 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
     objects); otherwise ``raw["task"]`` is resolved with :func:`lrpilot.tasks.get_task`.
     """
     cfg = _check_keys("config", raw, TOP_KEYS)
+    seed = check_int("seed", cfg.get("seed", 0), low=0, high=2**63 - 1)  # before any task work
     if task is None:
         if "task" not in cfg:
             raise ConfigError("config needs 'task' (a built-in name or 'module:function')")
@@ -406,7 +406,7 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
         schedule = copy.deepcopy(dict(schedule))
     fit = FitConfig(
         task=task_name,
-        seed=check_int("seed", cfg.get("seed", 0), low=0, high=2**63 - 1),
+        seed=seed,
         epochs=epochs,
         batch_size=batch_size,
         optimizer=_optimizer(cfg.get("optimizer"), task),
@@ -414,7 +414,7 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
         plateau=_plateau(cfg.get("plateau"), task),
         layer_lr=_layer_lr(cfg.get("layer_lr")),
         grad_clip=grad_clip,
-        accumulate=check_int("accumulate", cfg.get("accumulate", 1), low=1),
+        accumulate=_accumulate(cfg.get("accumulate", 1), len(task.train_set), batch_size),
         amp=_check_bool("amp", cfg.get("amp", False)),
         early_stopping=_early_stopping(cfg.get("early_stopping"), task),
         guard=_guard(cfg.get("guard")),
@@ -429,67 +429,60 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
     return fit
 
 
+def _accumulate(raw: Any, num_samples: int, batch_size: int) -> int:
+    """``accumulate`` in ``[1, micro-batches in one epoch]``: one optimizer step must not
+    need more micro-batches than an epoch holds.
+
+    >>> _accumulate(1000000, 4000, 64)
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: accumulate=1000000 is out of range; allowed: [1, 63] (an epoch of 4000 samples holds 63 micro-batches of batch_size=64)
+    """
+    micro = math.ceil(num_samples / batch_size)
+    value = check_int("accumulate", raw, low=1)
+    if value > micro:
+        raise ConfigError(
+            f"accumulate={short_repr(value)} is out of range; allowed: [1, {micro}] (an epoch "
+            f"of {num_samples} samples holds {micro} micro-batches of batch_size={batch_size})"
+        )
+    return value
+
+
 def _batch_parsers():  # type: ignore[no-untyped-def]
     from lrpilot.batch.distributed import parse_lr_scaling, parse_noise_scale
 
     return parse_lr_scaling, parse_noise_scale
 
 
-_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _sci_floats(obj: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads ``3e-3`` as a string; turn such strings into floats.
-
-    >>> _sci_floats({"lr": "3e-3", "betas": ["9e-1", 0.99], "task": "mnist1d-cnn"})
-    {'lr': 0.003, 'betas': [0.9, 0.99], 'task': 'mnist1d-cnn'}
-    """
-    if isinstance(obj, str) and _SCIENTIFIC.match(obj):
-        return float(obj)
-    if isinstance(obj, dict):
-        return {k: _sci_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_sci_floats(v) for v in obj]
-    return obj
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config with ``yaml.safe_load``; an empty file is an empty mapping.
-    Scientific notation without a dot (``1e-3``) is read as a number."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    return _sci_floats(data)
+    """Read a YAML config with :func:`lrpilot.safe_yaml.load_mapping` (a regular file of at
+    most 64 KiB; duplicate keys, alias bombs, deep nesting and over-long values refused in
+    one line naming the line); an empty file is an empty mapping. ``1e-3`` is a number."""
+    return load_mapping(path)
+
+
+#: Longest ``--set key=value`` item.
+MAX_OVERRIDE_CHARS = 4096
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply ``key=value`` overrides (dotted keys for nested mappings; values parsed with
-    ``yaml.safe_load``, so ``0.1`` is a float and ``[1, 2]`` a list).
+    :func:`lrpilot.safe_yaml.loads`, so ``0.1`` is a float, ``1e-3`` too and ``[1, 2]`` a list).
 
-    >>> apply_overrides({"optimizer": {"lr": 0.1}}, ["optimizer.lr=0.3", "schedule.name=cosine"])
-    {'optimizer': {'lr': 0.3}, 'schedule': {'name': 'cosine'}}
+    >>> apply_overrides({"optimizer": {"lr": 0.1}}, ["optimizer.lr=3e-3", "schedule.name=cosine"])
+    {'optimizer': {'lr': 0.003}, 'schedule': {'name': 'cosine'}}
     """
     out = copy.deepcopy(dict(raw))
     for item in overrides:
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise ConfigError(
+                f"--set {short_repr(item)}: {len(item)} characters; at most {MAX_OVERRIDE_CHARS}"
+            )
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: expected key=value (dotted keys allowed)")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
-        value = _sci_floats(value)
+        value = loads(text, f"--set {key}")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
