@@ -25,7 +25,7 @@ and AdamW), and a third that changes only the training-set size (mnist1d-cnn-16k
 and mnist1d-mlp-16k with AdamW: the calibration pairs on 16 000 MNIST-1D training samples
 instead of 4 000, so the half-epoch sweep has 999 steps instead of 249). A finder seed whose
 verdict is not "ok" (for example "noisy") gives no suggestion; a row without any is reported
-as such. The rule (``lrpilot.finder.decision``, step 6) is ``f(schedule) * r **
+as such. The rule (``lrpilot.finder.policy``) is ``f(schedule) * r **
 kappa(optimizer) * lr_unstable`` with ``r = 8`` (training batch / probe batch), ``kappa = 1``
 for SGD and ``1/2`` for AdamW.
 
@@ -456,7 +456,7 @@ def main(argv=None) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from lrpilot.finder.decision import (
+    from lrpilot.finder.policy import (
         OPTIMIZER_FAMILIES,
         SCHEDULE_FRACTIONS,
         suggest_peak_lr,

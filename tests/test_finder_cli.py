@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lrpilot.cli import main
-from lrpilot.finder.decision import SCHEDULE_FRACTIONS
+from lrpilot.finder.policy import SCHEDULE_FRACTIONS
 from lrpilot.tasks import Task, accuracy
 
 
@@ -26,7 +26,12 @@ def tiny_task() -> Task:
         val_set=TensorDataset(x[512:], y[512:]),
         loss_fn=nn.functional.cross_entropy,
         metrics={"accuracy": accuracy},
-        defaults={"epochs": 2, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1}},
+        defaults={
+            "epochs": 2,
+            "batch_size": 32,
+            # momentum named: `lrpilot find` probes what `lrpilot fit` trains (SGD defaults: 0)
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        },
     )
 
 
