@@ -1,4 +1,4 @@
-"""Diagnosis rules: one pure function per kind, and their registry.
+"""Diagnosis rules: one pure function per kind, registered in :mod:`lrpilot.diagnosis.registry`.
 
 Each rule reads a :class:`~lrpilot.diagnosis.context.Context` (the run's curves plus a few
 robust summaries computed once; see its module for the notation ``init``, ``drop``,
@@ -16,6 +16,7 @@ constant LR: decay due) follows Smith (2018), "A disciplined approach to neural 
 hyper-parameters" (arXiv:1803.09820), Prechelt (1998), "Early Stopping - But When?", and
 Goodfellow, Bengio & Courville (2016), *Deep Learning*, ch. 11 (practical methodology).
 
+>>> from lrpilot.diagnosis import RULES, get_rule
 >>> sorted(RULES)[:3]
 ['diverged', 'nan', 'oscillating']
 >>> get_rule("nope")
@@ -27,8 +28,6 @@ lrpilot.errors.ConfigError: unknown diagnosis rule 'nope'; valid: diverged, nan,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,7 +41,7 @@ from lrpilot.diagnosis.context import (
 )
 from lrpilot.diagnosis.curves import Curves, binned_median, mad_sigma, theil_sen_slope
 from lrpilot.diagnosis.finding import Finding
-from lrpilot.errors import ConfigError
+from lrpilot.diagnosis.registry import Rule, register_rule
 
 # ---------------------------------------------------------------- diverged
 #: The loss came back up by more than this fraction of its drop (and NOISE_Z noise).
@@ -718,18 +717,6 @@ def rule_plateau(ctx: Context) -> Finding | None:
 
 # ====================================================================== registry
 
-RuleFn = Callable[[Context], "Finding | None"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A registered rule: its kind, the check, and what data it needs (``needs(ctx)``
-    returns a reason string when the data is missing, else ``None``)."""
-
-    kind: str
-    check: RuleFn
-    needs: Callable[[Context], str | None]
-
 
 def _needs_nothing(ctx: Context) -> str | None:
     return None
@@ -768,21 +755,6 @@ def _needs_epochs(ctx: Context) -> str | None:
     if n < MIN_OSC_EPOCHS:
         return f"fewer than {MIN_OSC_EPOCHS} epochs"
     return None
-
-
-RULES: dict[str, Rule] = {}
-
-
-def register_rule(rule: Rule) -> None:
-    """Add (or replace) a rule in the registry under ``rule.kind``."""
-    RULES[rule.kind] = rule
-
-
-def get_rule(kind: str) -> Rule:
-    """The registered rule for ``kind``; unknown kinds raise listing the valid ones."""
-    if kind not in RULES:
-        raise ConfigError(f"unknown diagnosis rule {kind!r}; valid: {', '.join(sorted(RULES))}")
-    return RULES[kind]
 
 
 for _rule in (
