@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
+from lrpilot.cli._flags import as_flags, dashed
 from lrpilot.errors import ConfigError
 
-_FLAGS = re.compile(r"(?<![\w-])(batch_size|probe_batch|budget_epochs|seed|device)\b")
+_FLAGS = dashed("batch_size", "probe_batch", "budget_epochs", "seed", "device")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             amp=args.amp,
         )
     except ConfigError as exc:  # name the flags, not the function's arguments
-        raise ConfigError(_FLAGS.sub(lambda m: "--" + m[1].replace("_", "-"), str(exc))) from None
+        raise ConfigError(as_flags(str(exc), _FLAGS)) from None
     if args.png:
         from lrpilot.finder.plot import plot_result
 
