@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from lrpilot import __version__
 from lrpilot.errors import TrainingAborted
 
 # Subcommand modules, in the order ``lrpilot --help`` lists them.
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lrpilot",
         description="Learning-rate and batch-size autopilot for PyTorch training.",
     )
+    parser.add_argument("--version", action="version", version=f"lrpilot {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in SUBCOMMAND_MODULES:

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
     p.add_argument("--task", required=True, help="built-in task name or module:function")
-    p.add_argument("--optimizer", choices=_optimizer_names(), default=None)
+    p.add_argument("--optimizer", default=None, help="sgd, adamw or adam (default: task's)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (task's)")
     p.add_argument("--schedule", default="one_cycle", help="one_cycle (default) or cosine")
     p.add_argument("--probe-batch", type=int, default=None, metavar="N", help="sweep batch")
@@ -41,12 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--png", default=None, help="write the plot to this PNG file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
-
-
-def _optimizer_names() -> tuple[str, ...]:
-    from lrpilot.optim import optimizer_names
-
-    return optimizer_names()
 
 
 def run(args: argparse.Namespace) -> int:
