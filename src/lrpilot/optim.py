@@ -201,7 +201,7 @@ class _HasOptimizer(Protocol):
 
 
 def build_optimizer(
-    cfg: _HasOptimizer, groups: list[dict], implementation: str = "for-loop"
+    cfg: _HasOptimizer, groups: list[dict[str, Any]], implementation: str = "for-loop"
 ) -> torch.optim.Optimizer:
     """The optimizer a validated run config (``cfg.optimizer``: name and one attribute per
     hyperparameter) asks for, over ``groups``, run by ``implementation`` (a name
@@ -238,7 +238,7 @@ def family_classes() -> dict[type[torch.optim.Optimizer], str]:
 
 def build_param_groups(
     model: nn.Module, layer_lr: Mapping[str, float]
-) -> tuple[list[dict], list[float], list[str]]:
+) -> tuple[list[dict[str, Any]], list[float], list[str]]:
     """Param groups for ``layer_lr``: ``(groups, multipliers, labels)``.
 
     Each parameter goes to the first pattern (in config order) that matches, with
@@ -271,7 +271,7 @@ def build_param_groups(
                 f"layer_lr pattern {pattern!r} matches no parameter; module names: "
                 f"{', '.join(modules)}"
             )
-    groups: list[dict] = []
+    groups: list[dict[str, Any]] = []
     mults: list[float] = []
     labels: list[str] = []
     for label, params in buckets.items():
@@ -366,7 +366,7 @@ def implementation_of(optimizer: torch.optim.Optimizer) -> str:
     return "foreach" if foreach else "for-loop"
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """``optimizer.load_state_dict(state)`` that keeps the implementation the optimizer was
     built with. PyTorch's loader copies each saved param group's ``fused``/``foreach``
     flags over the live ones; a checkpoint from before ``optimizer.implementation`` (flags
@@ -374,7 +374,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     still tells a ``GradScaler`` that its step handles overflow itself. As for every
     setting added since a run began, the resumed run takes the setting's value now.
     """
-    kept = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    kept: list[dict[str, Any]] = [
+        {k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state)
     for group, flags in zip(optimizer.param_groups, kept, strict=True):
         group.update(flags)

@@ -119,10 +119,11 @@ def _resolve(
     loss_fn: LossFn | None,
     optimizer: OptimizerChoice | None,
 ) -> tuple[
-    Callable[[], nn.Module], torch.Tensor, torch.Tensor | None, LossFn, OptimizerChoice, int
+    Callable[[], nn.Module], torch.Tensor, torch.Tensor | None, LossFn | None, OptimizerChoice, int
 ]:
     """-> (model factory, one input, one target or None, loss, optimizer, default max batch)."""
     from lrpilot.tasks import Task, get_task
+    from lrpilot.tasks.base import dataset_len
 
     if isinstance(task_or_model, str):
         task_or_model = get_task(task_or_model)
@@ -133,7 +134,7 @@ def _resolve(
         loss_fn = task.loss_fn if loss_fn is None else loss_fn
         if optimizer is None or isinstance(optimizer, str):  # the settings fit trains with
             optimizer = resolve_settings(optimizer, task.defaults.get("optimizer", {}))
-        default_cap = len(task.train_set)
+        default_cap = dataset_len(task.train_set)
     elif isinstance(task_or_model, nn.Module):
         module = task_or_model
 
@@ -530,7 +531,7 @@ def max_batch_size(
     device: str = "cpu",
     budget: float | None = None,
     fraction: float = 0.9,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> int:
     """The largest per-device batch whose forward+backward+optimizer step fits (an int);
     :func:`probe_memory` gives the full report. ``budget`` in bytes.

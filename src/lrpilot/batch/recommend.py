@@ -24,6 +24,7 @@ from lrpilot.batch.plan import AccumulationPlan, has_batchnorm, plan_accumulatio
 from lrpilot.batch.scaling import get_rule, rule_for_optimizer
 from lrpilot.errors import ConfigError, check_int, check_range
 from lrpilot.tasks import Task, get_task
+from lrpilot.tasks.base import dataset_len
 
 __all__ = ["BatchRecommendation", "noise_scale_reasons", "recommend_batch"]
 
@@ -178,7 +179,7 @@ def recommend_batch(
             else None
         ),
     )
-    n = len(task.train_set)
+    n = dataset_len(task.train_set)
     big = min(noise_big, n - n % noise_small)
     if big <= noise_small:
         raise ConfigError(f"the training set ({n}) is too small for the noise probe")

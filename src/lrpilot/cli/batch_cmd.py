@@ -14,7 +14,15 @@ from lrpilot.cli._flags import as_flags, dashed
 from lrpilot.errors import ConfigError
 
 GiB = 2**30
-_ARGS = ("device", "nominal", "processes", "lr", "base_batch", "rule", "conservative")
+_ARGS: tuple[str, ...] = (
+    "device",
+    "nominal",
+    "processes",
+    "lr",
+    "base_batch",
+    "rule",
+    "conservative",
+)
 _ARGS += ("max_batch", "noise_small", "noise_big", "noise_measurements", "seed")
 _FLAGS = {"budget_gib": "--budget", **dashed(*_ARGS)}  # recommend_batch's names -> flags
 _OPTIONS = [  # flag, type, default, help

@@ -15,7 +15,14 @@ from lrpilot.errors import ConfigError
 
 # The fields of lrpilot.diagnosis.readers.DEFAULT_TB_TAGS / DEFAULT_CSV_COLUMNS, named here so
 # that building the parser imports no reader (tests/test_diagnosis_io.py checks they agree).
-TB_FIELDS = ("train_loss", "lr", "grad_norm", "epoch_train_loss", "epoch_val_loss", "epoch_lr")
+TB_FIELDS: tuple[str, ...] = (
+    "train_loss",
+    "lr",
+    "grad_norm",
+    "epoch_train_loss",
+    "epoch_val_loss",
+    "epoch_lr",
+)
 TB_FIELDS += ("guard_rescue",)
 CSV_FIELDS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm")
 

@@ -374,6 +374,7 @@ def rule_oscillating(ctx: Context) -> Finding | None:
     if not (epoch_hit or step_hit):
         return None
     ratio, window, parts = best if best is not None else (0.0, "late", {})
+    epoch: int | None
     if epoch_hit:
         # the finding starts at the first rise inside the window of the largest swing
         name = max(parts, key=parts.__getitem__)

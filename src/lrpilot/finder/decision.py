@@ -94,7 +94,7 @@ def _spacing(x: np.ndarray) -> float:
     return float(np.median(np.diff(u))) if u.size > 1 else 0.0
 
 
-def median3(values: Sequence[float]) -> np.ndarray:
+def median3(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Centred running median of 3 (the ends are kept).
 
     >>> median3([1.0, 9.0, 1.0, 2.0]).tolist()
@@ -109,7 +109,9 @@ def median3(values: Sequence[float]) -> np.ndarray:
 
 
 def smooth_curve(
-    x: Sequence[float], y: Sequence[float], bandwidth: float | None = None
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    bandwidth: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local-linear Gaussian smoothing of finite ``y`` against ``x``.
 
@@ -174,8 +176,8 @@ def _crossing(
     """
     above = ~np.isfinite(s) | (s > level)
     n = x.size
-    first_below = None
-    for k in np.flatnonzero(~above[start:]) + start:
+    first_below: int | None = None
+    for k in (np.flatnonzero(~above[start:]) + start).tolist():
         end = int(np.searchsorted(x, x[k] + BELOW_HOLD, side="right"))
         if k == 0 or not above[k:end].any():  # the first LR: a loss that climbs at once
             first_below = int(k)
@@ -288,7 +290,7 @@ def analyze_curve(
     l0_given = initial_loss is not None and math.isfinite(initial_loss)
     if n_fin >= MIN_POINTS:
         # Cap the blow-up so that it cannot leak backwards through the kernel.
-        ref = float(initial_loss) if l0_given else float(filtered[0])
+        ref = float(initial_loss) if l0_given and initial_loss is not None else float(filtered[0])
         rough = float(1.4826 * np.median(np.abs(np.diff(filtered)))) if n_fin > 1 else 0.0
         cap = ref + 2.0 * max(ref - float(filtered.min()), 10.0 * rough)
         filtered = np.minimum(filtered, cap)

@@ -94,7 +94,7 @@ def _transfer(family: str, batch_ratio: float) -> float:
     """``r ** kappa``: the instability point carried from the probe to the training batch."""
     kappa = family_exponent(family)
     ratio = check_range("batch_ratio", batch_ratio, low=0, low_inclusive=False)
-    return float(ratio) ** kappa
+    return float(float(ratio) ** kappa)
 
 
 def schedule_fraction(schedule: str) -> float:

@@ -41,6 +41,7 @@ from lrpilot.optim import (
     resolve_settings,
 )
 from lrpilot.tasks import Task, get_task
+from lrpilot.tasks.base import dataset_len
 
 __all__ = ["ProbeSetup", "TaskFinding", "find_for_task", "prepare_probe", "resolve_device"]
 
@@ -113,7 +114,7 @@ def prepare_probe(
     (:func:`lrpilot.optim.resolve_settings`); ``optimizer`` names another one, which then
     starts from its own defaults. Bad values raise ``ConfigError`` naming the argument."""
     task = get_task(task)
-    n = len(task.train_set)
+    n = dataset_len(task.train_set)
     task_opt = dict(task.defaults.get("optimizer", {}))
     settings = resolve_settings(optimizer, task_opt)
     get_optimizer(settings["name"])
@@ -129,7 +130,7 @@ def prepare_probe(
     torch.manual_seed(seed)
     model = task.build_model().to(dev)
     opt = build_task_optimizer(settings, model)
-    loader = DataLoader(
+    loader: DataLoader[Any] = DataLoader(
         task.train_set,
         batch_size=plan.batch_size,
         shuffle=True,
@@ -266,7 +267,7 @@ def find_for_task(
         optimizer=setup.settings["name"],
         batch_size=setup.batch_size,
         plan=plan,
-        train_size=len(setup.task.train_set),
+        train_size=dataset_len(setup.task.train_set),
         device=str(setup.device),
         amp=amp,
     )

@@ -18,6 +18,12 @@ if TYPE_CHECKING:  # torch is imported by whoever builds a task, not by listing 
     MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
 
 
+def dataset_len(dataset: Any) -> int:
+    """``len(dataset)``: a task's datasets are map-style with a length (the type of
+    ``torch.utils.data.Dataset`` does not say so)."""
+    return len(dataset)
+
+
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of rows whose arg-max equals the target (a batch mean in [0, 1])."""
     return float((outputs.argmax(dim=-1) == targets).float().mean())
@@ -76,8 +82,8 @@ class TaskInfo:
         """Measured on a built task (the reference the registered metadata must match)."""
         return cls(
             name=task.name,
-            train=len(task.train_set),  # type: ignore[arg-type]
-            val=len(task.val_set),  # type: ignore[arg-type]
+            train=dataset_len(task.train_set),
+            val=dataset_len(task.val_set),
             input_shape=tuple(task.sample()[0].shape),
             parameters=task.num_parameters(),
             optimizer=str(task.defaults.get("optimizer", {}).get("name", "")),
