@@ -93,7 +93,10 @@ def noise_scale_reasons(noise: NoiseScaleResult, nominal: int, rule: str) -> lis
     return reasons
 
 
-def _validate(device: str, budget_gib: float | None, ints: dict[str, int | None]) -> None:
+def _validate(
+    device: str, budget_gib: float | None, reals: dict[str, Any], ints: dict[str, Any]
+) -> None:
+    """Every argument checked before any probe runs; errors name the argument."""
     if budget_gib is not None:
         check_range("budget_gib", budget_gib, low=0, low_inclusive=False)
     lows = {"noise_big": 2}
@@ -101,11 +104,15 @@ def _validate(device: str, budget_gib: float | None, ints: dict[str, int | None]
         if value is not None:
             check_int(name, value, low=lows.get(name, 1))
     small, big = ints["noise_small"], ints["noise_big"]
-    assert small is not None and big is not None
     if big % small or big <= small:
         raise ConfigError(f"noise_big={big} must be a multiple of noise_small={small} and larger")
     if not (device in ("cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"device={device!r}; allowed: cpu, cuda, cuda:N")
+    if reals["lr"] is not None:
+        check_range("lr", reals["lr"], low=0, low_inclusive=False)
+    if reals["rule"] is not None:
+        get_rule(reals["rule"])
+    check_range("conservative", reals["conservative"], low=0, high=1, high_inclusive=False)
 
 
 def recommend_batch(
@@ -135,24 +142,10 @@ def recommend_batch(
     batches and number of draws; ``status(text)``: progress messages. Bad values raise
     ``ConfigError`` naming the argument.
     """
-    _validate(
-        device,
-        budget_gib,
-        {
-            "nominal": nominal,
-            "processes": processes,
-            "base_batch": base_batch,
-            "max_batch": max_batch,
-            "noise_small": noise_small,
-            "noise_big": noise_big,
-            "noise_measurements": noise_measurements,
-        },
-    )
-    if lr is not None:
-        check_range("lr", lr, low=0, low_inclusive=False)
-    if rule is not None:
-        get_rule(rule)
-    check_range("conservative", conservative, low=0, high=1, high_inclusive=False)
+    ints = {"nominal": nominal, "processes": processes, "base_batch": base_batch}
+    ints.update(max_batch=max_batch, noise_small=noise_small, noise_big=noise_big)
+    ints.update(noise_measurements=noise_measurements)
+    _validate(device, budget_gib, {"lr": lr, "rule": rule, "conservative": conservative}, ints)
     note = status or (lambda text: None)
     task = get_task(task)
     opt = dict(task.defaults.get("optimizer", {}))
@@ -185,26 +178,15 @@ def recommend_batch(
         raise ConfigError(f"the training set ({n}) is too small for the noise probe")
     note("probing the gradient noise scale")
     noise = noise_scale(
-        task,
-        small_batch=noise_small,
-        big_batch=big,
-        measurements=noise_measurements,
-        seed=seed,
-        device=device,
-    )
+        task, small_batch=noise_small, big_batch=big, measurements=noise_measurements,
+        seed=seed, device=device,
+    )  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         bn = has_batchnorm(task.build_model())
     plan = plan_accumulation(
-        mem.batch_size,
-        nominal,
-        processes,
-        lr=lr,
-        base_batch=base_batch,
-        rule=rule,
-        conservative=conservative,
-        batchnorm=bn,
-        device=device,
-    )
+        mem.batch_size, nominal, processes, lr=lr, base_batch=base_batch, rule=rule,
+        conservative=conservative, batchnorm=bn, device=device,
+    )  # fmt: skip
     reasons = [*mem.reasons, *noise_scale_reasons(noise, nominal, rule), *plan.reasons]
     return BatchRecommendation(
         task.name, device, opt_name, mem, noise, plan, tuple(reasons), tuple(plan.warnings)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lrpilot.cli._flags import check_png, positive_int
 from lrpilot.errors import ConfigError, short_repr
 
 
@@ -35,18 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=run)
 
 
-def _positive_int(flag: str, text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{flag}={text!r} is not an integer; allowed: [1, inf)") from None
-    if value < 1:
-        raise ConfigError(f"{flag}={value} is out of range; allowed: [1, inf)")
-    return value
-
-
 def load_schedule_yaml(path: str) -> dict[str, Any]:
     """Read a schedule mapping from YAML (``yaml.safe_load``), unwrapping ``schedule:``."""
     import yaml
@@ -66,63 +55,33 @@ def load_schedule_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def _check_png(path: str) -> Path:
-    target = Path(path)
-    if target.suffix.lower() != ".png":
-        raise ConfigError(f"--png={path!r} must end in .png")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"--png={path!r}: directory {str(parent)!r} does not exist")
-    if target.is_dir():
-        raise ConfigError(f"--png={path!r} is a directory")
-    return target
-
-
 def run(args: argparse.Namespace) -> int:
-    from lrpilot.schedules import from_config, momentum_from_config
-    from lrpilot.schedules.report import curve, key_points, plot_steps, resolve_end
+    from lrpilot.schedules.report import describe
 
-    # 1. Validate everything (arguments, config, lengths) before writing anything.
-    spe = _positive_int("--steps-per-epoch", args.steps_per_epoch)
-    total = _positive_int("--total-steps", args.total_steps)
-    png = None if args.png is None else _check_png(args.png)
+    # Validate everything (arguments, config, lengths) before writing anything.
+    spe = positive_int("--steps-per-epoch", args.steps_per_epoch)
+    total = positive_int("--total-steps", args.total_steps)
+    png = None if args.png is None else check_png(args.png)
+    sample = "every" if args.json else "plot" if png is not None else "none"
     mapping = load_schedule_yaml(args.config)
-    schedule = from_config(mapping, steps_per_epoch=spe, total_steps=total)
-    momentum = momentum_from_config(mapping, steps_per_epoch=spe, total_steps=total)
-    end = resolve_end(schedule, total)
-    rows = key_points(schedule, end, momentum)
-    boundaries = [r.step for r in rows if r.label == "boundary"]
-    if args.json:
-        steps, lrs = curve(schedule, end)
-    elif png is not None:
-        steps = plot_steps(end, boundaries)
-        lrs = [float(schedule(t)) for t in steps]
-    else:
-        steps, lrs = [], []
-    moms = None if momentum is None else [float(momentum(t)) for t in steps]
-
-    # 2. Output.
+    view = describe(mapping, steps_per_epoch=spe, total_steps=total, sample=sample)
     if png is not None:
         from lrpilot.schedules.plot import save_schedule_png
 
+        title = f"{view.name}: {Path(args.config).name}"
         save_schedule_png(
-            png,
-            steps,
-            lrs,
-            title=f"{mapping.get('name')}: {Path(args.config).name}",
-            boundaries=boundaries,
-            momentum=moms,
-            steps_per_epoch=spe,
-        )
+            png, list(view.steps), list(view.lrs), title=title, boundaries=view.boundaries,
+            momentum=None if view.momenta is None else list(view.momenta), steps_per_epoch=spe,
+        )  # fmt: skip
     if args.json:
-        out: dict[str, Any] = {"steps": steps, "lr": lrs}
-        if moms is not None:
-            out["momentum"] = moms
+        out: dict[str, Any] = {"steps": list(view.steps), "lr": list(view.lrs)}
+        if view.momenta is not None:
+            out["momentum"] = list(view.momenta)
         print(json.dumps(out))
         return 0
-    print_table(rows, title=f"schedule: {mapping.get('name')}", steps_per_epoch=spe)
-    if schedule.length is not None and end < schedule.length:
-        print(f"note: the schedule runs {schedule.length} steps; shown up to step {end}")
+    print_table(view.rows, title=f"schedule: {view.name}", steps_per_epoch=spe)
+    if view.truncated:
+        print(f"note: the schedule runs {view.schedule.length} steps; shown up to step {view.end}")
     if png is not None:
         print(f"wrote {png}")
     return 0
