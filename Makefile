@@ -24,6 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy  # configured in pyproject.toml [tool.mypy]: files, strict and not-yet-fixed modules
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -42,7 +42,8 @@ def grid_means(runs: dict, row: str, schedule: str, seeds: int) -> dict[float, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lrpilot.finder.decision import OPTIMIZER_FAMILIES, SCHEDULE_FRACTIONS, analyze_curve
+    from lrpilot.finder.decision import analyze_curve
+    from lrpilot.finder.policy import OPTIMIZER_FAMILIES, SCHEDULE_FRACTIONS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="synth-mlp-ln,synth-mlp-ln/adamw")

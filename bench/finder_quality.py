@@ -25,7 +25,7 @@ and AdamW), and a third that changes only the training-set size (mnist1d-cnn-16k
 and mnist1d-mlp-16k with AdamW: the calibration pairs on 16 000 MNIST-1D training samples
 instead of 4 000, so the half-epoch sweep has 999 steps instead of 249). A finder seed whose
 verdict is not "ok" (for example "noisy") gives no suggestion; a row without any is reported
-as such. The rule (``lrpilot.finder.decision``, step 6) is ``f(schedule) * r **
+as such. The rule (``lrpilot.finder.policy``) is ``f(schedule) * r **
 kappa(optimizer) * lr_unstable`` with ``r = 8`` (training batch / probe batch), ``kappa = 1``
 for SGD and ``1/2`` for AdamW.
 
@@ -166,26 +166,25 @@ SCHEDULES = ("one_cycle", "cosine")
 BATCH = 64
 
 
+#: the benchmark's optimizer settings over the registry's defaults (lrpilot.optim)
+BENCH_OPTIMIZER = {"sgd": {"momentum": 0.9, "weight_decay": 5e-4}, "adamw": {"weight_decay": 1e-2}}
+
+
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    raise ValueError(f"unknown optimizer {name!r}")
+    """The registry's optimizer with PyTorch's default kernel (as the tables were measured)."""
+    from lrpilot.optim import create_optimizer
+
+    return create_optimizer(name, params, lr=lr, **BENCH_OPTIMIZER[name])
 
 
 def make_scheduler(schedule: str, optimizer, total_steps: int, steps_per_epoch: int):
-    """``lrpilot.schedules`` (the same schedules ``lrpilot fit`` builds from a config),
-    attached to the optimizer; the peak is the optimizer's current LR."""
+    """``lrpilot.schedules`` (the same schedules ``lrpilot fit`` builds from a config, the
+    ones ``lrpilot.finder.schedule_config`` gives for a suggestion), attached to the
+    optimizer; the peak is the optimizer's current LR."""
+    from lrpilot.finder.policy import schedule_config
     from lrpilot.schedules import attach, from_config, momentum_from_config
 
-    peak = optimizer.param_groups[0]["lr"]
-    if schedule == "one_cycle":
-        cfg = {"name": "one_cycle", "max_lr": peak}
-    elif schedule == "cosine":
-        cfg = {"name": "cosine", "lr": peak, "warmup": {"epochs": 1}}
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}")
+    cfg = schedule_config(schedule, optimizer.param_groups[0]["lr"])
     fn = from_config(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     # one_cycle also cycles momentum (SGD momentum / Adam beta1) 0.95 -> 0.85 -> 0.95, as
     # PyTorch's OneCycleLR and ``lrpilot fit`` do by default; cosine leaves it alone.
@@ -456,7 +455,7 @@ def main(argv=None) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from lrpilot.finder.decision import (
+    from lrpilot.finder.policy import (
         OPTIMIZER_FAMILIES,
         SCHEDULE_FRACTIONS,
         suggest_peak_lr,

@@ -62,8 +62,10 @@ def cases(n: int) -> dict[str, tuple[Callable, Callable]]:
 
 
 def make_optimizer(groups: int) -> torch.optim.Optimizer:
+    from lrpilot.optim import create_optimizer
+
     params = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(groups)]
-    return torch.optim.SGD(params, lr=LR, momentum=0.9)
+    return create_optimizer("sgd", params, lr=LR, momentum=0.9)
 
 
 def time_steps(make: Callable, n: int, groups: int) -> float:

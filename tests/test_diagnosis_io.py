@@ -203,3 +203,11 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_cli_help_names_the_readers_fields():
+    from lrpilot.cli import diagnose_cmd
+    from lrpilot.diagnosis.readers import DEFAULT_CSV_COLUMNS, DEFAULT_TB_TAGS
+
+    assert tuple(DEFAULT_TB_TAGS) == diagnose_cmd.TB_FIELDS
+    assert tuple(DEFAULT_CSV_COLUMNS) == diagnose_cmd.CSV_FIELDS

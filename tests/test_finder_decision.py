@@ -13,19 +13,21 @@ from lrpilot.errors import ConfigError
 from lrpilot.finder.core import combine_records
 from lrpilot.finder.decision import (
     BOOTSTRAP,
-    CALIBRATION_RATIOS,
     HOLD,
     MARGIN,
     NOISY_DROP,
-    OPTIMIZER_FAMILIES,
     RISE,
-    SCHEDULE_FRACTIONS,
     _bootstrap_crossings,
     _crossing,
     _level,
     analyze_curve,
     median3,
     smooth_curve,
+)
+from lrpilot.finder.policy import (
+    CALIBRATION_RATIOS,
+    OPTIMIZER_FAMILIES,
+    SCHEDULE_FRACTIONS,
     suggest_peak_lr,
     suggestion_interval,
 )

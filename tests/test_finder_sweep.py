@@ -260,7 +260,7 @@ def test_repeats_start_from_the_same_state_on_new_batches():
 def test_optimizer_family_is_detected_and_unknown_optimizers_must_name_one():
     from lrpilot.errors import ConfigError
     from lrpilot.finder.core import optimizer_family_of
-    from lrpilot.finder.decision import SCHEDULE_FRACTIONS
+    from lrpilot.finder.policy import SCHEDULE_FRACTIONS
 
     class MyAdamW(torch.optim.AdamW):
         pass

@@ -140,3 +140,39 @@ def test_readme_own_task_example_runs(tmp_path):
 
     cfg = parse_config({"task": f"{tmp_path / 'my_task.py'}:make"})
     assert task.name == "my-task" and cfg.optimizer.name == "adamw" and cfg.epochs == 10
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "mnist1d-cnn", "mnist1d-mlp"])
+def test_registered_metadata_matches_the_built_task(name):
+    from lrpilot.tasks import TaskInfo, task_info
+
+    assert task_info(name) == TaskInfo.of(get_task(name))
+
+
+def test_a_task_registered_without_metadata_is_measured():
+    from lrpilot.tasks import TaskInfo, register_task, task_info
+    from lrpilot.tasks.base import _INFO, _REGISTRY
+
+    try:
+        register_task("mlp-copy", lambda: get_task("mnist1d-mlp"))
+        info = task_info("mlp-copy")
+        assert info == TaskInfo.of(get_task("mnist1d-mlp")) and info.train == 4000
+        with pytest.raises(ConfigError, match="its info is named 'mnist1d-mlp'"):
+            register_task("mlp-copy", get_task, info=task_info("mnist1d-mlp"))
+    finally:
+        _REGISTRY.pop("mlp-copy", None)
+        _INFO.pop("mlp-copy", None)
+
+
+def test_listing_the_tasks_builds_no_dataset_and_imports_no_torch():
+    code = (
+        "import sys; from lrpilot.cli import main; main(['tasks', '--json']); "
+        "print(sorted(m for m in ('torch', 'numpy', 'sklearn', 'mnist1d') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    listing, imported = proc.stdout.strip().rsplit("\n", 1)
+    rows = json.loads(listing)
+    assert [r["name"] for r in rows] == list_tasks() and rows[0]["train"] == 1437
+    assert imported == "[]"

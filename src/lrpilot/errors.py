@@ -25,7 +25,7 @@ def short_repr(value: object) -> str:
 
 def check_range(
     name: str,
-    value: float,
+    value: object,
     *,
     low: float | None = None,
     high: float | None = None,

@@ -8,6 +8,8 @@
   and :func:`scale_warmup`.
 * :mod:`lrpilot.batch.plan`: :func:`plan_accumulation`, per-device batch, accumulation and
   learning rate for a nominal batch on N processes.
+* :mod:`lrpilot.batch.recommend`: :func:`recommend_batch`, the three above together with
+  the reasons in words (what ``lrpilot batch`` prints).
 * :mod:`lrpilot.batch.distributed`: helpers for ``torchrun`` (process group, sharding,
   DDP, SyncBatchNorm).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 from lrpilot.batch.memory import MemoryProbe, max_batch_size, probe_memory
 from lrpilot.batch.noise import NoiseScale, NoiseScaleResult, noise_scale, unbiased_estimates
 from lrpilot.batch.plan import AccumulationPlan, has_batchnorm, plan_accumulation
+from lrpilot.batch.recommend import BatchRecommendation, recommend_batch
 from lrpilot.batch.scaling import (
     get_rule,
     list_rules,
@@ -32,6 +35,7 @@ from lrpilot.batch.scaling import (
 
 __all__ = [
     "AccumulationPlan",
+    "BatchRecommendation",
     "MemoryProbe",
     "NoiseScale",
     "NoiseScaleResult",
@@ -42,6 +46,7 @@ __all__ = [
     "noise_scale",
     "plan_accumulation",
     "probe_memory",
+    "recommend_batch",
     "register_rule",
     "rule_for_optimizer",
     "scale_lr",

@@ -46,18 +46,21 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from lrpilot.errors import ConfigError, check_int, check_range
+from lrpilot.optim import create_optimizer, resolve_implementation, resolve_settings
 
 GiB = 2**30
 MAX_PROBE_ADDED_BYTES = 2 * GiB
 DEFAULT_MAX_BATCH = 65536
-OptimizerSpec = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+#: a registry name, settings (``lrpilot.optim.resolve_settings``) or a factory ``f(params)``
+OptimizerChoice = str | Mapping[str, Any] | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -97,28 +100,30 @@ class MemoryProbe:
 # ----------------------------------------------------------------------------- helpers
 
 
-def make_optimizer(spec: OptimizerSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """``"sgd"`` (momentum 0.9: its buffer counts), ``"adam"``, ``"adamw"`` or a factory."""
+def make_optimizer(spec: OptimizerChoice, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The probed optimizer: a factory ``spec(params)``, a registry name (``"sgd"``,
+    ``"adam"``, ``"adamw"``, :mod:`lrpilot.optim`; its defaults) or settings as
+    :func:`lrpilot.optim.resolve_settings` returns them (a task's: what ``lrpilot fit``
+    trains with, momentum buffers and kernel included)."""
     if callable(spec):
         return spec(params)
-    name = str(spec).lower()
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=1e-3)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-3)
-    raise ConfigError(f"unknown optimizer {spec!r} for the memory probe; valid: adam, adamw, sgd")
+    settings = resolve_settings(spec, None) if isinstance(spec, str) else dict(spec)
+    impl = resolve_implementation(str(settings.get("implementation", "auto")), params)
+    hyper = {k: v for k, v in settings.items() if k not in ("name", "implementation")}
+    return create_optimizer(settings["name"], params, implementation=impl, **hyper)
 
 
 def _resolve(
     task_or_model: object,
     sample: object,
     loss_fn: LossFn | None,
-    optimizer: OptimizerSpec | None,
-) -> tuple[Callable[[], nn.Module], torch.Tensor, torch.Tensor | None, LossFn, OptimizerSpec, int]:
+    optimizer: OptimizerChoice | None,
+) -> tuple[
+    Callable[[], nn.Module], torch.Tensor, torch.Tensor | None, LossFn | None, OptimizerChoice, int
+]:
     """-> (model factory, one input, one target or None, loss, optimizer, default max batch)."""
     from lrpilot.tasks import Task, get_task
+    from lrpilot.tasks.base import dataset_len
 
     if isinstance(task_or_model, str):
         task_or_model = get_task(task_or_model)
@@ -127,9 +132,9 @@ def _resolve(
         factory = task.build_model
         sample = task.sample() if sample is None else sample
         loss_fn = task.loss_fn if loss_fn is None else loss_fn
-        if optimizer is None:
-            optimizer = task.defaults.get("optimizer", {}).get("name", "adamw")
-        default_cap = len(task.train_set)
+        if optimizer is None or isinstance(optimizer, str):  # the settings fit trains with
+            optimizer = resolve_settings(optimizer, task.defaults.get("optimizer", {}))
+        default_cap = dataset_len(task.train_set)
     elif isinstance(task_or_model, nn.Module):
         module = task_or_model
 
@@ -161,7 +166,7 @@ def _resolve(
     elif loss_fn is None:
         raise ConfigError("a loss_fn is needed with an (input, target) sample and a module")
     if isinstance(optimizer, str):
-        make_optimizer(optimizer, [nn.Parameter(torch.zeros(1))])  # validates the name
+        optimizer = resolve_settings(optimizer, None)  # validates the name
     return factory, x1, y1, loss_fn, optimizer, default_cap
 
 
@@ -483,7 +488,7 @@ def probe_memory(
     budget: float | None = None,
     fraction: float = 0.9,
     loss_fn: LossFn | None = None,
-    optimizer: OptimizerSpec | None = None,
+    optimizer: OptimizerChoice | None = None,
     max_batch: int | None = None,
     steps: int = 2,
     progress: Callable[[int, int], None] | None = None,
@@ -492,8 +497,10 @@ def probe_memory(
 
     ``task_or_model``: a Task, a task name or an ``nn.Module`` (with ``sample`` = one
     ``(input, target)`` pair without the batch dimension and ``loss_fn``; a bare input
-    tensor uses ``outputs.mean()`` as the loss). ``optimizer``: ``"sgd"``, ``"adam"``,
-    ``"adamw"`` or a factory (default: the task's, else AdamW). ``max_batch``: upper limit
+    tensor uses ``outputs.mean()`` as the loss). ``optimizer``: a name of the optimizer
+    registry (``"sgd"``, ``"adam"``, ``"adamw"``), settings or a factory (default: a task's
+    optimizer, else AdamW); with a task, a name gets the settings ``lrpilot fit`` would train
+    it with (:func:`lrpilot.optim.resolve_settings`). ``max_batch``: upper limit
     (default: the task's training-set size, else 65536). ``steps``: training steps per try
     (2, so that optimizer state exists during a backward pass). ``progress``: called as
     ``progress(batch, added_bytes)`` after each CPU measurement (for a progress display).
@@ -524,7 +531,7 @@ def max_batch_size(
     device: str = "cpu",
     budget: float | None = None,
     fraction: float = 0.9,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> int:
     """The largest per-device batch whose forward+backward+optimizer step fits (an int);
     :func:`probe_memory` gives the full report. ``budget`` in bytes.

@@ -215,6 +215,7 @@ def noise_scale(
     True
     """
     from lrpilot.tasks import Task, get_task
+    from lrpilot.tasks.base import dataset_len
 
     small_batch = check_int("small_batch", small_batch, low=1)
     big_batch = check_int("big_batch", big_batch, low=2)
@@ -240,7 +241,8 @@ def noise_scale(
         raise ConfigError(
             f"noise_scale needs a Task, a task name or an nn.Module, got {type(task_or_model).__name__}"
         )
-    n = len(dataset)
+    assert dataset is not None  # set by both branches above
+    n = dataset_len(dataset)
     if big_batch > n:
         raise ConfigError(f"big_batch={big_batch} is larger than the dataset ({n} examples)")
 

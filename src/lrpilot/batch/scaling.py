@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable
 
 from lrpilot.errors import ConfigError, check_int, check_range
+from lrpilot.optim import get_optimizer
 
 ScalingRule = Callable[[float], float]
 
@@ -48,8 +49,8 @@ def _none(k: float) -> float:
 
 _RULES: dict[str, ScalingRule] = {"linear": _linear, "none": _none, "sqrt": _sqrt}
 
-# Default rule per optimizer family (used by plans and the CLI when no rule is named).
-DEFAULT_RULE_FOR_OPTIMIZER = {"sgd": "linear", "adam": "sqrt", "adamw": "sqrt"}
+#: LR-scaling exponent (:data:`lrpilot.optim.FAMILY_EXPONENTS`) -> the rule that applies it
+_RULE_FOR_EXPONENT = {1.0: "linear", 0.5: "sqrt"}
 
 
 def register_rule(name: str, rule: ScalingRule) -> None:
@@ -74,12 +75,17 @@ def get_rule(name: str) -> ScalingRule:
 
 
 def rule_for_optimizer(optimizer_name: str) -> str:
-    """``linear`` for SGD, ``sqrt`` for the Adam family, ``linear`` for anything else.
+    """The rule of a registered optimizer's family (:mod:`lrpilot.optim`): ``linear`` for
+    SGD, ``sqrt`` for the Adam family; ``linear`` for a name the registry does not know.
 
-    >>> rule_for_optimizer("adamw")
-    'sqrt'
+    >>> rule_for_optimizer("adamw"), rule_for_optimizer("sgd"), rule_for_optimizer("lion")
+    ('sqrt', 'linear', 'linear')
     """
-    return DEFAULT_RULE_FOR_OPTIMIZER.get(str(optimizer_name).lower(), "linear")
+    try:
+        spec = get_optimizer(str(optimizer_name).lower())
+    except ConfigError:
+        return "linear"
+    return _RULE_FOR_EXPONENT[spec.lr_exponent]
 
 
 def scale_lr(

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from lrpilot import __version__
 from lrpilot.errors import TrainingAborted
 
 # Subcommand modules, in the order ``lrpilot --help`` lists them.
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lrpilot",
         description="Learning-rate and batch-size autopilot for PyTorch training.",
     )
+    parser.add_argument("--version", action="version", version=f"lrpilot {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in SUBCOMMAND_MODULES:

@@ -39,6 +39,25 @@ def check_png(path: str | os.PathLike[str], flag: str = "--png") -> Path:
     return target
 
 
+def positive_int(flag: str, text: str | None) -> int | None:
+    """``text`` as an integer of at least 1 (``None`` passes through), parsed linearly; errors
+    name ``flag``.
+
+    >>> positive_int("--total-steps", "3000")
+    3000
+    """
+    from lrpilot.safe_yaml import parse_number
+
+    if text is None:
+        return None
+    value = parse_number(text)
+    if not isinstance(value, int):
+        raise ConfigError(f"{flag}={short_repr(text)} is not an integer; allowed: [1, inf)")
+    if value < 1:
+        raise ConfigError(f"{flag}={value} is out of range; allowed: [1, inf)")
+    return value
+
+
 def int_flag(flag: str, *, low: int | None = None, high: int | None = None):  # type: ignore[no-untyped-def]
     """An ``argparse`` ``type=`` for an integer flag: linear parsing
     (:func:`lrpilot.safe_yaml.parse_number`), a short message naming the flag and the range.

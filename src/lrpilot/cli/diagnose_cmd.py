@@ -14,6 +14,19 @@ import json
 from lrpilot.cli.checks import check_png
 from lrpilot.errors import ConfigError
 
+# The fields of lrpilot.diagnosis.readers.DEFAULT_TB_TAGS / DEFAULT_CSV_COLUMNS, named here so
+# that building the parser imports no reader (tests/test_diagnosis_io.py checks they agree).
+TB_FIELDS: tuple[str, ...] = (
+    "train_loss",
+    "lr",
+    "grad_norm",
+    "epoch_train_loss",
+    "epoch_val_loss",
+    "epoch_lr",
+)
+TB_FIELDS += ("guard_rescue",)
+CSV_FIELDS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm")
+
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -38,19 +51,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("path", help="run directory, metrics.jsonl, TensorBoard dir/file or CSV")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument("--png", metavar="PATH", help="write a PNG of the curves and findings")
-    from lrpilot.diagnosis.readers import DEFAULT_CSV_COLUMNS, DEFAULT_TB_TAGS
-
     parser.add_argument(
         "--tag",
         action="append",
         metavar="FIELD=TAG",
-        help=f"TensorBoard tag for a field ({', '.join(DEFAULT_TB_TAGS)}); repeatable",
+        help=f"TensorBoard tag for a field ({', '.join(TB_FIELDS)}); repeatable",
     )
     parser.add_argument(
         "--column",
         action="append",
         metavar="FIELD=NAME",
-        help=f"CSV column for a field ({', '.join(DEFAULT_CSV_COLUMNS)}); repeatable",
+        help=f"CSV column for a field ({', '.join(CSV_FIELDS)}); repeatable",
     )
     parser.set_defaults(func=run)
 

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lrpilot.cli.checks import check_png
+from lrpilot.cli.checks import check_png, positive_int
 from lrpilot.errors import ConfigError, short_repr
-from lrpilot.safe_yaml import parse_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,17 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=run)
 
 
-def _positive_int(flag: str, text: str | None) -> int | None:
-    if text is None:
-        return None
-    value = parse_number(text)
-    if not isinstance(value, int):
-        raise ConfigError(f"{flag}={short_repr(text)} is not an integer; allowed: [1, inf)")
-    if value < 1:
-        raise ConfigError(f"{flag}={value} is out of range; allowed: [1, inf)")
-    return value
-
-
 def load_schedule_yaml(path: str) -> dict[str, Any]:
     """Read a schedule mapping from YAML (:func:`lrpilot.safe_yaml.load_file`), unwrapping
     ``schedule:``."""
@@ -64,50 +52,32 @@ def load_schedule_yaml(path: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lrpilot.schedules import from_config, momentum_from_config
-    from lrpilot.schedules.report import curve, key_points, plot_steps, resolve_end
+    from lrpilot.schedules.report import describe
 
-    # 1. Validate everything (arguments, config, lengths) before writing anything.
-    spe = _positive_int("--steps-per-epoch", args.steps_per_epoch)
-    total = _positive_int("--total-steps", args.total_steps)
+    # Validate everything (arguments, config, lengths) before writing anything.
+    spe = positive_int("--steps-per-epoch", args.steps_per_epoch)
+    total = positive_int("--total-steps", args.total_steps)
     png = None if args.png is None else check_png(args.png)
+    sample = "every" if args.json else "plot" if png is not None else "none"
     mapping = load_schedule_yaml(args.config)
-    schedule = from_config(mapping, steps_per_epoch=spe, total_steps=total)
-    momentum = momentum_from_config(mapping, steps_per_epoch=spe, total_steps=total)
-    end = resolve_end(schedule, total)
-    rows = key_points(schedule, end, momentum)
-    boundaries = [r.step for r in rows if r.label == "boundary"]
-    if args.json:
-        steps, lrs = curve(schedule, end)
-    elif png is not None:
-        steps = plot_steps(end, boundaries)
-        lrs = [float(schedule(t)) for t in steps]
-    else:
-        steps, lrs = [], []
-    moms = None if momentum is None else [float(momentum(t)) for t in steps]
-
-    # 2. Output.
+    view = describe(mapping, steps_per_epoch=spe, total_steps=total, sample=sample)
     if png is not None:
         from lrpilot.schedules.plot import save_schedule_png
 
+        title = f"{view.name}: {Path(args.config).name}"
         save_schedule_png(
-            png,
-            steps,
-            lrs,
-            title=f"{mapping.get('name')}: {Path(args.config).name}",
-            boundaries=boundaries,
-            momentum=moms,
-            steps_per_epoch=spe,
-        )
+            png, list(view.steps), list(view.lrs), title=title, boundaries=view.boundaries,
+            momentum=None if view.momenta is None else list(view.momenta), steps_per_epoch=spe,
+        )  # fmt: skip
     if args.json:
-        out: dict[str, Any] = {"steps": steps, "lr": lrs}
-        if moms is not None:
-            out["momentum"] = moms
+        out: dict[str, Any] = {"steps": list(view.steps), "lr": list(view.lrs)}
+        if view.momenta is not None:
+            out["momentum"] = list(view.momenta)
         print(json.dumps(out))
         return 0
-    print_table(rows, title=f"schedule: {mapping.get('name')}", steps_per_epoch=spe)
-    if schedule.length is not None and end < schedule.length:
-        print(f"note: the schedule runs {schedule.length} steps; shown up to step {end}")
+    print_table(view.rows, title=f"schedule: {view.name}", steps_per_epoch=spe)
+    if view.truncated:
+        print(f"note: the schedule runs {view.schedule.length} steps; shown up to step {view.end}")
     if png is not None:
         print(f"wrote {png}")
     return 0

@@ -1,7 +1,8 @@
 """``diagnose(history) -> list[Finding]``: read a run's curves and say what is wrong.
 
-The rules in :mod:`lrpilot.diagnosis.rules` run in the order of
-:data:`~lrpilot.diagnosis.finding.KINDS`. A symptom with a more basic cause then hides
+The registered rules (:mod:`lrpilot.diagnosis.registry`; the built-in ones are in
+:mod:`lrpilot.diagnosis.rules`) run in registration order, the built-in ones first in the
+order of :data:`~lrpilot.diagnosis.finding.KINDS`. A symptom with a more basic cause then hides
 the ones it explains (:data:`EXPLAINS`): a run that went NaN is not also "plateaued";
 strong oscillation is reported instead of the plateau or slow progress it causes;
 overfitting instead of the memorisation plateau of the training loss (and of the
@@ -21,10 +22,11 @@ The result is deterministic: a pure function of the recorded history.
 
 from __future__ import annotations
 
+from lrpilot.diagnosis import rules as _builtin_rules  # noqa: F401  (registers them)
 from lrpilot.diagnosis.context import Context
 from lrpilot.diagnosis.curves import Curves
-from lrpilot.diagnosis.finding import KINDS, Finding
-from lrpilot.diagnosis.rules import RULES
+from lrpilot.diagnosis.finding import Finding
+from lrpilot.diagnosis.registry import RULES
 from lrpilot.errors import ConfigError
 from lrpilot.history import History
 
@@ -60,10 +62,7 @@ def diagnose(history: History) -> list[Finding]:
     ctx = Context.build(Curves.from_history(history))
     found: dict[str, Finding] = {}
     skipped: dict[str, str] = {}
-    for kind in KINDS:
-        rule = RULES.get(kind)
-        if rule is None:
-            continue
+    for kind, rule in list(RULES.items()):
         reason = rule.needs(ctx)
         if reason is not None:
             skipped[kind] = reason

@@ -12,9 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lrpilot.diagnosis.registry import kinds
 from lrpilot.errors import ConfigError
 
-#: Every kind a finding can have, in the order ``diagnose`` reports them.
+#: The built-in kinds, in the order ``diagnose`` reports them. A rule registered with
+#: :func:`lrpilot.diagnosis.register_rule` adds its kind; :func:`~lrpilot.diagnosis.kinds`
+#: lists them all.
 KINDS: tuple[str, ...] = (
     "nan",
     "diverged",
@@ -56,7 +59,8 @@ class Finding:
     what to do.
 
     Attributes:
-        kind: one of :data:`KINDS`.
+        kind: a registered kind (:func:`lrpilot.diagnosis.kinds`: the built-in
+            :data:`KINDS` and the kinds of rules registered since).
         severity: one of :data:`SEVERITIES`.
         step: optimizer step where the symptom starts (``None`` when it has no place).
         epoch: 0-based epoch where the symptom starts (``None`` when unknown).
@@ -74,8 +78,9 @@ class Finding:
     summary: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"finding kind {self.kind!r}; valid: {', '.join(KINDS)}")
+        valid = kinds()
+        if self.kind not in valid:
+            raise ConfigError(f"finding kind {self.kind!r}; valid: {', '.join(valid)}")
         if self.severity not in SEVERITIES:
             raise ConfigError(f"finding severity {self.severity!r}; valid: {', '.join(SEVERITIES)}")
 

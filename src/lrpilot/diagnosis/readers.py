@@ -248,10 +248,11 @@ def read_csv(path: str | Path, *, columns: Mapping[str, str] | None = None) -> H
         for field in ("lr", "train_loss", "val_loss", "grad_norm"):
             if values.get(field) is not None:
                 record[field] = values[field]
-        if values.get("step") is not None:
-            record["step"] = int(values["step"])
-        if values.get("epoch") is not None:
-            record["epoch"] = int(values["epoch"])
+        step, epoch = values.get("step"), values.get("epoch")
+        if step is not None:
+            record["step"] = int(step)
+        if epoch is not None:
+            record["epoch"] = int(epoch)
         if is_epoch:
             record.setdefault("epoch", epoch_counter)
             epoch_counter = record["epoch"] + 1

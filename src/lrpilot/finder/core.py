@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from lrpilot.errors import ConfigError, check_int, check_range
-from lrpilot.finder.decision import (
-    analyze_curve,
+from lrpilot.finder.decision import analyze_curve
+from lrpilot.finder.policy import (
     family_exponent,
     schedule_fraction,
     suggest_peak_lr,
@@ -24,6 +24,7 @@ from lrpilot.finder.protocol import PROBE_BATCH_DIVISOR
 from lrpilot.finder.result import FinderResult, confidence_label
 from lrpilot.finder.snapshot import TrainingSnapshot
 from lrpilot.finder.sweep import SWEEP_MODES, DivergenceRule, cycle, run_sweep, sweep_lrs
+from lrpilot.optim import family_classes
 
 
 def _loader_generators(loader: Any) -> list[torch.Generator]:
@@ -43,15 +44,9 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 #: torch optimizer classes (and their subclasses) -> optimizer family of the suggestion rule
-#: (``lrpilot.finder.decision.OPTIMIZER_FAMILIES``).
-OPTIMIZER_CLASSES: dict[type[torch.optim.Optimizer], str] = {
-    torch.optim.SGD: "sgd",
-    torch.optim.Adam: "adam",
-    torch.optim.AdamW: "adam",
-    torch.optim.NAdam: "adam",
-    torch.optim.RAdam: "adam",
-    torch.optim.Adamax: "adam",
-}
+#: (``lrpilot.finder.policy.OPTIMIZER_FAMILIES``): the optimizer registry's classes
+#: (:mod:`lrpilot.optim`) and NAdam, RAdam, Adamax.
+OPTIMIZER_CLASSES: dict[type[torch.optim.Optimizer], str] = family_classes()
 
 
 def optimizer_family_of(optimizer: torch.optim.Optimizer) -> str:

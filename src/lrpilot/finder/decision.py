@@ -1,6 +1,8 @@
 """Decisions on a recorded LR-sweep curve: pure, deterministic functions of ``(lr, loss)``.
 
-Nothing here trains or plots. The steps, for ``x = log10(lr)``:
+Nothing here trains or plots; the calibrated suggestion built on the result lives in
+:mod:`lrpilot.finder.policy`. The measurements behind each choice below are in
+``bench/results/finder_decision_history.md``. The steps, for ``x = log10(lr)``:
 
 0. **Scale**: when every finite loss is positive (and the initial loss too), the steps below
    run on ``y = ln(loss)`` (``scale="auto"``; ``"log"`` and ``"linear"`` force one): the
@@ -8,11 +10,7 @@ Nothing here trains or plots. The steps, for ``x = log10(lr)``:
    scale it is about constant, so one noise estimate fits the whole curve, and the answer
    does not depend on the loss's units. Negative losses use ``y = loss`` (the answer then
    does not depend on an offset). ``smoothed`` and ``slope`` are reported in loss units
-   either way; ``noise`` in the units analysed. Measured: on a regression MLP with AdamW
-   (MSE; its batch-8 sweep is loud at the start, quiet at its minimum) the linear analysis
-   put ``lr_unstable`` at 1.41, 8-16x too high, the log one at 0.053; on the benchmark's
-   LayerNorm task every batch-8 sweep was "noisy" on the linear scale, 2 of 5 per optimizer
-   are usable on the log scale (``bench/results/finder_rule_research.md``).
+   either way; ``noise`` in the units analysed.
 1. **Smoothing** (centred, no lag): a running median of 3 removes single spikes, a blow-up
    is capped at ``L0 + 2 * max(L0 - min, 10 * roughness)`` so that it cannot leak backwards,
    then a local-linear Gaussian kernel regression in ``x`` with bandwidth ``h`` decades
@@ -32,52 +30,28 @@ Nothing here trains or plots. The steps, for ``x = log10(lr)``:
    having stayed at or below that level for ``BELOW_HOLD = 0.1`` decade (or from the first
    LR on), first climbs above it and stays above for at least ``HOLD = 0.4`` decades of LR
    (or to the end of the sweep), interpolated linearly in ``x``. Shorter excursions are
-   noise (a single dip under the level, as a loud start makes, opens no search); a later
-   recovery does not undo the instability (a peak LR beyond it is risky). If the loss turns
-   non-finite first, ``lr_unstable`` is halfway (in ``x``) between the last finite and the
-   first non-finite LR.
+   noise; a later recovery does not undo the instability (a peak LR beyond it is risky). If
+   the loss turns non-finite first, ``lr_unstable`` is halfway (in ``x``) between the last
+   finite and the first non-finite LR.
 4. **Interval**: the 10%..90% range of the same crossing over ``BOOTSTRAP`` wild-bootstrap
    curves ``smoothed_i + v_i * r_i`` (``r_i`` the residual where it was measured; ``v_i = +-1``
    with equal odds, one sign per block of ``2h`` so that neighbouring residuals stay
    correlated; fixed seed: deterministic), widened by half an LR step on each side. Each
-   residual keeps its place, and with it its size: a sweep is quiet at small LRs and
-   noisy near the instability, and a bootstrap that moves residuals around (a moving-block
-   residual bootstrap, used before) puts late noise into the quiet start, where it fakes
-   early crossings: on 13 of the 40 usable benchmark sweeps that gave intervals reaching
-   down to 1e-4 x ``lr_unstable`` (reference: X. Shao, "The dependent wild bootstrap",
-   JASA 2010). The interval measures the noise of this one curve, not the spread between
-   sweeps with other initial weights and batches: over the 5 sweeps per benchmark pair, a
-   sweep's interval holds another sweep's ``lr_unstable`` in 37% of the 344 pairings
-   (median width 1.46x; a loud start still gives some sweeps intervals of several
-   decades); ``repeats > 1`` pools repeats and widens it by their spread.
+   residual keeps its place, and with it its size (a sweep is quiet at small LRs and noisy
+   near the instability). Reference: X. Shao, "The dependent wild bootstrap", JASA 2010. The
+   interval measures the noise of this one curve, not the spread between sweeps with other
+   initial weights and batches; ``repeats > 1`` pools repeats and widens it by their spread.
 5. **Verdicts** instead of a made-up number: ``"flat"`` (the smoothed loss never moves more
    than ``4 sigma``), ``"diverged at once"`` (unstable within the first three tested LRs),
    ``"noisy"`` (the loss fell by less than ``NOISY_DROP = 4`` times its noise,
    ``max(L0, highest smoothed loss before the minimum) - Lmin < 4 sigma``, the same
    tolerance as "flat": the instability level is then set by the noise and its crossing is
-   noise too, even one within the first LRs unless the loss was smallest there; seen on a
-   LayerNorm MLP with 8 noisy classes probed at batch 8, where 5 sweeps gave
-   ``lr_unstable`` from ``1.4e-5`` to ``0.53`` and the drop was 3.1-3.9 sigma on the linear
-   scale, against 4.9-28.6 sigma for every sweep of the other 8 benchmark task/optimizer
-   pairs; on the log scale 3 of its 5 sweeps per optimizer are still "noisy"),
+   noise too, even one within the first LRs unless the loss was smallest there),
    ``"never diverged"`` (no lasting climb by the end of the sweep), ``"too short"`` (fewer
    than 5 finite points) and ``"ok"``.
-6. **Suggestion** (the recommended PEAK LR for the intended schedule and optimizer)::
 
-       suggestion = f(schedule) * r ** kappa(optimizer) * lr_unstable
-
-   ``lr_unstable`` is measured with the probe batch ``b``; ``r = B / b`` is the ratio of the
-   training batch ``B`` to it (``lrpilot find`` probes with ``b = B // 8``, so ``r = 8``,
-   :data:`~lrpilot.finder.protocol.PROBE_BATCH_DIVISOR`). ``r ** kappa`` carries the
-   instability point over to the training batch with the optimizer family's batch-size
-   scaling rule (:data:`OPTIMIZER_FAMILIES`): linear for SGD (``kappa = 1``; Goyal et al.
-   2017) and square root for Adam-type optimizers (``kappa = 1/2``; Malladi et al. 2022).
-   ``f(schedule)`` (:data:`SCHEDULE_FRACTIONS`) is the one calibrated constant per schedule,
-   shared by all optimizers and tasks. At ``r = 8`` an Adam suggestion is thus
-   ``sqrt(8) = 2.83`` times smaller than an SGD one for the same ``lr_unstable``. Its interval
-   is ``(q_lo * lo, q_hi * hi) * r ** kappa`` where ``(lo, hi)`` is the interval of
-   ``lr_unstable`` and ``(q_lo, q_hi)`` = ``CALIBRATION_RATIOS[schedule]``, the smallest and
-   largest best-LR / ``(r ** kappa * lr_unstable)`` among the calibration tasks.
+Reference: L. N. Smith, "Cyclical Learning Rates for Training Neural Networks" (2017), for
+the range test; the instability-point rule is lrpilot's.
 
 >>> import math
 >>> lrs = [10 ** (-4 + 0.1 * i) for i in range(41)]
@@ -101,8 +75,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrpilot.errors import ConfigError, check_range
-from lrpilot.finder.protocol import PROBE_BATCH_DIVISOR
+from lrpilot.errors import ConfigError
 
 RISE = 0.5
 MIN_POINTS = 5
@@ -114,140 +87,6 @@ LOSS_SCALES = ("auto", "log", "linear")
 NOISY_DROP = 4.0  # the loss fell by less than this many noise units: verdict "noisy"
 VERDICTS = ("ok", "flat", "noisy", "never diverged", "diverged at once", "too short")
 
-#: Optimizer family -> batch-size scaling exponent ``kappa``: the peak LR is taken to grow as
-#: ``batch ** kappa``. ``"sgd"`` (SGD, with or without momentum): linear scaling rule
-#: (P. Goyal et al., "Accurate, Large Minibatch SGD", 2017); ``"adam"`` (Adam, AdamW, NAdam,
-#: RAdam, Adamax): square-root scaling rule (S. Malladi et al., "On the SDEs and Scaling Rules
-#: for Adaptive Gradient Algorithms", NeurIPS 2022).
-OPTIMIZER_FAMILIES: dict[str, float] = {
-    "adam": 0.5,
-    "sgd": 1.0,
-}
-
-#: ``f(schedule)``: the suggested peak LR as a fraction of the instability point carried over
-#: to the training batch (``r ** kappa * lr_unstable``, module doc step 6), per intended
-#: schedule (``lrpilot.schedules.from_config`` shapes: ``"one_cycle"`` = PyTorch OneCycleLR
-#: with its default momentum / beta1 cycle 0.95 -> 0.85 -> 0.95, 30% warm-up from peak/25,
-#: cosine down to peak/25e4; ``"cosine"`` = linear warm-up from 0 over the first epoch, then
-#: cosine to 0, momentum fixed). Calibrated by ``bench/finder_quality.py --calibrate`` with
-#: the ``lrpilot find`` protocol (``lrpilot.finder.protocol``, ``r = 8``) on digits-cnn,
-#: mnist1d-cnn (SGD, momentum 0.9) and mnist1d-mlp (AdamW), 15 epochs at batch 64, 3 seeds
-#: per LR, the median ``lr_unstable`` of 5 finder seeds per task: the value minimising the
-#: worst miss over the calibration rows, measured in units of the targets (accuracy
-#: shortfall / 0.5 point against the half-decade grid-best, interpolated on that grid
-#: refined by quarter-decade points; and ``|ln(suggestion / grid-best LR)| / ln 1.5``).
-#: Fitted on the log-scale analysis (step 0; sixth session): 0.2065 (one-cycle) and 0.1357
-#: (cosine), both targets met on all six calibration rows by that interpolation (worst miss
-#: 0.88 and 0.80 of a target). Trained at the suggestion with 5 seeds, all six rows meet
-#: both targets (worst: mnist1d-mlp/one-cycle at 1.43x the grid-best LR, 1.3 points above
-#: its accuracy; mnist1d-cnn/cosine 1.38x). The one-cycle value is higher because momentum
-#: is lowest (0.85) at the peak. Without the optimizer term (one fraction for SGD and Adam
-#: alike) the best fit misses the targets by up to 2.3x on the calibration rows (linear
-#: analysis). Held-out task/optimizer pairs are less accurate (``bench/results/
-#: finder_quality_table.txt``): of 20 held-out rows (digits-cnn and mnist1d-cnn with AdamW,
-#: mnist1d-mlp with SGD; a second set run blind: digits-mlp and a LayerNorm MLP on
-#: synthetic data, each with SGD and AdamW; a third with 4x the MNIST-1D training data),
-#: 7 meet both targets and 10 are within 0.5 point of the grid-best accuracy (the linear
-#: analysis with 0.205 / 0.122 before: 5 and 8, with no suggestion on the LayerNorm task's
-#: 4 rows); the LayerNorm task now gets a suggestion from 2 of its 5 sweeps. The worst
-#: rows: mnist1d-mlp/SGD with cosine (0.48x, 4.2 points below) and mnist1d-cnn/AdamW with
-#: cosine (0.40x, 2.4 below). A refit of ``f`` and ``kappa`` on the first held-out set did
-#: not help on the second (``bench/results/finder_rule_research.md``).
-SCHEDULE_FRACTIONS: dict[str, float] = {
-    "one_cycle": 0.207,
-    "cosine": 0.136,
-}
-
-#: Per schedule, the smallest and largest best LR / ``(r ** kappa * median lr_unstable)``
-#: over every task/optimizer pair measured with a usable curve (``bench/finder_quality.py
-#: --holdout``, best LR on the refined 5-seed grid; the log-scale analysis): the 3
-#: calibration pairs (0.17..0.33) and the 9 held-out ones, from 0.069 (digits-cnn/AdamW,
-#: one-cycle) and 0.0105 (the LayerNorm MLP with AdamW under cosine, whose accuracy is
-#: within 0.8 point from 0.003 to 0.03) to 0.41 (the LayerNorm MLP with SGD, one-cycle). It
-#: is how far a task may sit from the fitted fraction.
-CALIBRATION_RATIOS: dict[str, tuple[float, float]] = {
-    "one_cycle": (0.069, 0.41),
-    "cosine": (0.010, 0.35),
-}
-
-
-def family_exponent(family: str) -> float:
-    """``kappa`` of an optimizer family; unknown names raise listing the valid ones.
-
-    >>> family_exponent("adam"), family_exponent("sgd")
-    (0.5, 1.0)
-    """
-    if family not in OPTIMIZER_FAMILIES:
-        raise ConfigError(
-            f"optimizer family {family!r} has no calibrated finder rule; valid: "
-            + ", ".join(sorted(OPTIMIZER_FAMILIES))
-        )
-    return OPTIMIZER_FAMILIES[family]
-
-
-def _transfer(family: str, batch_ratio: float) -> float:
-    """``r ** kappa``: the instability point carried from the probe to the training batch."""
-    kappa = family_exponent(family)
-    ratio = check_range("batch_ratio", batch_ratio, low=0, low_inclusive=False)
-    return float(ratio) ** kappa
-
-
-def schedule_fraction(schedule: str) -> float:
-    """The calibrated fraction for ``schedule``; unknown names raise listing the valid ones."""
-    if schedule not in SCHEDULE_FRACTIONS:
-        raise ConfigError(
-            f"schedule={schedule!r} has no calibrated finder rule; valid: "
-            + ", ".join(sorted(SCHEDULE_FRACTIONS))
-        )
-    return SCHEDULE_FRACTIONS[schedule]
-
-
-def suggest_peak_lr(
-    lr_unstable: float | None,
-    schedule: str,
-    family: str,
-    batch_ratio: float = PROBE_BATCH_DIVISOR,
-) -> float | None:
-    """``f(schedule) * batch_ratio ** kappa(family) * lr_unstable`` (module doc, step 6);
-    ``None`` when there is no instability point. ``batch_ratio`` = training batch / probe
-    batch (8 in the ``lrpilot find`` protocol the fractions were calibrated with).
-
-    >>> suggest_peak_lr(0.1, "one_cycle", "sgd") == SCHEDULE_FRACTIONS["one_cycle"] * 8 * 0.1
-    True
-    >>> sgd = suggest_peak_lr(0.1, "cosine", "sgd")
-    >>> round(sgd / suggest_peak_lr(0.1, "cosine", "adam"), 4)  # sqrt(8)
-    2.8284
-    >>> suggest_peak_lr(0.1, "cosine", "sgd", batch_ratio=1) == suggest_peak_lr(
-    ...     0.1, "cosine", "adam", batch_ratio=1)
-    True
-    """
-    fraction = schedule_fraction(schedule)
-    transfer = _transfer(family, batch_ratio)
-    if lr_unstable is None:
-        return None
-    return fraction * transfer * lr_unstable
-
-
-def suggestion_interval(
-    unstable_interval: tuple[float, float] | None,
-    schedule: str,
-    family: str,
-    batch_ratio: float = PROBE_BATCH_DIVISOR,
-) -> tuple[float, float] | None:
-    """``(q_lo * lo, q_hi * hi) * batch_ratio ** kappa``: the measurement interval of
-    ``lr_unstable`` times the spread of the calibration ratios (module doc, step 6).
-
-    >>> lo, hi = suggestion_interval((0.1, 0.2), "one_cycle", "sgd", batch_ratio=1)
-    >>> lo == CALIBRATION_RATIOS["one_cycle"][0] * 0.1, hi == CALIBRATION_RATIOS["one_cycle"][1] * 0.2
-    (True, True)
-    """
-    schedule_fraction(schedule)
-    transfer = _transfer(family, batch_ratio)
-    if unstable_interval is None:
-        return None
-    q_lo, q_hi = CALIBRATION_RATIOS[schedule]
-    return (q_lo * transfer * unstable_interval[0], q_hi * transfer * unstable_interval[1])
-
 
 def _spacing(x: np.ndarray) -> float:
     """Median gap between distinct sorted ``x`` (pooled repeats repeat the same LRs)."""
@@ -255,7 +94,7 @@ def _spacing(x: np.ndarray) -> float:
     return float(np.median(np.diff(u))) if u.size > 1 else 0.0
 
 
-def median3(values: Sequence[float]) -> np.ndarray:
+def median3(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Centred running median of 3 (the ends are kept).
 
     >>> median3([1.0, 9.0, 1.0, 2.0]).tolist()
@@ -270,7 +109,9 @@ def median3(values: Sequence[float]) -> np.ndarray:
 
 
 def smooth_curve(
-    x: Sequence[float], y: Sequence[float], bandwidth: float | None = None
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    bandwidth: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local-linear Gaussian smoothing of finite ``y`` against ``x``.
 
@@ -335,8 +176,8 @@ def _crossing(
     """
     above = ~np.isfinite(s) | (s > level)
     n = x.size
-    first_below = None
-    for k in np.flatnonzero(~above[start:]) + start:
+    first_below: int | None = None
+    for k in (np.flatnonzero(~above[start:]) + start).tolist():
         end = int(np.searchsorted(x, x[k] + BELOW_HOLD, side="right"))
         if k == 0 or not above[k:end].any():  # the first LR: a loss that climbs at once
             first_below = int(k)
@@ -449,7 +290,7 @@ def analyze_curve(
     l0_given = initial_loss is not None and math.isfinite(initial_loss)
     if n_fin >= MIN_POINTS:
         # Cap the blow-up so that it cannot leak backwards through the kernel.
-        ref = float(initial_loss) if l0_given else float(filtered[0])
+        ref = float(initial_loss) if l0_given and initial_loss is not None else float(filtered[0])
         rough = float(1.4826 * np.median(np.abs(np.diff(filtered)))) if n_fin > 1 else 0.0
         cap = ref + 2.0 * max(ref - float(filtered.min()), 10.0 * rough)
         filtered = np.minimum(filtered, cap)

@@ -15,7 +15,7 @@ For a training set of ``n`` samples and a training batch ``B``:
 * LRs from ``1e-5`` to ``10`` on a geometric grid; ``repeats = 1``.
 
 The suggestion is meant for training at batch ``B``; the rule carries ``lr_unstable`` over
-with ``(B / b) ** kappa`` (``lrpilot.finder.decision``, step 6). The calibration used
+with ``(B / b) ** kappa`` (``lrpilot.finder.policy``). The calibration used
 ``B = 64``, ``B / b = 8``; other batch sizes rely on that scaling assumption.
 
 >>> probe_plan(4000, 64)

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lrpilot.finder.decision import schedule_fraction, suggest_peak_lr
+from lrpilot.finder.policy import schedule_fraction, suggest_peak_lr
 
 
 def json_safe(value: Any) -> Any:
@@ -63,7 +63,7 @@ class FinderResult:
         batch_ratio: training batch / probe batch the suggestion assumes.
         suggestion: recommended PEAK learning rate for that schedule and optimizer,
             ``f(schedule) * batch_ratio ** kappa(optimizer_family) * lr_unstable``
-            (``lrpilot.finder.decision``, step 6); ``None`` when the verdict is not ``"ok"``.
+            (``lrpilot.finder.policy``); ``None`` when the verdict is not ``"ok"``.
         suggestion_interval: the interval of ``lr_unstable`` carried over the same way,
             widened by the spread of the calibration ratios.
         confidence: ``"high"``/``"medium"``/``"low"`` from the interval's width

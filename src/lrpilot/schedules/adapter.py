@@ -109,7 +109,7 @@ class ScheduleAdapter(LRScheduler):
         self.warmup_steps = int(getattr(schedule, "warmup_steps", 0))
         first = float(schedule(0))
         self.base_lrs = [first * m for m in mults]
-        self._last_lr: list[float] = []
+        self._last_lr: list[float] = []  # type: ignore[assignment]  # floats, never tensors
         if plateau is not None:
             ref = weakref.ref(self)
             plateau._listeners.append(_Refresh(ref))
@@ -161,11 +161,11 @@ class ScheduleAdapter(LRScheduler):
         self._apply()
 
     # -- LRScheduler API ---------------------------------------------------------------
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float]:  # type: ignore[override]  # floats, never tensors
         """The LRs for the current step (what ``step()`` wrote), one per param group."""
         return list(self._last_lr)
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list[float]:  # type: ignore[override]
         return list(self._last_lr)
 
     def set_lr_scale(self, scale: float) -> None:

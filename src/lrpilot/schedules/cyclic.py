@@ -278,7 +278,8 @@ class Cyclic(Schedule):
         return self.base_lr + height * self.gamma**step
 
     def _own_boundaries(self, until: int) -> list[int]:
-        out, t = [], 0
+        out: list[int] = []
+        t = 0
         while len(out) < MAX_BOUNDARIES:
             for d in (self.up, self.down):
                 t += d

@@ -332,7 +332,8 @@ class CosineRestarts(Schedule):
         return self.final_lr + (peak - self.final_lr) * (1 + math.cos(math.pi * t / T)) / 2
 
     def _own_boundaries(self, until: int) -> list[int]:
-        out, start, T = [], 0, self.period
+        out: list[int] = []
+        start, T = 0, self.period
         while start + T <= until and len(out) < MAX_BOUNDARIES:
             start += T
             out.append(start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lrpilot.plotting import save_png
 
@@ -46,9 +47,15 @@ def save_schedule_png(
         ax2.plot(steps, momentum, color="tab:orange", lw=1.0, label="momentum")
         ax2.set_ylabel("momentum", color="tab:orange")
     if steps_per_epoch:
-        top = ax.secondary_xaxis(
-            "top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch)
-        )
+        spe = steps_per_epoch
+
+        def to_epoch(s: Any) -> Any:
+            return s / spe
+
+        def to_step(e: Any) -> Any:
+            return e * spe
+
+        top = ax.secondary_xaxis("top", functions=(to_epoch, to_step))
         top.set_xlabel("epoch")
     fig.tight_layout()
     return save_png(fig, target)

@@ -11,13 +11,23 @@ its key points (step 0, every boundary, the end) and the full curve.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lrpilot.errors import ConfigError
 from lrpilot.schedules.base import Schedule
 
-__all__ = ["MAX_CURVE_STEPS", "KeyPoint", "curve", "key_points", "plot_steps", "resolve_end"]
+__all__ = [
+    "MAX_CURVE_STEPS",
+    "KeyPoint",
+    "ScheduleView",
+    "curve",
+    "describe",
+    "key_points",
+    "plot_steps",
+    "resolve_end",
+]
 
 #: The most steps ``curve`` lists one by one (a million floats is ~20 MB of JSON).
 MAX_CURVE_STEPS = 1_000_000
@@ -88,3 +98,65 @@ def plot_steps(end: int, boundaries: Sequence[int] = (), max_points: int = 20_00
     for b in boundaries:
         grid.update(t for t in (b - 1, b) if 0 <= t <= end)
     return sorted(grid)
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """Everything ``lrpilot schedule show`` reports about a schedule config: the schedule
+    and momentum functions, the last step shown, the key points, and the curve sampled at
+    ``steps`` (every step, the plotted steps, or none)."""
+
+    name: str
+    schedule: Schedule
+    momentum: Callable[[int], float] | None
+    end: int
+    rows: tuple[KeyPoint, ...]
+    steps: tuple[int, ...]
+    lrs: tuple[float, ...]
+    momenta: tuple[float, ...] | None
+
+    @property
+    def boundaries(self) -> list[int]:
+        return [r.step for r in self.rows if r.label == "boundary"]
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the schedule runs longer than the steps shown."""
+        return self.schedule.length is not None and self.end < self.schedule.length
+
+
+def describe(
+    mapping: Mapping[str, Any],
+    *,
+    steps_per_epoch: int | None = None,
+    total_steps: int | None = None,
+    sample: str = "none",
+) -> ScheduleView:
+    """Build the schedule of ``mapping`` (:func:`lrpilot.schedules.from_config`) and its
+    report; ``sample`` is ``"every"`` (each step, :func:`curve`), ``"plot"``
+    (:func:`plot_steps`) or ``"none"``. Config errors raise before anything is computed.
+
+    >>> v = describe({"name": "cosine", "lr": 0.1, "steps": 8}, sample="every")
+    >>> v.end, v.boundaries, len(v.steps), v.lrs[0]
+    (8, [], 9, 0.1)
+    """
+    from lrpilot.schedules.config import from_config, momentum_from_config
+
+    if sample not in ("every", "plot", "none"):
+        raise ConfigError(f"sample={sample!r} is not allowed; valid: every, plot, none")
+    schedule = from_config(mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    momentum = momentum_from_config(
+        mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
+    end = resolve_end(schedule, total_steps)
+    rows = tuple(key_points(schedule, end, momentum))
+    steps: list[int] = []
+    lrs: list[float] = []
+    if sample == "every":
+        steps, lrs = curve(schedule, end)
+    elif sample == "plot":
+        steps = plot_steps(end, [r.step for r in rows if r.label == "boundary"])
+        lrs = [float(schedule(t)) for t in steps]
+    moms = None if momentum is None else tuple(float(momentum(t)) for t in steps)
+    name = str(mapping.get("name"))
+    return ScheduleView(name, schedule, momentum, end, rows, tuple(steps), tuple(lrs), moms)

@@ -12,11 +12,20 @@ default hyperparameters. Built-in tasks are offline; a user's own task is named
 
 from __future__ import annotations
 
-from lrpilot.tasks.base import Task, accuracy, get_task, list_tasks, register_task
+from lrpilot.tasks.base import (
+    Task,
+    TaskInfo,
+    accuracy,
+    get_task,
+    list_tasks,
+    register_task,
+    task_info,
+)
 from lrpilot.tasks.builtin import digits_cnn, mnist1d_cnn, mnist1d_mlp
 
 __all__ = [
     "Task",
+    "TaskInfo",
     "accuracy",
     "digits_cnn",
     "get_task",
@@ -24,4 +33,5 @@ __all__ = [
     "mnist1d_cnn",
     "mnist1d_mlp",
     "register_task",
+    "task_info",
 ]

@@ -12,16 +12,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import torch
-from torch import nn
-from torch.utils.data import Dataset
+from typing import TYPE_CHECKING, Any
 
 from lrpilot.errors import ConfigError, short_repr
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
+if TYPE_CHECKING:  # torch is imported by whoever builds a task, not by listing them
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def dataset_len(dataset: Any) -> int:
+    """``len(dataset)``: a task's datasets are map-style with a length (the type of
+    ``torch.utils.data.Dataset`` does not say so)."""
+    return len(dataset)
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -64,15 +71,69 @@ class Task:
         return sum(p.numel() for p in self.build_model().parameters())
 
 
+@dataclass(frozen=True)
+class TaskInfo:
+    """What ``lrpilot tasks`` lists about a task, known without building its datasets when
+    the task was registered with it."""
+
+    name: str
+    train: int
+    val: int
+    input_shape: tuple[int, ...]
+    parameters: int
+    optimizer: str
+    description: str = ""
+
+    @classmethod
+    def of(cls, task: Task) -> TaskInfo:
+        """Measured on a built task (the reference the registered metadata must match)."""
+        return cls(
+            name=task.name,
+            train=dataset_len(task.train_set),
+            val=dataset_len(task.val_set),
+            input_shape=tuple(task.sample()[0].shape),
+            parameters=task.num_parameters(),
+            optimizer=str(task.defaults.get("optimizer", {}).get("name", "")),
+            description=task.description,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "train": self.train,
+            "val": self.val,
+            "input_shape": list(self.input_shape),
+            "parameters": self.parameters,
+            "optimizer": self.optimizer,
+            "description": self.description,
+        }
+
+
 _REGISTRY: dict[str, Callable[[], Task]] = {}
+_INFO: dict[str, TaskInfo] = {}
 _CACHE: dict[str, Task] = {}
 
 
-def register_task(name: str, factory: Callable[[], Task]) -> None:
-    """Register a built-in or plug-in task factory under ``name``."""
+def register_task(name: str, factory: Callable[[], Task], *, info: TaskInfo | None = None) -> None:
+    """Register a built-in or plug-in task factory under ``name``; ``info`` lets
+    :func:`task_info` answer without building the task."""
     if ":" in name:
         raise ConfigError(f"task name {name!r} must not contain ':' (reserved for module:function)")
+    if info is not None and info.name != name:
+        raise ConfigError(f"task {name!r}: its info is named {info.name!r}")
     _REGISTRY[name] = factory
+    if info is None:
+        _INFO.pop(name, None)
+    else:
+        _INFO[name] = info
+
+
+def task_info(name: str) -> TaskInfo:
+    """The listing of a registered task: its registered :class:`TaskInfo`, else measured on
+    the built task. Unknown names raise listing the valid ones."""
+    if name in _INFO:
+        return _INFO[name]
+    return TaskInfo.of(get_task(name))
 
 
 def list_tasks() -> list[str]:

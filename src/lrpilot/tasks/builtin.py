@@ -14,13 +14,14 @@ Reference: Greydanus (2020), "Scaling down Deep Learning" (MNIST-1D).
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
+from lrpilot.tasks.base import Task, TaskInfo, accuracy, register_task
 
-from lrpilot.tasks.base import Task, accuracy, register_task
+if TYPE_CHECKING:  # imported where used: listing the tasks imports neither torch nor numpy
+    import numpy as np
+    from torch import nn
+    from torch.utils.data import TensorDataset
 
 _SGD_DEFAULTS = {
     "epochs": 15,
@@ -36,6 +37,7 @@ _ADAMW_DEFAULTS = {
 
 @cache
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import numpy as np
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -53,6 +55,7 @@ def _mnist1d_arrays(
     """MNIST-1D from ``make_dataset`` with its default arguments (``num_samples`` other than
     its 5 000, split 80/20, for the benchmark's larger held-out tasks), standardised with the
     training set's mean and standard deviation."""
+    import numpy as np
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -67,6 +70,9 @@ def _mnist1d_arrays(
 
 
 def _datasets(arrays, add_channel: bool) -> tuple[TensorDataset, TensorDataset]:
+    import torch
+    from torch.utils.data import TensorDataset
+
     x_tr, x_va, y_tr, y_va = arrays
     tx_tr, tx_va = torch.from_numpy(x_tr), torch.from_numpy(x_va)
     if add_channel:
@@ -78,6 +84,8 @@ def _datasets(arrays, add_channel: bool) -> tuple[TensorDataset, TensorDataset]:
 
 
 def _digits_model() -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
         nn.BatchNorm2d(32),
@@ -92,6 +100,8 @@ def _digits_model() -> nn.Module:
 
 
 def _mnist1d_cnn_model() -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv1d(1, 32, 5, stride=2, padding=2),
         nn.ReLU(),
@@ -105,6 +115,8 @@ def _mnist1d_cnn_model() -> nn.Module:
 
 
 def _mnist1d_mlp_model() -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(
         nn.Linear(40, 100),
         nn.ReLU(),
@@ -115,6 +127,8 @@ def _mnist1d_mlp_model() -> nn.Module:
 
 
 def digits_cnn() -> Task:
+    from torch import nn
+
     train_set, val_set = _datasets(_digits_arrays(), add_channel=False)
     return Task(
         name="digits-cnn",
@@ -129,6 +143,8 @@ def digits_cnn() -> Task:
 
 
 def mnist1d_cnn() -> Task:
+    from torch import nn
+
     train_set, val_set = _datasets(_mnist1d_arrays(), add_channel=True)
     return Task(
         name="mnist1d-cnn",
@@ -143,6 +159,8 @@ def mnist1d_cnn() -> Task:
 
 
 def mnist1d_mlp() -> Task:
+    from torch import nn
+
     train_set, val_set = _datasets(_mnist1d_arrays(), add_channel=False)
     return Task(
         name="mnist1d-mlp",
@@ -156,6 +174,22 @@ def mnist1d_mlp() -> Task:
     )
 
 
-register_task("digits-cnn", digits_cnn)
-register_task("mnist1d-cnn", mnist1d_cnn)
-register_task("mnist1d-mlp", mnist1d_mlp)
+# What `lrpilot tasks` lists, without generating the data (tests/test_tasks.py checks it
+# against the built tasks).
+_INFO = {
+    "digits-cnn": TaskInfo(
+        "digits-cnn", 1437, 360, (1, 8, 8), 29258, "sgd",
+        "scikit-learn digits (8x8), small CNN with BatchNorm, SGD",
+    ),
+    "mnist1d-cnn": TaskInfo(
+        "mnist1d-cnn", 4000, 1000, (1, 40), 8010, "sgd",
+        "MNIST-1D (generated locally), 3-layer stride-2 conv1d, SGD",
+    ),
+    "mnist1d-mlp": TaskInfo(
+        "mnist1d-mlp", 4000, 1000, (40,), 15210, "adamw",
+        "MNIST-1D (generated locally), MLP 100-100, AdamW",
+    ),
+}  # fmt: skip
+register_task("digits-cnn", digits_cnn, info=_INFO["digits-cnn"])
+register_task("mnist1d-cnn", mnist1d_cnn, info=_INFO["mnist1d-cnn"])
+register_task("mnist1d-mlp", mnist1d_mlp, info=_INFO["mnist1d-mlp"])

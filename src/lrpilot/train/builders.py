@@ -7,23 +7,29 @@ engine (:mod:`lrpilot.train.engine`) stays about the step.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from lrpilot import optim
 from lrpilot.batch import distributed as bdist
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task
-from lrpilot.train.config import (
-    IMPLEMENTATIONS,
-    FitConfig,
-)
+from lrpilot.train.config import FitConfig
 from lrpilot.train.data import BatchFetcher, DataOrder
+
+# The optimizer functions live in the registry, lrpilot.optim; these names stay for the loop.
+AUTO_FUSED_DEVICES = optim.AUTO_FUSED_DEVICES
+build_optimizer = optim.build_optimizer
+build_param_groups = optim.build_param_groups
+implementation_of = optim.implementation_of
+load_optimizer_state = optim.load_optimizer_state
+makes_sparse_grads = optim.makes_sparse_grads
+resolve_implementation = optim.resolve_implementation
 
 _MAIN_LR_PARAM = {"one_cycle": "max_lr", "linear": "start_lr"}
 
@@ -47,176 +53,6 @@ def wrap_model(model: nn.Module, cfg: FitConfig, device: torch.device) -> nn.Mod
     model = model.to(device)
     env = bdist.current_env()
     return bdist.wrap_ddp(model, device, env) if env.distributed else model
-
-
-def build_param_groups(
-    model: nn.Module, layer_lr: Mapping[str, float]
-) -> tuple[list[dict], list[float], list[str]]:
-    """Param groups for ``layer_lr``: ``(groups, multipliers, labels)``.
-
-    Each parameter goes to the first pattern (in config order) that matches, with
-    ``fnmatch``, its module name (``"0"``, ``"encoder.layer1"``) or its full parameter name
-    (``"0.bias"``); unmatched parameters form the first group with multiplier 1. A pattern
-    matching nothing is an error (a silently ignored option would be worse).
-
-    >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
-    >>> _, mults, labels = build_param_groups(m, {"2": 0.1})
-    >>> mults, labels
-    ([1.0, 0.1], ['default', '2'])
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not layer_lr:
-        return [{"params": [p for _, p in named]}], [1.0], ["default"]
-    buckets: dict[str, list[nn.Parameter]] = {"default": []}
-    buckets.update({pattern: [] for pattern in layer_lr})
-    for name, param in named:
-        module = name.rsplit(".", 1)[0] if "." in name else ""
-        for pattern in layer_lr:
-            if fnmatch.fnmatchcase(module, pattern) or fnmatch.fnmatchcase(name, pattern):
-                buckets[pattern].append(param)
-                break
-        else:
-            buckets["default"].append(param)
-    for pattern in layer_lr:
-        if not buckets[pattern]:
-            modules = sorted({n.rsplit(".", 1)[0] for n, _ in named if "." in n})
-            raise ConfigError(
-                f"layer_lr pattern {pattern!r} matches no parameter; module names: "
-                f"{', '.join(modules)}"
-            )
-    groups, mults, labels = [], [], []
-    for label, params in buckets.items():
-        if params:
-            groups.append({"params": params})
-            mults.append(1.0 if label == "default" else float(layer_lr[label]))
-            labels.append(label)
-    return groups, mults, labels
-
-
-#: devices on which ``implementation: auto`` picks PyTorch's fused optimizer kernels
-AUTO_FUSED_DEVICES = ("cpu", "cuda")
-
-
-def makes_sparse_grads(model: nn.Module) -> bool:
-    """Whether a module of ``model`` produces sparse gradients (``nn.Embedding`` or
-    ``nn.EmbeddingBag`` with ``sparse=True``), which the fused kernels do not take.
-
-    >>> makes_sparse_grads(nn.Embedding(10, 3, sparse=True)), makes_sparse_grads(nn.Linear(2, 2))
-    (True, False)
-    """
-    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in model.modules())
-
-
-def resolve_implementation(
-    choice: str, params: Sequence[torch.Tensor], *, sparse_grads: bool = False
-) -> str:
-    """The optimizer implementation that ``optimizer.implementation = choice`` means for
-    ``params``: ``"fused"``, ``"foreach"`` or ``"for-loop"``.
-
-    All three apply the same update rule (``torch.optim.SGD``/``Adam``/``AdamW``); they
-    differ in speed and, through the order of floating-point operations, in the last bits
-    (at most about 1e-6 apart after 200 steps, ``bench/optimizer_step.py``). ``auto`` picks
-    ``fused`` when every parameter is a dense floating-point tensor on CPU or CUDA and no
-    module makes sparse gradients; otherwise PyTorch's own default (``foreach`` when every
-    parameter is on CUDA, else ``for-loop``). Why fused: on this project's CPU (one thread)
-    the optimizer step of the built-in tasks' models with SGD, AdamW or Adam takes 2.3-3.9x
-    less time fused than with PyTorch's default for-loop, 2.2-3.4x for a 4M-parameter MLP
-    (``bench/optimizer_step.py``). ``fused`` asked for where it cannot run is an error.
-
-    >>> p = [torch.zeros(3, requires_grad=True)]
-    >>> resolve_implementation("auto", p), resolve_implementation("for-loop", p)
-    ('fused', 'for-loop')
-    >>> resolve_implementation("auto", p, sparse_grads=True)
-    'for-loop'
-    """
-    unsupported = [
-        p
-        for p in params
-        if p.device.type not in AUTO_FUSED_DEVICES or not torch.is_floating_point(p)
-    ]
-    fusable = not unsupported and not sparse_grads
-    if choice == "fused":
-        if not fusable:
-            bad = unsupported[0] if unsupported else None
-            what = (
-                "a module makes sparse gradients (nn.Embedding/EmbeddingBag with sparse=True)"
-                if bad is None
-                else f"a parameter is {bad.dtype} on {bad.device.type}"
-            )
-            others = ", ".join(name for name in IMPLEMENTATIONS if name != "fused")
-            raise ConfigError(
-                "optimizer.implementation='fused' needs dense floating-point parameters on "
-                f"{' or '.join(AUTO_FUSED_DEVICES)}, but {what}; valid here: {others}"
-            )
-        return "fused"
-    if choice in ("foreach", "for-loop"):
-        return choice
-    if choice != "auto":
-        raise ConfigError(
-            f"optimizer.implementation={choice!r} is not allowed; valid: "
-            + ", ".join(IMPLEMENTATIONS)
-        )
-    if fusable:
-        return "fused"
-    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
-    return "foreach" if on_cuda else "for-loop"
-
-
-def implementation_of(optimizer: torch.optim.Optimizer) -> str:
-    """The implementation an optimizer's first param group runs: ``"fused"``, ``"foreach"``
-    or ``"for-loop"`` (unset flags mean PyTorch's default: foreach when every parameter is
-    on CUDA).
-
-    >>> p = [torch.zeros(2, requires_grad=True)]
-    >>> plain, fused = torch.optim.SGD(p, lr=0.1), torch.optim.SGD(p, lr=0.1, fused=True)
-    >>> implementation_of(plain), implementation_of(fused)
-    ('for-loop', 'fused')
-    """
-    group = optimizer.param_groups[0]
-    if group.get("fused"):
-        return "fused"
-    foreach = group.get("foreach")
-    if foreach is None:
-        foreach = all(p.device.type == "cuda" for p in group["params"])
-    return "foreach" if foreach else "for-loop"
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict(state)`` that keeps the implementation the optimizer was
-    built with. PyTorch's loader copies each saved param group's ``fused``/``foreach``
-    flags over the live ones; a checkpoint from before ``optimizer.implementation`` (flags
-    unset) would otherwise switch a fused optimizer to the for-loop while the optimizer
-    still tells a ``GradScaler`` that its step handles overflow itself. As for every
-    setting added since a run began, the resumed run takes the setting's value now.
-    """
-    kept = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, flags in zip(optimizer.param_groups, kept, strict=True):
-        group.update(flags)
-
-
-def build_optimizer(
-    cfg: FitConfig, groups: list[dict], implementation: str = "for-loop"
-) -> torch.optim.Optimizer:
-    """The configured ``torch.optim`` optimizer over ``groups``, run by ``implementation``
-    (a name :func:`resolve_implementation` returns)."""
-    o = cfg.optimizer
-    kernel = {
-        "fused": {"fused": True},
-        "foreach": {"foreach": True},
-        "for-loop": {"foreach": False},
-    }[implementation]
-    if o.name == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=o.lr,
-            momentum=o.momentum,
-            nesterov=o.nesterov,
-            weight_decay=o.weight_decay,
-            **kernel,
-        )
-    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **kernel)
 
 
 def schedule_mapping(cfg: FitConfig) -> dict:

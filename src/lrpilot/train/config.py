@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from lrpilot.errors import ConfigError, check_int, check_range, short_repr
+from lrpilot.optim import IMPLEMENTATIONS, optimizer_defaults
 from lrpilot.safe_yaml import load_mapping, loads
 from lrpilot.tasks import Task, get_task
 
@@ -75,13 +76,9 @@ TOP_KEYS = (
 )
 OPTIMIZERS = ("sgd", "adamw", "adam")
 OPTIMIZER_KEYS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "implementation")
-#: how ``torch.optim`` runs the update (:func:`lrpilot.train.builders.resolve_implementation`)
-IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
-_OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sgd": {"lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-    "adamw": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-2},
-    "adam": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0},
-}
+# The defaults (and IMPLEMENTATIONS) are the optimizer registry's (lrpilot.optim): one set
+# for `lrpilot fit`, `lrpilot find` and the memory probe.
+_OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {n: optimizer_defaults(n) for n in OPTIMIZERS}
 EARLY_STOPPING_KEYS = ("monitor", "mode", "patience", "min_delta", "restore_best")
 GUARD_KEYS = (
     "enabled",
