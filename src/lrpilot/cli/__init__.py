@@ -27,6 +27,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "lrpilot.cli.diagnose_cmd",
     "lrpilot.cli.find_cmd",
     "lrpilot.cli.batch_cmd",
+    "lrpilot.cli.recommend_cmd",
+    "lrpilot.cli.check_cmd",
 )
 
 

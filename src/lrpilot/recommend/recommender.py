@@ -88,6 +88,7 @@ class Measurements:
     finder: dict[str, FinderMeasurement] = field(default_factory=dict)
     optimizer_pick: str | None = None
     optimizer_reason: str = ""
+    optimizer_tie: bool = False  # the comparison could not tell the two apart
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,23 @@ def _check_request(req: Request) -> None:
         )
 
 
+def _scenario_optimizer(scenario: str) -> tuple[str, str]:
+    """``(optimizer, rule id)`` the scenario's rules give."""
+    rid = f"scenario.{scenario}"
+    scen = value(rid)
+    if isinstance(scen, dict) and "optimizer" in scen:
+        return scen["optimizer"], rid
+    return value("optimizer.default"), "optimizer.default"
+
+
 def _optimizer(req: Request, m: Measurements, out: list[Choice], replaced: list) -> str:
     if req.optimizer == "auto":
         if m.optimizer_pick is None:
             raise ConfigError("--optimizer auto needs --task (it measures SGD and AdamW)")
+        name, rid = _scenario_optimizer(req.scenario)
+        if m.optimizer_tie:  # the sweeps do not tell them apart: the scenario's rule stands
+            out.append(Choice("optimizer.name", name, rid, "assumed", m.optimizer_reason))
+            return name
         out.append(
             Choice(
                 "optimizer.name",
@@ -153,17 +167,12 @@ def _optimizer(req: Request, m: Measurements, out: list[Choice], replaced: list)
                 m.optimizer_reason,
             )
         )
-        replaced.append(("optimizer.default", "measure.optimizer"))
+        replaced.append((rid, "measure.optimizer"))
         return m.optimizer_pick
     if req.optimizer is not None:
         out.append(Choice("optimizer.name", req.optimizer, "", "given", "--optimizer"))
         return req.optimizer
-    rid = f"scenario.{req.scenario}"
-    scen = value(rid)
-    if isinstance(scen, dict) and "optimizer" in scen:
-        name = scen["optimizer"]
-    else:
-        rid, name = "optimizer.default", value("optimizer.default")
+    name, rid = _scenario_optimizer(req.scenario)
     out.append(Choice("optimizer.name", name, rid, "assumed", rule(rid).text))
     return name
 
@@ -191,18 +200,15 @@ def _batch(
     total = point
     if m.b_simple is not None and math.isfinite(m.b_simple) and m.b_simple > 0:
         cap = max(8, _floor_pow2(m.b_simple))
-        total = min(point, cap)
-        out.append(
-            Choice(
-                "total batch",
-                total,
-                "measure.noise_scale",
-                "measured",
-                f"B_simple = {m.b_simple:.3g} at initialisation: batch capped at {cap} "
-                f"(rule's point {point}, range {low}-{high})",
-            )
-        )
-        replaced.append(("batch.total", "measure.noise_scale"))
+        measured = f"B_simple = {m.b_simple:.3g} at initialisation caps the batch at {cap}"
+        if cap < point:
+            total = cap
+            why = f"{measured} (the rule's point is {point}, range {low}-{high})"
+            out.append(Choice("total batch", total, "measure.noise_scale", "measured", why))
+            replaced.append(("batch.total", "measure.noise_scale"))
+        else:
+            why = f"{rule('batch.total').text}; {measured}: not binding"
+            out.append(Choice("total batch", total, "batch.total", "assumed", why))
     else:
         out.append(Choice("total batch", total, "batch.total", "assumed", rule("batch.total").text))
     if size is not None and total > size:

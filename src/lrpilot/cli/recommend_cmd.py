@@ -1,0 +1,192 @@
+"""``lrpilot recommend``: a ready ``lrpilot fit`` config from the rules of thumb, each value
+with its reason (the rule, its source, assumed or measured); with ``--task`` the finder,
+the memory probe and the noise scale replace the rules they can.
+
+The rules are the table of :mod:`lrpilot.recommend.rules` (rendered in the README); the
+choice of each value is :func:`lrpilot.recommend.recommend`; the measurements are
+:mod:`lrpilot.recommend.measure`. The config is validated by ``lrpilot fit``'s own parser
+before anything is written, and, with ``--task``, checked by ``lrpilot check``'s rules.
+
+``--scenario finetune`` writes ``layer_lr: {"<head>.*": 1.0, "*": 0.1}``: the head's
+parameters first (in ``layer_lr`` the first matching pattern wins), every other parameter
+(the backbone) at 0.1x. With ``--task`` the head is the last top-level module of the model
+(``model.named_children()``) that has trainable parameters; for your own model give
+``--head NAME`` (``fc`` for a torchvision ResNet, ``classifier`` for many Hugging Face
+models); a name that matches no parameter makes ``lrpilot fit`` stop with the list of the
+model's module names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lrpilot.recommend.recommender import OPTIMIZER_CHOICES, SCENARIOS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "recommend",
+        help="a fit config from the rules of thumb (measured on --task), with every reason",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+    )
+    parser.add_argument("--scenario", required=True, choices=SCENARIOS)
+    parser.add_argument("--dataset-size", type=int, default=None, metavar="N")
+    parser.add_argument("--batch", type=int, default=None, metavar="B", help="total batch")
+    parser.add_argument("--gpus", type=int, default=1, metavar="G", help="processes (default 1)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="E")
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_CHOICES,
+        default=None,
+        help="default: the scenario's; auto (needs --task) measures SGD and AdamW",
+    )
+    parser.add_argument("--task", default=None, help="built-in task or module:function: measure")
+    parser.add_argument("--head", default=None, help="finetune: the head module's name")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the measurements")
+    parser.add_argument("--out", default=None, metavar="CONFIG.yaml", help="write the config")
+    parser.add_argument("--json", action="store_true", help="print everything as JSON")
+    parser.set_defaults(func=run)
+
+
+class _Sized:
+    """A stand-in dataset of ``n`` items (only its length is read by the config parser)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:  # pragma: no cover - never read
+        raise IndexError(i)
+
+
+def validate(config: dict, dataset_size: int | None, gpus: int) -> list:
+    """Parse ``config`` as ``lrpilot fit`` would and build its schedule; with a real task,
+    return ``lrpilot check``'s findings on it. Raises ``ConfigError`` when it does not parse."""
+    import math
+
+    from lrpilot.recommend.check import check_config
+    from lrpilot.recommend.recommender import TASK_PLACEHOLDER
+    from lrpilot.schedules import from_config
+    from lrpilot.train import parse_config
+
+    if config["task"] != TASK_PLACEHOLDER:
+        return check_config(config, gpus=gpus)
+    from torch import nn
+
+    from lrpilot.tasks import Task
+
+    n = dataset_size or max(config["batch_size"], 1) * 100
+    stand_in = Task(
+        TASK_PLACEHOLDER, lambda: nn.Linear(1, 1), _Sized(n), _Sized(1), nn.functional.mse_loss
+    )
+    cfg = parse_config({k: v for k, v in config.items() if k != "task"}, task=stand_in)
+    spe = math.ceil(n / (cfg.batch_size * gpus * cfg.accumulate))
+    from_config(cfg.schedule, steps_per_epoch=spe, total_steps=cfg.epochs * spe)
+    return []
+
+
+def _yaml_text(rec: Any, report: dict) -> str:
+    import yaml
+
+    lines = ["# lrpilot recommend: each value, its rule and basis (measured / assumed / given)"]
+    for c in rec.choices:
+        src = f"; {c.source()}" if c.rule else ""
+        lines.append(f"# {c.key} = {c.value}: {c.reason} [{c.rule or '-'}, {c.basis}{src}]")
+    for rid, by in rec.replaced:
+        lines.append(f"# rule {rid} replaced by the measurement {by}")
+    for note in rec.notes:
+        lines.append(f"# note: {note}")
+    return "\n".join(lines) + "\n" + yaml.safe_dump(rec.config, sort_keys=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lrpilot.atomic_io import atomic_write_bytes
+    from lrpilot.errors import ConfigError
+    from lrpilot.recommend import Request, recommend
+    from lrpilot.recommend.check import no_decay_supported
+    from lrpilot.recommend.measure import measure
+
+    if args.out is not None and not str(args.out).endswith((".yaml", ".yml")):
+        raise ConfigError(f"--out {args.out!r} must name a .yaml or .yml file")
+    req = Request(
+        args.scenario,
+        args.dataset_size,
+        args.batch,
+        args.gpus,
+        args.epochs,
+        args.optimizer,
+        args.task,
+        args.head,
+    )
+    # bad arguments fail here, before any measurement (auto is only resolved by measuring)
+    recommend(
+        dataclasses.replace(req, optimizer=None) if req.optimizer == "auto" and req.task else req
+    )
+    measured, report = None, {}
+    if args.task is not None:
+        progress = None if args.json else (lambda msg: print(f"measuring: {msg}", file=sys.stderr))
+        measured, report = measure(req, seed=args.seed, progress=progress)
+    rec = recommend(req, measured, supports_no_decay=no_decay_supported())
+    size = measured.dataset_size if measured is not None else args.dataset_size
+    findings = validate(rec.config, size, args.gpus)
+    lr_measured = any(c.key == "optimizer.lr" and c.basis == "measured" for c in rec.choices)
+    if lr_measured:  # the measurement replaces the rule the LR check compares against
+        for f in [f for f in findings if f.rule == "check.lr_factor"]:
+            findings.remove(f)
+            rec.notes.append(f"the measured LR disagrees with the rule of thumb: {f.message}")
+    text = _yaml_text(rec, report)
+    if args.out is not None:
+        atomic_write_bytes(text.encode("utf-8"), Path(args.out))
+    if args.json:
+        payload = rec.to_dict()
+        payload.update(
+            {"measurements": report, "check": [f.__dict__ for f in findings], "out": args.out}
+        )
+        print(json.dumps(_json_safe(payload), indent=2, default=str))
+        return 0
+    _print(rec, report, findings, args.out, text)
+    return 0
+
+
+def _json_safe(value: Any) -> Any:
+    from lrpilot.finder.result import json_safe
+
+    return json_safe(value)
+
+
+def _print(rec: Any, report: dict, findings: list, out: str | None, text: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 160))
+    table = Table(title="lrpilot recommend: each value and why")
+    for col in ("key", "value", "basis", "rule", "reason", "source"):
+        table.add_column(col, overflow="fold")
+    for c in rec.choices:
+        table.add_row(c.key, str(c.value), c.basis, c.rule or "-", c.reason, c.source() or "-")
+    console.print(table)
+    for rid, by in rec.replaced:
+        console.print(f"replaced: rule [bold]{rid}[/] by the measurement [bold]{by}[/]")
+    choice = report.get("optimizer_choice")
+    if choice:
+        console.print(f"optimizer choice: {choice['pick']} ({choice['reason']})", markup=False)
+    for name, f in report.get("finder", {}).items():
+        console.print(
+            f"finder {name}: verdict {f['verdict']}, unstable at {f['lr_unstable']}, "
+            f"{f['epochs_of_compute']:.2f} epoch of compute at probe batch {f['probe_batch']}"
+        )
+    for note in rec.notes:
+        console.print(f"note: {note}", markup=False)
+    for f in findings:
+        console.print(f"check: {f.line()}", markup=False)
+    if out is None:
+        console.print(text, markup=False, highlight=False)
+    else:
+        console.print(f"config written to {out}")

@@ -1,0 +1,196 @@
+"""Cheap measurements on a task for ``lrpilot recommend --task``.
+
+In this order, each a public lrpilot tool:
+
+1. the task itself: training-set size, default epochs, whether the model has BatchNorm, the
+   head's name (the last top-level module of ``model.named_children()`` with trainable
+   parameters: ``fc`` for a torchvision ResNet, ``classifier`` for many Hugging Face
+   models, ``"8"`` for an ``nn.Sequential`` whose last layer is the 9th child);
+2. the gradient noise scale ``B_simple`` at initialisation (:func:`lrpilot.batch.noise_scale`,
+   small batch 16, big batch 256 or the largest multiple of 16 up to a sixteenth of the
+   training set, 16 measurements), only when ``--batch`` is not given;
+3. the largest per-device batch that fits (:func:`lrpilot.batch.probe_memory`, on CUDA when
+   available, else the CPU peak-RSS fit); a probe that stops at its cap (the training-set
+   size) sets no limit;
+4. the LR range test (:func:`lrpilot.find_lr` with the ``lrpilot find`` protocol of
+   :func:`lrpilot.finder.protocol.probe_plan`: probe batch = total batch // 8, half an epoch)
+   for the recommended optimizer, or for SGD and AdamW from the same initial weights and
+   batches with ``--optimizer auto``, compared by :func:`lrpilot.recommend.choice.better_sweep`.
+
+Each step's cost is reported (seconds; the finder's in epochs of the training set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lrpilot.recommend.choice import SweepComparison, better_sweep
+from lrpilot.recommend.recommender import (
+    FinderMeasurement,
+    Measurements,
+    Request,
+    recommend,
+)
+from lrpilot.recommend.rules import value
+
+Progress = Callable[[str], None]
+
+
+def head_name(model: Any) -> str | None:
+    """The last top-level child of ``model`` with trainable parameters (``None``: none).
+
+    >>> from torch import nn
+    >>> head_name(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Softmax(-1)))
+    '2'
+    """
+    last = None
+    for name, child in model.named_children():
+        if any(p.requires_grad for p in child.parameters()):
+            last = name
+    return last
+
+
+def _optimizer(name: str, params: Any) -> Any:
+    import torch
+
+    if name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=0.01,
+            momentum=value("momentum.sgd"),
+            weight_decay=value("weight_decay.sgd"),
+        )
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=value("weight_decay.adamw"))
+
+
+def _sweep(task: Any, optimizer: str, total: int, seed: int) -> tuple[Any, int]:
+    """One finder run with the ``lrpilot find`` protocol: ``(FinderResult, probe batch)``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lrpilot.finder import find_lr
+    from lrpilot.finder.protocol import probe_plan
+
+    plan = probe_plan(len(task.train_set), total)
+    torch.manual_seed(seed)
+    model = task.build_model()
+    loader = DataLoader(
+        task.train_set,
+        batch_size=plan.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    result = find_lr(
+        model,
+        _optimizer(optimizer, model.parameters()),
+        task.loss_fn,
+        loader,
+        start_lr=plan.start_lr,
+        end_lr=plan.end_lr,
+        steps=plan.steps,
+        batch_ratio=total / plan.batch_size,
+    )
+    return result, plan.batch_size
+
+
+def _noise(task: Any, seed: int) -> float | None:
+    from lrpilot.batch import noise_scale
+
+    big = min(256, (len(task.train_set) // 16 // 16) * 16)
+    if big < 32:
+        return None
+    return noise_scale(task, small_batch=16, big_batch=big, measurements=16, seed=seed).b_simple
+
+
+def measure(
+    req: Request, seed: int = 0, progress: Progress | None = None
+) -> tuple[Measurements, dict[str, Any]]:
+    """Measure ``req.task`` (module docstring): ``(Measurements, report)``; the report holds
+    each measurement's raw outcome and cost, and the optimizer comparison when ``auto``."""
+    import torch
+
+    from lrpilot.batch import has_batchnorm, probe_memory
+    from lrpilot.tasks import get_task
+
+    say = progress or (lambda _msg: None)
+    task = get_task(req.task)
+    torch.manual_seed(seed)
+    model = task.build_model()
+    epochs = task.defaults.get("epochs")
+    m = Measurements(
+        dataset_size=len(task.train_set),
+        task_epochs=int(epochs) if epochs is not None else None,
+        has_batchnorm=has_batchnorm(model),
+        head=head_name(model),
+    )
+    report: dict[str, Any] = {"task": task.name, "dataset_size": m.dataset_size}
+    if req.batch is None:
+        say("noise scale")
+        t0 = time.perf_counter()
+        b = _noise(task, seed)
+        report["noise_scale"] = {"b_simple": b, "seconds": time.perf_counter() - t0}
+        m = dataclasses.replace(m, b_simple=b)
+    say("memory probe")
+    t0 = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    opt = req.optimizer if req.optimizer in ("sgd", "adamw") else "adamw"
+    probe = probe_memory(task, device=device, optimizer=opt)
+    report["memory"] = {
+        "max_device_batch": probe.batch_size,
+        "capped": probe.capped,
+        "device": device,
+        "seconds": time.perf_counter() - t0,
+    }
+    if not probe.capped:
+        m = dataclasses.replace(m, max_device_batch=probe.batch_size)
+    # The total batch the finder must probe for: the plan so far, without an LR.
+    plan_req = dataclasses.replace(
+        req, optimizer=None if req.optimizer == "auto" else req.optimizer
+    )
+    plan = recommend(plan_req, m).config
+    total = plan["batch_size"] * plan["accumulate"] * req.gpus
+    names = ("sgd", "adamw") if req.optimizer == "auto" else (plan["optimizer"]["name"],)
+    finder: dict[str, FinderMeasurement] = {}
+    sweeps = {}
+    for name in names:
+        say(f"LR range test ({name})")
+        t0 = time.perf_counter()
+        result, probe_batch = _sweep(task, name, total, seed)
+        finder[name] = FinderMeasurement(
+            name,
+            result.verdict,
+            result.lr_unstable,
+            result.unstable_interval,
+            probe_batch,
+            result.samples,
+        )
+        sweeps[name] = (result.lrs, result.losses, result.initial_loss)
+        report.setdefault("finder", {})[name] = {
+            "verdict": result.verdict,
+            "lr_unstable": result.lr_unstable,
+            "unstable_interval": result.unstable_interval,
+            "probe_batch": probe_batch,
+            "epochs_of_compute": result.samples / len(task.train_set),
+            "seconds": time.perf_counter() - t0,
+        }
+    m = dataclasses.replace(m, finder=finder)
+    if req.optimizer == "auto":
+        cmp: SweepComparison = better_sweep(sweeps)
+        default = recommend(plan_req, m).config["optimizer"]["name"]
+        pick = cmp.pick or default
+        why = cmp.reason + ("" if cmp.pick else f"; kept the scenario's {default}")
+        report["optimizer_choice"] = {
+            "pick": pick,
+            "tie": cmp.pick is None,
+            "scores": cmp.scores,
+            "verdicts": cmp.verdicts,
+            "reason": why,
+        }
+        m = dataclasses.replace(
+            m, optimizer_pick=pick, optimizer_reason=why, optimizer_tie=cmp.pick is None
+        )
+    return m, report
