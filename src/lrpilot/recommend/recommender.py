@@ -217,6 +217,20 @@ def _batch(
     return total
 
 
+def accumulation_for(per_device: int, limit: int) -> int:
+    """The fewest accumulation steps that split ``per_device`` into equal micro-batches of
+    at most ``limit`` (a divisor of ``per_device``); else ``ceil(per_device / limit)``.
+
+    >>> accumulation_for(64, 10), accumulation_for(61, 10), accumulation_for(64, 64)
+    (8, 7, 1)
+    """
+    low = math.ceil(per_device / limit)
+    for acc in range(low, min(per_device, 4 * low) + 1):
+        if per_device % acc == 0:
+            return acc
+    return low
+
+
 def _split(
     total: int, req: Request, m: Measurements, out: list[Choice], replaced: list, notes: list
 ) -> tuple[int, int]:
@@ -224,9 +238,8 @@ def _split(
     per_device = math.ceil(total / req.gpus)
     accumulate = 1
     if m.max_device_batch is not None and per_device > m.max_device_batch:
-        accumulate = math.ceil(per_device / m.max_device_batch)
+        accumulate = accumulation_for(per_device, m.max_device_batch)
         per_device = math.ceil(per_device / accumulate)
-        replaced.append(("batch.total", "measure.memory"))
         out.append(
             Choice(
                 "accumulate",
