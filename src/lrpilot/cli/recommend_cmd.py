@@ -53,19 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-class _Sized:
-    """A stand-in dataset of ``n`` items (only its length is read by the config parser)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:  # pragma: no cover - never read
-        raise IndexError(i)
-
-
 def validate(config: dict, dataset_size: int | None, gpus: int) -> list:
     """Parse ``config`` as ``lrpilot fit`` would and build its schedule; with a real task,
     return ``lrpilot check``'s findings on it. Raises ``ConfigError`` when it does not parse."""
@@ -77,10 +64,29 @@ def validate(config: dict, dataset_size: int | None, gpus: int) -> list:
     from lrpilot.train import parse_config
 
     if config["task"] != TASK_PLACEHOLDER:
-        return check_config(config, gpus=gpus)
+        findings = check_config(config, gpus=gpus)
+        if config.get("layer_lr"):  # every pattern must match a parameter, as in fit
+            from lrpilot.tasks import get_task
+            from lrpilot.train.builders import build_param_groups
+
+            build_param_groups(get_task(config["task"]).build_model(), config["layer_lr"])
+        return findings
     from torch import nn
+    from torch.utils.data import Dataset
 
     from lrpilot.tasks import Task
+
+    class _Sized(Dataset):
+        """A stand-in dataset of ``n`` items (only its length is read by the config parser)."""
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> Any:  # pragma: no cover - never read
+            raise IndexError(i)
 
     n = dataset_size or max(config["batch_size"], 1) * 100
     stand_in = Task(
@@ -88,6 +94,7 @@ def validate(config: dict, dataset_size: int | None, gpus: int) -> list:
     )
     cfg = parse_config({k: v for k, v in config.items() if k != "task"}, task=stand_in)
     spe = math.ceil(n / (cfg.batch_size * gpus * cfg.accumulate))
+    assert cfg.schedule is not None  # recommend always writes one
     from_config(cfg.schedule, steps_per_epoch=spe, total_steps=cfg.epochs * spe)
     return []
 
@@ -129,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     recommend(
         dataclasses.replace(req, optimizer=None) if req.optimizer == "auto" and req.task else req
     )
-    measured, report = None, {}
+    measured = None
+    report: dict[str, Any] = {}
     if args.task is not None:
         progress = None if args.json else (lambda msg: print(f"measuring: {msg}", file=sys.stderr))
         measured, report = measure(req, seed=args.seed, progress=progress)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lrpilot.errors import ConfigError
 from lrpilot.recommend.choice import SweepComparison, better_sweep
 from lrpilot.recommend.recommender import (
     FinderMeasurement,
@@ -116,6 +117,8 @@ def measure(
     from lrpilot.batch import has_batchnorm, probe_memory
     from lrpilot.tasks import get_task
 
+    if req.task is None:
+        raise ConfigError("measure needs a task (--task)")
     say = progress or (lambda _msg: None)
     task = get_task(req.task)
     torch.manual_seed(seed)

@@ -232,7 +232,7 @@ def accumulation_for(per_device: int, limit: int) -> int:
 
 
 def _split(
-    total: int, req: Request, m: Measurements, out: list[Choice], replaced: list, notes: list
+    total: int, req: Request, m: Measurements, out: list[Choice], notes: list
 ) -> tuple[int, int]:
     """``(batch_size per device, accumulate)`` for the total batch over ``req.gpus``."""
     per_device = math.ceil(total / req.gpus)
@@ -424,7 +424,7 @@ def recommend(
     opt = _optimizer(req, m, out, replaced)
     kind, _ = _schedule_kind(req, size)
     total = _batch(req, m, size, out, replaced)
-    batch_size, accumulate = _split(total, req, m, out, replaced, notes)
+    batch_size, accumulate = _split(total, req, m, out, notes)
     total = batch_size * accumulate * req.gpus
     if req.epochs is not None:
         epochs = req.epochs

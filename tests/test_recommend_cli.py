@@ -1,0 +1,95 @@
+"""lrpilot recommend on the command line: the written config parses and trains with fit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lrpilot.cli import main
+from lrpilot.recommend.recommender import TASK_PLACEHOLDER
+from lrpilot.train import load_yaml, parse_config
+
+
+def test_without_task_writes_a_commented_config(tmp_path, capsys):
+    out = tmp_path / "det.yaml"
+    args = ["recommend", "--scenario", "detection", "--dataset-size", "100000", "--batch", "16"]
+    assert main([*args, "--gpus", "8", "--epochs", "12", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# lrpilot recommend")
+    assert "# optimizer.lr = 0.005: SGD starts at 0.008-0.02 at batch 32" in text
+    raw = load_yaml(out)
+    assert raw["task"] == TASK_PLACEHOLDER
+    assert (raw["batch_size"], raw["accumulate"]) == (2, 1)  # 16 over 8 processes
+    assert raw["schedule"]["milestones"] == [8.0, 10.667]
+    printed = capsys.readouterr().out
+    assert "config written to" in printed and "lr.sgd" in printed
+
+
+def test_json_and_finetune_head(capsys):
+    args = ["recommend", "--scenario", "finetune", "--head", "fc", "--dataset-size", "5000"]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["layer_lr"] == {"fc.*": 1.0, "*": 0.1}
+    assert {"config", "choices", "replaced", "notes", "measurements", "check"} <= set(data)
+    lr = next(c for c in data["choices"] if c["key"] == "optimizer.lr")
+    assert lr["rule"] == "lr.adamw" and lr["basis"] == "assumed" and "Ultralytics" in lr["source"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--optimizer", "auto"], "auto needs --task"),
+        (["--scenario", "finetune"], "--head"),
+        (["--batch", "0"], "--batch"),
+        (["--out", "x.txt"], ".yaml"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    argv = ["recommend", "--scenario", "classification", *args]
+    if "--scenario" in args:
+        argv = ["recommend", *args]
+    if "--out" not in args:
+        argv += ["--out", "c.yaml"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_task_auto_measures_both_and_the_config_trains(tmp_path, capsys):
+    from lrpilot.train import fit
+
+    out = tmp_path / "auto.yaml"
+    args = ["recommend", "--scenario", "text", "--task", "mnist1d-mlp", "--optimizer", "auto"]
+    assert main([*args, "--json", "--out", str(out)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    report = data["measurements"]
+    assert set(report["finder"]) == {"sgd", "adamw"}
+    for f in report["finder"].values():
+        assert f["probe_batch"] == data["config"]["batch_size"] // 8
+        assert 0 < f["epochs_of_compute"] <= 1.0
+    choice = report["optimizer_choice"]
+    assert choice["pick"] in ("sgd", "adamw") and choice["reason"]
+    assert data["config"]["optimizer"]["name"] == (
+        "adamw" if choice["tie"] else choice["pick"]  # a tie keeps the text scenario's AdamW
+    )
+    picked = data["config"]["optimizer"]["name"]
+    if report["finder"][picked]["verdict"] == "ok":
+        assert {
+            "rule": "lr.adamw_text" if picked == "adamw" else "lr.sgd",
+            "by": "measure.finder",
+        } in data["replaced"]
+    raw = load_yaml(out)
+    assert raw == data["config"]
+    cfg = parse_config(raw)
+    assert cfg.optimizer.lr == raw["optimizer"]["lr"]
+    # the recommended config passes lrpilot check except what this lrpilot cannot fix
+    assert {f["rule"] for f in data["check"]} <= {"weight_decay.no_decay"}
+    result = fit(raw, tmp_path / "run", overrides=["epochs=1"], progress="none")
+    summary = result.summary
+    assert (summary["status"], summary["epochs_run"]) == ("completed", 1)
+    # one epoch at the recommended LR learns: below the loss of a uniform guess, ln(10)
+    assert math.isfinite(summary["final"]["val_loss"]) and summary["final"]["val_loss"] < 2.0
