@@ -44,6 +44,7 @@ def test_json_and_finetune_head(capsys):
         (["--scenario", "finetune"], "--head"),
         (["--batch", "0"], "--batch"),
         (["--out", "x.txt"], ".yaml"),
+        (["--seed", "-1"], "--seed"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -84,6 +85,8 @@ def test_task_auto_measures_both_and_the_config_trains(tmp_path, capsys):
         } in data["replaced"]
     raw = load_yaml(out)
     assert raw == data["config"]
+    evidence = json.loads((tmp_path / "auto.recommend.json").read_text())
+    assert evidence == data  # every decision with its evidence, beside the config
     cfg = parse_config(raw)
     assert cfg.optimizer.lr == raw["optimizer"]["lr"]
     # the recommended config passes lrpilot check except what this lrpilot cannot fix
@@ -93,3 +96,11 @@ def test_task_auto_measures_both_and_the_config_trains(tmp_path, capsys):
     assert (summary["status"], summary["epochs_run"]) == ("completed", 1)
     # one epoch at the recommended LR learns: below the loss of a uniform guess, ln(10)
     assert math.isfinite(summary["final"]["val_loss"]) and summary["final"]["val_loss"] < 2.0
+
+
+def test_noise_scale_is_skipped_on_a_tiny_training_set():
+    from types import SimpleNamespace
+
+    from lrpilot.recommend.measure import _noise
+
+    assert _noise(SimpleNamespace(train_set=range(500)), seed=0) is None  # big batch < 32

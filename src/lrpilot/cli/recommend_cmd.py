@@ -48,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", default=None, help="built-in task or module:function: measure")
     parser.add_argument("--head", default=None, help="finetune: the head module's name")
     parser.add_argument("--seed", type=int, default=0, help="seed of the measurements")
-    parser.add_argument("--out", default=None, metavar="CONFIG.yaml", help="write the config")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="CONFIG.yaml",
+        help="write the config (and CONFIG.recommend.json: every choice with its evidence)",
+    )
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
     parser.set_defaults(func=run)
 
@@ -115,13 +120,14 @@ def _yaml_text(rec: Any, report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from lrpilot.atomic_io import atomic_write_bytes
-    from lrpilot.errors import ConfigError
+    from lrpilot.errors import ConfigError, check_int
     from lrpilot.recommend import Request, recommend
     from lrpilot.recommend.check import no_decay_supported
     from lrpilot.recommend.measure import measure
 
     if args.out is not None and not str(args.out).endswith((".yaml", ".yml")):
         raise ConfigError(f"--out {args.out!r} must name a .yaml or .yml file")
+    check_int("--seed", args.seed, low=0)
     req = Request(
         args.scenario,
         args.dataset_size,
@@ -150,17 +156,25 @@ def run(args: argparse.Namespace) -> int:
             findings.remove(f)
             rec.notes.append(f"the measured LR disagrees with the rule of thumb: {f.message}")
     text = _yaml_text(rec, report)
-    if args.out is not None:
-        atomic_write_bytes(text.encode("utf-8"), Path(args.out))
+    payload = rec.to_dict()
+    payload.update(
+        {"measurements": report, "check": [f.__dict__ for f in findings], "out": args.out}
+    )
+    evidence = json.dumps(_json_safe(payload), indent=2, default=str)
+    if args.out is not None:  # the config, and beside it every decision with its evidence
+        out = Path(args.out)
+        atomic_write_bytes(evidence.encode("utf-8"), evidence_path(out))
+        atomic_write_bytes(text.encode("utf-8"), out)
     if args.json:
-        payload = rec.to_dict()
-        payload.update(
-            {"measurements": report, "check": [f.__dict__ for f in findings], "out": args.out}
-        )
-        print(json.dumps(_json_safe(payload), indent=2, default=str))
+        print(evidence)
         return 0
     _print(rec, report, findings, args.out, text)
     return 0
+
+
+def evidence_path(out: Path) -> Path:
+    """Where ``--out CONFIG.yaml`` puts its evidence: ``CONFIG.recommend.json``."""
+    return out.with_name(out.stem + ".recommend.json")
 
 
 def _json_safe(value: Any) -> Any:
