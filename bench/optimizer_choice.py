@@ -20,6 +20,9 @@ warmup+cosine):
   over the 5 seeds;
 * **baselines**: the match of always picking SGD and of always picking AdamW, and the
   match of the decisive picks alone (the picker's ties fall back to SGD);
+* **rule of thumb**: a second table, the mean accuracy at the rules' starting LR
+  (``lr.sgd`` 0.01, ``lr.adamw`` 1e-3, both on the grids) against the grid-best, per
+  optimizer, to show what a measurement has to win back;
 * **compute**: the picker's cost, two sweeps, in epochs of the training set (samples /
   training-set size), against the oracle's: (grid runs of both optimizers) x 15 epochs.
 
@@ -93,6 +96,37 @@ def picks(curves: dict, pair: tuple[str, str], default: str = "sgd") -> list[dic
     return out
 
 
+def rule_table(cache):  # type: ignore[no-untyped-def]
+    """Accuracy at the rule-of-thumb LR vs the grid-best, per optimizer row and schedule."""
+    from rich.table import Table
+
+    from lrpilot.recommend.rules import value
+
+    table = Table(title="Rule-of-thumb LR vs grid-best (mean of 5 seeds, 15 epochs, batch 64)")
+    for col in ("row", "schedule", "rule LR", "acc at rule LR", "grid-best LR", "best acc", "gap"):
+        table.add_column(col)
+    for pair in PAIRS.values():
+        for row in pair:
+            opt = fq.TASK_SETUPS[row]["optimizer"]
+            lr = value(f"lr.{opt}")[1]
+            for schedule in fq.SCHEDULES:
+                means = fq.grid_search(cache, row, schedule, SEEDS, EPOCHS)
+                best = max(means, key=means.get)
+                at_rule = statistics.fmean(
+                    fq.cached_acc(cache, row, schedule, lr, s, EPOCHS) for s in SEEDS
+                )
+                table.add_row(
+                    row,
+                    schedule,
+                    f"{lr:g}",
+                    f"{at_rule:.2f}",
+                    f"{best:g}",
+                    f"{means[best]:.2f}",
+                    f"{at_rule - means[best]:+.2f}",
+                )
+    return table
+
+
 def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -159,6 +193,7 @@ def main(argv=None) -> int:
         f"baselines: always SGD {baseline['sgd']}/{total}, always AdamW "
         f"{baseline['adamw']}/{total}; decisive picks (no picker tie) {decisive_hits}/{decisive}"
     )
+    console.print(rule_table(cache))
     for task, ps in per_task.items():
         for p in ps:
             console.print(f"  {task} seed {p['seed']}: {p['reason']}")
