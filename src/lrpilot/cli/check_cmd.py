@@ -15,7 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check",
         help="warn about what the rules of thumb flag in a fit config (exit 1 on warnings)",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        description=__doc__.split("\n\n")[1]
+        .replace("\n", " ")
+        .replace(":mod:", "")
+        .replace("`", ""),
     )
     parser.add_argument("config", help="YAML config of lrpilot fit")
     parser.add_argument(

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "recommend",
         help="a fit config from the rules of thumb (measured on --task), with every reason",
-        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        description=__doc__.split("\n\n")[0].replace("\n", " ").replace("``", ""),
     )
     parser.add_argument("--scenario", required=True, choices=SCENARIOS)
     parser.add_argument("--dataset-size", type=int, default=None, metavar="N")
