@@ -164,6 +164,8 @@ def test_finetune_layer_lr_and_head_required():
     assert rec.config["layer_lr"] == {"fc.*": 1.0, "*": 0.1}
     with pytest.raises(ConfigError, match="--head"):
         recommend(Request("finetune"))
+    with pytest.raises(ConfigError, match="give --head"):  # measured, but no head found
+        recommend(Request("finetune", task="t"), Measurements(100, head=None))
 
 
 def test_finetune_layer_lr_groups_the_head_apart_in_fit():

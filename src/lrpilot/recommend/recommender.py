@@ -489,6 +489,11 @@ def _layer_lr(req: Request, m: Measurements, out: list[Choice]) -> dict[str, flo
     ``build_param_groups``), every other parameter (the backbone) at the backbone factor."""
     spec = value("scenario.finetune")
     head = req.head or m.head
+    if head is None:
+        raise ConfigError(
+            "--scenario finetune: the task's model has no top-level module with parameters "
+            "to take as the head; give --head NAME"
+        )
     basis = "given" if req.head else "measured"
     why = "--head" if req.head else "the last top-level module with parameters in the task's model"
     layer_lr = {f"{head}.*": float(spec["head"]), "*": float(spec["backbone"])}
