@@ -126,7 +126,7 @@ def test_batch_bounded_by_dataset_and_batchnorm_note():
 
 
 def test_finder_replaces_the_lr_rule_and_a_failed_sweep_does_not():
-    from lrpilot.finder.decision import SCHEDULE_FRACTIONS
+    from lrpilot.finder.decision import CALIBRATION_RATIOS, SCHEDULE_FRACTIONS
 
     fm = FinderMeasurement("sgd", "ok", 0.1, (0.08, 0.12), probe_batch=8, samples=100)
     m = Measurements(dataset_size=4000, finder={"sgd": fm})
@@ -135,6 +135,9 @@ def test_finder_replaces_the_lr_rule_and_a_failed_sweep_does_not():
     assert rec.config["optimizer"]["lr"] == pytest.approx(expected, rel=5e-3)
     assert rec.config["schedule"]["max_lr"] == rec.config["optimizer"]["lr"]
     assert ("lr.sgd", "measure.finder") in rec.replaced
+    lo, hi = (q * 8 * x for q, x in zip(CALIBRATION_RATIOS["one_cycle"], (0.08, 0.12)))
+    reason = next(c.reason for c in rec.choices if c.key == "optimizer.lr")
+    assert f"interval {lo:.3g}..{hi:.3g}" in reason
     noisy = dict(m.finder, sgd=FinderMeasurement("sgd", "noisy", None, None, 8, 100))
     rec = recommend(Request("classification", optimizer="sgd"), Measurements(4000, finder=noisy))
     assert rec.config["optimizer"]["lr"] == 0.01 and not rec.replaced

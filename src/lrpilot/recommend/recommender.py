@@ -290,7 +290,7 @@ def _lr(
     out: list[Choice],
     replaced: list,
 ) -> float:
-    from lrpilot.finder.decision import suggest_peak_lr
+    from lrpilot.finder.decision import suggest_peak_lr, suggestion_interval
 
     fm = m.finder.get(opt)
     lr, rid, why = _rule_lr(opt, req.scenario, total)
@@ -300,6 +300,8 @@ def _lr(
         peak = suggest_peak_lr(fm.lr_unstable, sched, FAMILY[opt], batch_ratio=ratio)
         assert peak is not None
         caveat = "" if kind == sched else " (cosine fraction; not calibrated for multistep)"
+        span = suggestion_interval(fm.unstable_interval, sched, FAMILY[opt], batch_ratio=ratio)
+        interval = f" (interval {span[0]:.3g}..{span[1]:.3g})" if span else ""
         out.append(
             Choice(
                 "optimizer.lr",
@@ -307,7 +309,7 @@ def _lr(
                 "measure.finder",
                 "measured",
                 f"finder: unstable at {fm.lr_unstable:.3g} (probe batch {fm.probe_batch}); "
-                f"peak for {sched} at batch {total}{caveat}; the rule said {lr:.3g}",
+                f"peak for {sched} at batch {total}{interval}{caveat}; the rule said {lr:.3g}",
             )
         )
         replaced.append((rid, "measure.finder"))
