@@ -135,7 +135,7 @@ def test_finder_replaces_the_lr_rule_and_a_failed_sweep_does_not():
     assert rec.config["optimizer"]["lr"] == pytest.approx(expected, rel=5e-3)
     assert rec.config["schedule"]["max_lr"] == rec.config["optimizer"]["lr"]
     assert ("lr.sgd", "measure.finder") in rec.replaced
-    lo, hi = (q * 8 * x for q, x in zip(CALIBRATION_RATIOS["one_cycle"], (0.08, 0.12)))
+    lo, hi = (q * 8 * x for q, x in zip(CALIBRATION_RATIOS["one_cycle"], (0.08, 0.12), strict=True))
     reason = next(c.reason for c in rec.choices if c.key == "optimizer.lr")
     assert f"interval {lo:.3g}..{hi:.3g}" in reason
     noisy = dict(m.finder, sgd=FinderMeasurement("sgd", "noisy", None, None, 8, 100))
