@@ -45,6 +45,8 @@ def test_json_and_finetune_head(capsys):
         (["--batch", "0"], "--batch"),
         (["--out", "x.txt"], ".yaml"),
         (["--seed", "-1"], "--seed"),
+        (["--task", "digits-cnn", "--measure", "finder,ram"], "--measure 'ram'"),
+        (["--task", "digits-cnn", "--optimizer", "auto", "--measure", "noise"], "include finder"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -64,7 +66,8 @@ def test_task_auto_measures_both_and_the_config_trains(tmp_path, capsys):
     from lrpilot.train import fit
 
     out = tmp_path / "auto.yaml"
-    args = ["recommend", "--scenario", "text", "--task", "mnist1d-mlp", "--optimizer", "auto"]
+    args = ["recommend", "--scenario", "classification", "--task", "digits-cnn"]
+    args += ["--optimizer", "auto", "--measure", "finder,noise"]  # memory: see below
     assert main([*args, "--json", "--out", str(out)]) == 0
     data = json.loads(capsys.readouterr().out)
     report = data["measurements"]
@@ -75,12 +78,12 @@ def test_task_auto_measures_both_and_the_config_trains(tmp_path, capsys):
     choice = report["optimizer_choice"]
     assert choice["pick"] in ("sgd", "adamw") and choice["reason"]
     assert data["config"]["optimizer"]["name"] == (
-        "adamw" if choice["tie"] else choice["pick"]  # a tie keeps the text scenario's AdamW
+        "sgd" if choice["tie"] else choice["pick"]  # a tie keeps the vision scenarios' SGD
     )
     picked = data["config"]["optimizer"]["name"]
     if report["finder"][picked]["verdict"] == "ok":
         assert {
-            "rule": "lr.adamw_text" if picked == "adamw" else "lr.sgd",
+            "rule": f"lr.{picked}",
             "by": "measure.finder",
         } in data["replaced"]
     raw = load_yaml(out)
@@ -104,3 +107,21 @@ def test_noise_scale_is_skipped_on_a_tiny_training_set():
     from lrpilot.recommend.measure import _noise
 
     assert _noise(SimpleNamespace(train_set=range(500)), seed=0) is None  # big batch < 32
+
+
+def test_a_memory_limit_splits_the_batch_into_accumulation(monkeypatch):
+    """The memory probe's answer reaches the config (the probe itself is lrpilot.batch's,
+    tested there; on a CPU it takes tens of seconds, so its result is given here)."""
+    from lrpilot.recommend import Request, recommend
+    from lrpilot.recommend import measure as measure_mod
+
+    def fake_memory(task, optimizer):
+        return {"max_device_batch": 10, "capped": False, "device": "cpu", "seconds": 0.0}
+
+    monkeypatch.setattr(measure_mod, "_memory", fake_memory)
+    req = Request("classification", batch=64, task="digits-cnn")
+    m, report = measure_mod.measure(req, which=("memory", "finder"))
+    assert m.max_device_batch == 10 and "noise_scale" not in report
+    assert report["finder"]["sgd"]["probe_batch"] == 8  # probed for the total batch 64
+    rec = recommend(req, m)
+    assert (rec.config["batch_size"], rec.config["accumulate"]) == (8, 8)

@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--task", default=None, help="built-in task or module:function: measure")
     parser.add_argument("--head", default=None, help="finetune: the head module's name")
+    parser.add_argument(
+        "--measure",
+        default="finder,noise,memory",
+        metavar="LIST",
+        help="with --task: what to measure, comma-separated from finder, noise, memory "
+        "(default all; the CPU memory probe takes seconds to tens of seconds)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the measurements")
     parser.add_argument(
         "--out",
@@ -123,11 +130,12 @@ def run(args: argparse.Namespace) -> int:
     from lrpilot.errors import ConfigError, check_int
     from lrpilot.recommend import Request, recommend
     from lrpilot.recommend.check import no_decay_supported
-    from lrpilot.recommend.measure import measure
+    from lrpilot.recommend.measure import check_measurements, measure
 
     if args.out is not None and not str(args.out).endswith((".yaml", ".yml")):
         raise ConfigError(f"--out {args.out!r} must name a .yaml or .yml file")
     check_int("--seed", args.seed, low=0)
+    which = check_measurements([w.strip() for w in args.measure.split(",") if w.strip()])
     req = Request(
         args.scenario,
         args.dataset_size,
@@ -146,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {}
     if args.task is not None:
         progress = None if args.json else (lambda msg: print(f"measuring: {msg}", file=sys.stderr))
-        measured, report = measure(req, seed=args.seed, progress=progress)
+        measured, report = measure(req, seed=args.seed, progress=progress, which=which)
     rec = recommend(req, measured, supports_no_decay=no_decay_supported())
     size = measured.dataset_size if measured is not None else args.dataset_size
     findings = validate(rec.config, size, args.gpus)

@@ -38,6 +38,8 @@ from lrpilot.recommend.recommender import (
 from lrpilot.recommend.rules import value
 
 Progress = Callable[[str], None]
+#: what ``measure`` can measure (``lrpilot recommend --measure``); all by default
+MEASUREMENTS = ("finder", "noise", "memory")
 
 
 def head_name(model: Any) -> str | None:
@@ -107,58 +109,45 @@ def _noise(task: Any, seed: int) -> float | None:
     return noise_scale(task, small_batch=16, big_batch=big, measurements=16, seed=seed).b_simple
 
 
-def measure(
-    req: Request, seed: int = 0, progress: Progress | None = None
-) -> tuple[Measurements, dict[str, Any]]:
-    """Measure ``req.task`` (module docstring): ``(Measurements, report)``; the report holds
-    each measurement's raw outcome and cost, and the optimizer comparison when ``auto``."""
+def _task_facts(task: Any, seed: int) -> Measurements:
+    """Training-set size, default epochs, BatchNorm, head name (step 1)."""
     import torch
 
-    from lrpilot.batch import has_batchnorm, probe_memory
-    from lrpilot.tasks import get_task
+    from lrpilot.batch import has_batchnorm
 
-    if req.task is None:
-        raise ConfigError("measure needs a task (--task)")
-    say = progress or (lambda _msg: None)
-    task = get_task(req.task)
     torch.manual_seed(seed)
     model = task.build_model()
     epochs = task.defaults.get("epochs")
-    m = Measurements(
+    return Measurements(
         dataset_size=len(task.train_set),
         task_epochs=int(epochs) if epochs is not None else None,
         has_batchnorm=has_batchnorm(model),
         head=head_name(model),
     )
-    report: dict[str, Any] = {"task": task.name, "dataset_size": m.dataset_size}
-    if req.batch is None:
-        say("noise scale")
-        t0 = time.perf_counter()
-        b = _noise(task, seed)
-        report["noise_scale"] = {"b_simple": b, "seconds": time.perf_counter() - t0}
-        m = dataclasses.replace(m, b_simple=b)
-    say("memory probe")
+
+
+def _memory(task: Any, optimizer: str | None) -> dict[str, Any]:
+    """The memory probe (step 3) on CUDA when available, else on the CPU."""
+    import torch
+
+    from lrpilot.batch import probe_memory
+
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    opt = req.optimizer if req.optimizer in ("sgd", "adamw") else "adamw"
+    opt = optimizer if optimizer in ("sgd", "adamw") else "adamw"  # auto: the larger state
     probe = probe_memory(task, device=device, optimizer=opt)
-    report["memory"] = {
+    return {
         "max_device_batch": probe.batch_size,
         "capped": probe.capped,
         "device": device,
         "seconds": time.perf_counter() - t0,
     }
-    if not probe.capped:
-        m = dataclasses.replace(m, max_device_batch=probe.batch_size)
-    # The total batch the finder must probe for: the plan so far, without an LR.
-    plan_req = dataclasses.replace(
-        req, optimizer=None if req.optimizer == "auto" else req.optimizer
-    )
-    plan = recommend(plan_req, m).config
-    total = plan["batch_size"] * plan["accumulate"] * req.gpus
-    names = ("sgd", "adamw") if req.optimizer == "auto" else (plan["optimizer"]["name"],)
+
+
+def _finders(task: Any, names: tuple[str, ...], total: int, seed: int, say: Progress):  # type: ignore[no-untyped-def]
+    """Step 4: ``(FinderMeasurement per optimizer, recorded sweeps, report)``."""
     finder: dict[str, FinderMeasurement] = {}
-    sweeps = {}
+    sweeps, report = {}, {}
     for name in names:
         say(f"LR range test ({name})")
         t0 = time.perf_counter()
@@ -172,7 +161,7 @@ def measure(
             result.samples,
         )
         sweeps[name] = (result.lrs, result.losses, result.initial_loss)
-        report.setdefault("finder", {})[name] = {
+        report[name] = {
             "verdict": result.verdict,
             "lr_unstable": result.lr_unstable,
             "unstable_interval": result.unstable_interval,
@@ -180,10 +169,69 @@ def measure(
             "epochs_of_compute": result.samples / len(task.train_set),
             "seconds": time.perf_counter() - t0,
         }
+    return finder, sweeps, report
+
+
+def check_measurements(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``names`` validated against :data:`MEASUREMENTS` (unknown ones raise listing them).
+
+    >>> check_measurements(["noise", "finder"])
+    ('noise', 'finder')
+    """
+    for name in names:
+        if name not in MEASUREMENTS:
+            raise ConfigError(
+                f"--measure {name!r} is not a measurement; valid: {', '.join(MEASUREMENTS)}"
+            )
+    return tuple(names)
+
+
+def measure(
+    req: Request,
+    seed: int = 0,
+    progress: Progress | None = None,
+    which: tuple[str, ...] = MEASUREMENTS,
+) -> tuple[Measurements, dict[str, Any]]:
+    """Measure ``req.task`` (module docstring): ``(Measurements, report)``; the report holds
+    each measurement's raw outcome and cost, and the optimizer comparison when ``auto``.
+    ``which`` limits the measurements (the task's own facts are always read); the rules
+    stand where nothing was measured. ``--optimizer auto`` needs ``"finder"``."""
+    from lrpilot.tasks import get_task
+
+    if req.task is None:
+        raise ConfigError("measure needs a task (--task)")
+    which = check_measurements(which)
+    if req.optimizer == "auto" and "finder" not in which:
+        raise ConfigError("--optimizer auto compares finder sweeps: --measure must include finder")
+    say = progress or (lambda _msg: None)
+    task = get_task(req.task)
+    m = _task_facts(task, seed)
+    report: dict[str, Any] = {"task": task.name, "dataset_size": m.dataset_size}
+    report["measured"] = list(which)
+    if req.batch is None and "noise" in which:
+        say("noise scale")
+        t0 = time.perf_counter()
+        b = _noise(task, seed)
+        report["noise_scale"] = {"b_simple": b, "seconds": time.perf_counter() - t0}
+        m = dataclasses.replace(m, b_simple=b)
+    if "memory" in which:
+        say("memory probe")
+        report["memory"] = _memory(task, req.optimizer)
+        if not report["memory"]["capped"]:
+            m = dataclasses.replace(m, max_device_batch=report["memory"]["max_device_batch"])
+    if "finder" not in which:
+        return m, report
+    # The total batch the finder must probe for: the plan so far, without an LR.
+    auto = req.optimizer == "auto"
+    plan_req = dataclasses.replace(req, optimizer=None) if auto else req
+    plan = recommend(plan_req, m).config
+    total = plan["batch_size"] * plan["accumulate"] * req.gpus
+    names = ("sgd", "adamw") if auto else (plan["optimizer"]["name"],)
+    finder, sweeps, report["finder"] = _finders(task, names, total, seed, say)
     m = dataclasses.replace(m, finder=finder)
-    if req.optimizer == "auto":
+    if auto:
         cmp: SweepComparison = better_sweep(sweeps)
-        default = recommend(plan_req, m).config["optimizer"]["name"]
+        default = plan["optimizer"]["name"]
         pick = cmp.pick or default
         why = cmp.reason + ("" if cmp.pick else f"; kept the scenario's {default}")
         report["optimizer_choice"] = {
