@@ -254,3 +254,19 @@ def test_better_sweep_on_recorded_benchmark_sweeps():
 
     r = better_sweep({"sgd": sweep("digits-mlp"), "adamw": sweep("digits-mlp/adamw")})
     assert r.pick == "adamw" and r.verdicts == {"sgd": "ok", "adamw": "ok"}
+
+
+def test_knobs_are_written_only_where_fit_supports_them():
+    req = Request("classification", dataset_size=50_000)
+    bare = recommend(req).config
+    assert "loss" not in bare and "no_decay" not in bare["optimizer"]
+    full = recommend(req, supports=frozenset({"no_decay", "label_smoothing"})).config
+    assert full["loss"] == {"label_smoothing": 0.1}
+    assert full["optimizer"]["no_decay"] == "auto"
+    # not for a task whose loss is not cross-entropy, nor for regression
+    m = Measurements(50_000, cross_entropy=False)
+    assert "loss" not in recommend(req, m, supports=frozenset({"label_smoothing"})).config
+    reg = recommend(
+        Request("regression", dataset_size=50_000), supports=frozenset({"label_smoothing"})
+    )
+    assert "loss" not in reg.config

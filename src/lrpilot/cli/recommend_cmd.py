@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from lrpilot.atomic_io import atomic_write_bytes
     from lrpilot.errors import ConfigError, check_int
     from lrpilot.recommend import Request, recommend
-    from lrpilot.recommend.check import no_decay_supported
+    from lrpilot.recommend.check import supported_knobs
     from lrpilot.recommend.measure import check_measurements, measure
 
     if args.out is not None and not str(args.out).endswith((".yaml", ".yml")):
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task is not None:
         progress = None if args.json else (lambda msg: print(f"measuring: {msg}", file=sys.stderr))
         measured, report = measure(req, seed=args.seed, progress=progress, which=which)
-    rec = recommend(req, measured, supports_no_decay=no_decay_supported())
+    rec = recommend(req, measured, supports=supported_knobs())
     size = measured.dataset_size if measured is not None else args.dataset_size
     findings = validate(rec.config, size, args.gpus)
     lr_measured = any(c.key == "optimizer.lr" and c.basis == "measured" for c in rec.choices)

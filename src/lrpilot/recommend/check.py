@@ -90,11 +90,22 @@ def _norm_bias_count(model: Any) -> int:
     return sum(1 for p in model.parameters() if p.requires_grad and p.ndim <= 1)
 
 
-def no_decay_supported() -> bool:
-    """Whether ``lrpilot fit`` configs accept ``optimizer.no_decay``."""
+def supported_knobs() -> frozenset[str]:
+    """The regularisation settings this ``lrpilot fit`` accepts, of ``no_decay``
+    (``optimizer.no_decay``) and ``label_smoothing`` (``loss.label_smoothing``)."""
     from lrpilot.train import config as train_config
 
-    return "no_decay" in getattr(train_config, "OPTIMIZER_KEYS", ())
+    out = set()
+    if "no_decay" in getattr(train_config, "OPTIMIZER_KEYS", ()):
+        out.add("no_decay")
+    if "label_smoothing" in getattr(train_config, "LOSS_KEYS", ()):
+        out.add("label_smoothing")
+    return frozenset(out)
+
+
+def no_decay_supported() -> bool:
+    """Whether ``lrpilot fit`` configs accept ``optimizer.no_decay``."""
+    return "no_decay" in supported_knobs()
 
 
 def check_config(raw: Mapping[str, Any], *, gpus: int = 1) -> list[Finding]:

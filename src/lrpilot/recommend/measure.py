@@ -118,11 +118,15 @@ def _task_facts(task: Any, seed: int) -> Measurements:
     torch.manual_seed(seed)
     model = task.build_model()
     epochs = task.defaults.get("epochs")
+    ce = task.loss_fn is torch.nn.functional.cross_entropy or isinstance(
+        task.loss_fn, torch.nn.CrossEntropyLoss
+    )
     return Measurements(
         dataset_size=len(task.train_set),
         task_epochs=int(epochs) if epochs is not None else None,
         has_batchnorm=has_batchnorm(model),
         head=head_name(model),
+        cross_entropy=ce,
     )
 
 

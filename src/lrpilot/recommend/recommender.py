@@ -83,6 +83,7 @@ class Measurements:
     task_epochs: int | None = None
     has_batchnorm: bool | None = None
     head: str | None = None
+    cross_entropy: bool | None = None  # the task's loss is cross-entropy
     b_simple: float | None = None
     max_device_batch: int | None = None
     finder: dict[str, FinderMeasurement] = field(default_factory=dict)
@@ -373,7 +374,7 @@ def _schedule(
     return {"name": "cosine", "lr": lr, "warmup": {"epochs": w}}
 
 
-def _optimizer_settings(opt: str, lr: float, out: list[Choice], supports_no_decay: bool) -> dict:
+def _optimizer_settings(opt: str, lr: float, out: list[Choice], no_decay: bool) -> dict:
     settings: dict[str, Any] = {"name": opt, "lr": lr}
     if opt == "sgd":
         settings["momentum"] = value("momentum.sgd")
@@ -391,7 +392,7 @@ def _optimizer_settings(opt: str, lr: float, out: list[Choice], supports_no_deca
     out.append(
         Choice("optimizer.weight_decay", settings["weight_decay"], rid, "assumed", rule(rid).text)
     )
-    if supports_no_decay:
+    if no_decay:
         settings["no_decay"] = "auto"
         out.append(
             Choice(
@@ -406,12 +407,16 @@ def _optimizer_settings(opt: str, lr: float, out: list[Choice], supports_no_deca
 
 
 def recommend(
-    req: Request, measured: Measurements | None = None, *, supports_no_decay: bool = False
+    req: Request,
+    measured: Measurements | None = None,
+    *,
+    supports: frozenset[str] = frozenset(),
 ) -> Recommendation:
     """The ``lrpilot fit`` config for ``req`` (module docstring), with every value's reason.
 
-    Pure: the same request and measurements give the same config. ``supports_no_decay``
-    says whether ``lrpilot fit`` accepts ``optimizer.no_decay`` (then it is written).
+    Pure: the same request and measurements give the same config. ``supports`` names the
+    regularisation settings this ``lrpilot fit`` accepts (``no_decay``, ``label_smoothing``;
+    :func:`lrpilot.recommend.check.supported_knobs`); only those are written.
     """
     _check_request(req)
     m = measured or Measurements()
@@ -445,7 +450,7 @@ def recommend(
         "epochs": epochs,
         "batch_size": batch_size,
         "accumulate": accumulate,
-        "optimizer": _optimizer_settings(opt, lr, out, supports_no_decay),
+        "optimizer": _optimizer_settings(opt, lr, out, "no_decay" in supports),
         "schedule": _schedule(kind, lr, epochs, total, req, out),
     }
     scaling = value(f"scaling.{opt}")
@@ -479,6 +484,11 @@ def recommend(
         )
     if req.scenario == "finetune":
         config["layer_lr"] = _layer_lr(req, m, out)
+    smoothing = req.scenario in ("classification", "finetune") and m.cross_entropy is not False
+    if smoothing and "label_smoothing" in supports:
+        rid = "regularisation.label_smoothing"
+        config["loss"] = {"label_smoothing": value(rid)}
+        out.append(Choice("loss.label_smoothing", value(rid), rid, "assumed", rule(rid).text))
     if opt == "adamw":
         notes.append(rule("optimizer.plateau_switch").text + " (rule optimizer.plateau_switch)")
     if req.task is None:

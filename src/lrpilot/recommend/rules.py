@@ -171,6 +171,15 @@ RULES: tuple[Rule, ...] = (
         "timm param_groups_weight_decay; Hugging Face Trainer get_decay_parameter_names",
     ),
     Rule(
+        "regularisation.label_smoothing",
+        "classification and finetune with a cross-entropy loss (written when lrpilot fit has "
+        "loss.label_smoothing)",
+        0.1,
+        "label smoothing 0.1",
+        "Szegedy et al. 2016, Rethinking the Inception Architecture (label smoothing 0.1); "
+        "timm train.py --smoothing default 0.1",
+    ),
+    Rule(
         "optimizer.plateau_switch",
         "Adam has plateaued late in training",
         "sgd",
