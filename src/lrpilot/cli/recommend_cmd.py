@@ -101,8 +101,13 @@ def validate(config: dict, dataset_size: int | None, gpus: int) -> list:
             raise IndexError(i)
 
     n = dataset_size or max(config["batch_size"], 1) * 100
+    # a stand-in for the user's task: a classifier (cross-entropy, as label smoothing needs)
     stand_in = Task(
-        TASK_PLACEHOLDER, lambda: nn.Linear(1, 1), _Sized(n), _Sized(1), nn.functional.mse_loss
+        TASK_PLACEHOLDER,
+        lambda: nn.Linear(1, 2),
+        _Sized(n),
+        _Sized(1),
+        nn.functional.cross_entropy,
     )
     cfg = parse_config({k: v for k, v in config.items() if k != "task"}, task=stand_in)
     spe = math.ceil(n / (cfg.batch_size * gpus * cfg.accumulate))
