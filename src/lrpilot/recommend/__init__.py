@@ -4,7 +4,7 @@ reason, ``lrpilot check`` flags what the rules flag in a config.
 * :mod:`lrpilot.recommend.rules`: the rules table (data: id, condition, value, source,
   assumed or measured) that everything here reads.
 * :mod:`lrpilot.recommend.recommender`: :func:`recommend`, a pure function of the request
-  and the measurements.
+  and the measurements (the records in :mod:`lrpilot.recommend.records`).
 * :mod:`lrpilot.recommend.measure`: the cheap measurements on a task (finder, memory,
   noise scale) and the SGD-vs-AdamW probe.
 * :mod:`lrpilot.recommend.choice`: :func:`better_sweep`, the pure comparison of two sweeps.
