@@ -149,3 +149,26 @@ def test_cli_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert {"key", "value", "rule", "message", "fix"} <= set(data[0])
     assert "batch.bn_min" in {d["rule"] for d in data}
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {
+            "name": "join",
+            "schedules": [
+                {"name": "linear", "start_lr": 0.001, "end_lr": 0.1, "steps": 50},
+                {"name": "cosine", "lr": 0.1},
+            ],
+            "boundaries": [50],
+        },
+        {"name": "step_decay", "lr": 0.1, "every": 2, "gamma": 0.5, "unit": "epochs"},
+        {"name": "cosine_restarts", "lr": 0.1, "period": 3, "unit": "epochs"},
+        {"name": "inverse_sqrt", "lr": 0.1, "warmup": 100},
+        {"name": "wsd", "lr": 0.1, "warmup": 50, "decay_fraction": 0.2},
+    ],
+)
+def test_other_schedule_families_check_clean(schedule):
+    """Schedules that span the run (or have no end) raise no length or LR warning."""
+    raw = {"task": "digits-cnn", "schedule": schedule, "optimizer": {"weight_decay": 0.0}}
+    assert check_config(raw) == []
