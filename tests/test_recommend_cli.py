@@ -43,7 +43,9 @@ def test_json_and_finetune_head(capsys):
         (["--optimizer", "auto"], "auto needs --task"),
         (["--scenario", "finetune"], "--head"),
         (["--batch", "0"], "--batch"),
+        (["--gpus", "2**70"], "--gpus"),
         (["--out", "x.txt"], ".yaml"),
+        (["--out", "no/such/dir/c.yaml"], "does not exist"),
         (["--seed", "-1"], "--seed"),
         (["--task", "digits-cnn", "--measure", "finder,ram"], "--measure 'ram'"),
         (["--task", "digits-cnn", "--optimizer", "auto", "--measure", "noise"], "include finder"),
@@ -56,7 +58,11 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch, arg
         argv = ["recommend", *args]
     if "--out" not in args:
         argv += ["--out", "c.yaml"]
-    assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own check of an integer flag
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []

@@ -29,16 +29,22 @@ from lrpilot.recommend.recommender import OPTIMIZER_CHOICES, SCENARIOS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from lrpilot.cli.checks import int_flag
+
     parser = subparsers.add_parser(
         "recommend",
         help="a fit config from the rules of thumb (measured on --task), with every reason",
         description=__doc__.split("\n\n")[0].replace("\n", " ").replace("``", ""),
     )
     parser.add_argument("--scenario", required=True, choices=SCENARIOS)
-    parser.add_argument("--dataset-size", type=int, default=None, metavar="N")
-    parser.add_argument("--batch", type=int, default=None, metavar="B", help="total batch")
-    parser.add_argument("--gpus", type=int, default=1, metavar="G", help="processes (default 1)")
-    parser.add_argument("--epochs", type=int, default=None, metavar="E")
+    parser.add_argument("--dataset-size", type=int_flag("--dataset-size", low=1), metavar="N")
+    parser.add_argument(
+        "--batch", type=int_flag("--batch", low=1), default=None, metavar="B", help="total batch"
+    )
+    parser.add_argument(
+        "--gpus", type=int_flag("--gpus", low=1), default=1, metavar="G", help="processes"
+    )
+    parser.add_argument("--epochs", type=int_flag("--epochs", low=1), default=None, metavar="E")
     parser.add_argument(
         "--optimizer",
         choices=OPTIMIZER_CHOICES,
@@ -54,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --task: what to measure, comma-separated from finder, noise, memory "
         "(default all; the CPU memory probe takes seconds to tens of seconds)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the measurements")
+    parser.add_argument(
+        "--seed", type=int_flag("--seed", low=0), default=0, help="seed of the measurements"
+    )
     parser.add_argument(
         "--out",
         default=None,
@@ -137,8 +145,12 @@ def run(args: argparse.Namespace) -> int:
     from lrpilot.recommend.check import supported_knobs
     from lrpilot.recommend.measure import check_measurements, measure
 
-    if args.out is not None and not str(args.out).endswith((".yaml", ".yml")):
-        raise ConfigError(f"--out {args.out!r} must name a .yaml or .yml file")
+    if args.out is not None:  # fail before measuring, not after
+        out = Path(args.out)
+        if out.suffix not in (".yaml", ".yml"):
+            raise ConfigError(f"--out {args.out!r} must name a .yaml or .yml file")
+        if not (out.parent if str(out.parent) else Path(".")).is_dir():
+            raise ConfigError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
     check_int("--seed", args.seed, low=0)
     which = check_measurements([w.strip() for w in args.measure.split(",") if w.strip()])
     req = Request(
