@@ -126,7 +126,7 @@ def test_batch_bounded_by_dataset_and_batchnorm_note():
 
 
 def test_finder_replaces_the_lr_rule_and_a_failed_sweep_does_not():
-    from lrpilot.finder.decision import CALIBRATION_RATIOS, SCHEDULE_FRACTIONS
+    from lrpilot.finder.policy import CALIBRATION_RATIOS, SCHEDULE_FRACTIONS
 
     fm = FinderMeasurement("sgd", "ok", 0.1, (0.08, 0.12), probe_batch=8, samples=100)
     m = Measurements(dataset_size=4000, finder={"sgd": fm})

@@ -237,7 +237,7 @@ def _lr(
     out: list[Choice],
     replaced: list,
 ) -> float:
-    from lrpilot.finder.decision import suggest_peak_lr, suggestion_interval
+    from lrpilot.finder.policy import suggest_peak_lr, suggestion_interval
 
     fm = m.finder.get(opt)
     lr, rid, why = _rule_lr(opt, req.scenario, total)

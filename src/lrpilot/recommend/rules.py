@@ -273,7 +273,7 @@ RULES: tuple[Rule, ...] = (
         "--task: LR range test (lrpilot.finder), SGD and/or AdamW",
         "f(schedule) * r**kappa * lr_unstable",
         "the finder's suggested peak LR replaces the rule-of-thumb LR (one_cycle, cosine)",
-        "lrpilot.finder.decision (calibrated in bench/finder_quality.py)",
+        "lrpilot.finder.policy (calibrated in bench/finder_quality.py)",
         basis="measured",
     ),
     Rule(
