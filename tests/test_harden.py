@@ -149,7 +149,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
 def test_resume_without_run_json_is_refused(tmp_path: Path) -> None:
     _run(tmp_path / "run", crash=10)
     (tmp_path / "run" / "run.json").unlink()
-    with pytest.raises(ConfigError, match="run.json is missing"):
+    with pytest.raises(ConfigError, match=r"run\.json is missing"):
         _resume(tmp_path / "run")
 
 
