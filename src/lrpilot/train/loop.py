@@ -148,7 +148,6 @@ def fit(
     env = bdist.init_from_env(cfg.device)  # torchrun: one process group, rank 0 writes
     run_dir = Path(out_dir) if out_dir is not None else _default_run_dir(cfg.task)
     run_dir = bdist.broadcast_object(run_dir)  # one run directory for all processes
-    _check_run_dir(run_dir, cfg, resume)  # fail fast, before the lock (nothing written)
     created = not run_dir.exists()
     lock = RunLock(run_dir)
     threads = torch.get_num_threads()
@@ -156,7 +155,7 @@ def fit(
     trainer: _Run | None = None
     try:
         _lock_on_main(lock)
-        _check_run_dir(run_dir, cfg, resume)  # again: no other process can write now
+        _check_run_dir(run_dir, cfg, resume)  # under the lock: no other process writes
         device = device_label(resolve_device(cfg.device))
         if resume:
             identity = read_identity(run_dir)
