@@ -70,8 +70,10 @@ class RunLock:
                     f"run directory {self.run_dir} is in use by process {holder} "
                     f"(lock {self.path}); wait for it to end or use another --out"
                 ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        mine = f"{os.getpid()}\n".encode("ascii")
+        if os.pread(fd, 64, 0) != mine:  # the holder's PID, for a refusal's message
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, mine, 0)
         self._fd = fd
         return self
 
