@@ -67,9 +67,12 @@ from lrpilot.train.rundir import (
     RunLock,
     adopt_threads,
     device_label,
+    lock_on_main,
     new_identity,
     read_identity,
+    remove_if_untouched,
     repair_metrics,
+    resume_message,
     write_identity,
 )
 from lrpilot.train.runlog import Progress, RunLogger
@@ -154,7 +157,7 @@ def fit(
     ended = False
     trainer: _Run | None = None
     try:
-        _lock_on_main(lock)
+        lock_on_main(lock)
         _check_run_dir(run_dir, cfg, resume)  # under the lock: no other process writes
         device = device_label(resolve_device(cfg.device))
         if resume:
@@ -169,7 +172,7 @@ def fit(
         return result
     except BaseException:
         if created and is_main_process():
-            _remove_if_untouched(run_dir, lock)
+            remove_if_untouched(run_dir, lock)
         raise
     finally:
         lock.release()
@@ -198,54 +201,6 @@ def _check_run_dir(run_dir: Path, cfg: FitConfig, resume: bool) -> None:
         raise ConfigError(
             f"run directory {run_dir} already holds a run; use --resume or another --out"
         )
-
-
-def _lock_on_main(lock: RunLock) -> None:
-    """Rank 0 takes the run directory's lock; every process learns whether it did."""
-    error = None
-    if is_main_process():
-        try:
-            lock.acquire()
-        except ConfigError as exc:
-            error = str(exc)
-    error = bdist.broadcast_object(error)
-    if error is not None:
-        raise ConfigError(error)
-
-
-def _remove_if_untouched(run_dir: Path, lock: RunLock) -> None:
-    """A run that failed before writing anything leaves no directory behind."""
-    try:
-        if {p.name for p in run_dir.iterdir()} <= {lock.path.name}:
-            lock.path.unlink(missing_ok=True)
-            run_dir.rmdir()
-    except OSError:
-        pass
-
-
-def resume_message(state: LoopState, steps_per_epoch: int, epochs: int) -> str:
-    """What a resume says about where it continues; epochs are counted from 1 in text.
-
-    >>> resume_message(LoopState(step=30, epoch=2, micro=0), 10, 5)
-    'resuming from step 30 (2 of 5 epochs done; epoch 3 next)'
-    >>> resume_message(LoopState(step=35, epoch=3, micro=10), 10, 5)
-    'resuming from step 35 (in epoch 4 of 5)'
-    >>> resume_message(LoopState(step=50, epoch=5, micro=0), 10, 5)
-    'resuming from step 50 (all 5 epochs done; finishing the run)'
-    """
-    if state.stopped_early:
-        return (
-            f"resuming from step {state.step} (stopped early after {state.epoch} of {epochs} "
-            "epochs; finishing the run)"
-        )
-    if state.epoch >= epochs:
-        return f"resuming from step {state.step} (all {epochs} epochs done; finishing the run)"
-    if state.micro == 0:
-        return (
-            f"resuming from step {state.step} ({state.epoch} of {epochs} epochs done; "
-            f"epoch {state.epoch + 1} next)"
-        )
-    return f"resuming from step {state.step} (in epoch {state.epoch + 1} of {epochs})"
 
 
 class _Run:
@@ -417,7 +372,7 @@ class _Run:
         keep: int | None = None
         if ckpt is not None:
             self.load(ckpt)
-            messages.append(resume_message(state, self.engine.steps_per_epoch, self.cfg.epochs))
+            messages.append(resume_message(state, self.cfg.epochs))
             self.stop_reason = "early_stopping" if state.stopped_early else ""
             if self.main:
                 path = self.run_dir / "metrics.jsonl"

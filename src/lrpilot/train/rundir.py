@@ -34,7 +34,9 @@ from typing import Any
 import torch
 
 from lrpilot.atomic_io import atomic_write_bytes
+from lrpilot.batch import distributed as bdist
 from lrpilot.errors import ConfigError
+from lrpilot.train.builders import is_main_process
 
 try:
     import fcntl
@@ -87,6 +89,29 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def lock_on_main(lock: RunLock) -> None:
+    """Rank 0 takes the run directory's lock; every process learns whether it did."""
+    error = None
+    if is_main_process():
+        try:
+            lock.acquire()
+        except ConfigError as exc:
+            error = str(exc)
+    error = bdist.broadcast_object(error)
+    if error is not None:
+        raise ConfigError(error)
+
+
+def remove_if_untouched(run_dir: Path, lock: RunLock) -> None:
+    """A run that failed before writing anything leaves no directory behind."""
+    try:
+        if {p.name for p in run_dir.iterdir()} <= {lock.path.name}:
+            lock.path.unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------- identity
@@ -209,3 +234,31 @@ def _last_step(data: bytes) -> int:
         except (ValueError, KeyError, TypeError):
             continue
     return 0
+
+
+# ----------------------------------------------------------------------- messages
+def resume_message(state: Any, epochs: int) -> str:
+    """What a resume says about where it continues (``state``: the engine's
+    :class:`~lrpilot.train.engine.LoopState`); epochs are counted from 1 in text.
+
+    >>> from lrpilot.train.engine import LoopState
+    >>> resume_message(LoopState(step=30, epoch=2, micro=0), 5)
+    'resuming from step 30 (2 of 5 epochs done; epoch 3 next)'
+    >>> resume_message(LoopState(step=35, epoch=3, micro=10), 5)
+    'resuming from step 35 (in epoch 4 of 5)'
+    >>> resume_message(LoopState(step=50, epoch=5, micro=0), 5)
+    'resuming from step 50 (all 5 epochs done; finishing the run)'
+    """
+    if state.stopped_early:
+        return (
+            f"resuming from step {state.step} (stopped early after {state.epoch} of {epochs} "
+            "epochs; finishing the run)"
+        )
+    if state.epoch >= epochs:
+        return f"resuming from step {state.step} (all {epochs} epochs done; finishing the run)"
+    if state.micro == 0:
+        return (
+            f"resuming from step {state.step} ({state.epoch} of {epochs} epochs done; "
+            f"epoch {state.epoch + 1} next)"
+        )
+    return f"resuming from step {state.step} (in epoch {state.epoch + 1} of {epochs})"
