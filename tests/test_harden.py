@@ -243,3 +243,17 @@ def test_resume_of_a_finished_but_unsummarised_run_says_so(tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert "resuming from step 48 (all 3 epochs done; finishing the run)" in out, out
     assert "epoch 4" not in out
+
+
+class _Payload:  # a class torch.load(weights_only=True) refuses to build
+    pass
+
+
+def test_refused_pickle_notice_is_one_line_without_weights_only_advice(tmp_path: Path) -> None:
+    path = tmp_path / "latest.pt"
+    torch.save({"step": 1, "x": _Payload()}, path)
+    with pytest.raises(ConfigError) as info:
+        load_checkpoint(path)
+    text = str(info.value)
+    assert "truncated or corrupted" in text and "objects other than tensors" in text
+    assert "weights_only" not in text and "\n" not in text
