@@ -257,3 +257,22 @@ def test_refused_pickle_notice_is_one_line_without_weights_only_advice(tmp_path:
     text = str(info.value)
     assert "truncated or corrupted" in text and "objects other than tensors" in text
     assert "weights_only" not in text and "\n" not in text
+
+
+def test_repair_metrics_cases(tmp_path: Path) -> None:
+    from lrpilot.train.rundir import repair_metrics
+
+    lines = [json.dumps({"type": "step", "step": s}).encode() + b"\n" for s in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    recorded = len(lines[0] + lines[1])  # the checkpoint was taken after step 2
+    path.write_bytes(b"".join(lines) + b'{"type": "st')  # killed later, mid-record
+    assert repair_metrics(path, recorded, 2) == (recorded, [])  # the usual case: silent
+    path.write_bytes(lines[0] + lines[1][:5])  # lost before the checkpoint's end
+    keep, notes = repair_metrics(path, recorded, 2)
+    assert keep == len(lines[0]) and "ends at step 1; steps 2..2 have no records" in notes[0]
+    path.write_bytes(b"x" * (recorded + 10))  # not the log the checkpoint measured
+    keep, notes = repair_metrics(path, recorded, 2)
+    assert keep == 0 and "does not match the checkpoint" in notes[0]
+    path.unlink()
+    keep, notes = repair_metrics(path, recorded, 2)
+    assert keep is None and "is missing" in notes[0]

@@ -216,7 +216,13 @@ def repair_metrics(path: Path, checkpoint_bytes: int, step: int) -> tuple[int | 
     end = head.rfind(b"\n") + 1  # complete lines only
     notes = []
     last_step = _last_step(head[:end])
-    if keep < checkpoint_bytes or end < keep:
+    if keep == checkpoint_bytes and end < keep:  # changed since: no line ends there
+        notes.append(
+            f"{path.name} does not match the checkpoint (no record ends at the recorded "
+            f"length, {checkpoint_bytes} bytes): cut back to its last complete record, "
+            f"step {last_step}; steps {last_step + 1}..{step} have no records"
+        )
+    elif keep < checkpoint_bytes or end < keep:
         torn = " (its torn last line removed)" if end < keep else ""
         notes.append(
             f"{path.name} is shorter than the checkpoint recorded ({size} of "
