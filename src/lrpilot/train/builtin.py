@@ -20,7 +20,13 @@ from lrpilot.batch import distributed as bdist
 from lrpilot.errors import TrainingAborted
 from lrpilot.train.builders import params_finite
 from lrpilot.train.callbacks import Callback, Control, StepOutcome
-from lrpilot.train.checkpoint import BackgroundWriter, CheckpointManager, atomic_write_bytes, encode
+from lrpilot.train.checkpoint import (
+    BackgroundWriter,
+    CheckpointManager,
+    atomic_write_bytes,
+    encode,
+    with_checksum,
+)
 from lrpilot.train.early_stop import BestTracker
 from lrpilot.train.engine import Engine
 from lrpilot.train.guard import DIVERGED, OK, STALL_BLOCKS, DivergenceGuard, copy_into
@@ -272,5 +278,5 @@ class CheckpointCallback(Callback):
             "monitor": best.tracker.monitor,
             "value": best.tracker.best,
         }
-        self.writer.submit(atomic_write_bytes, encode(payload), self.ckpts.best_path)
+        self.writer.submit(atomic_write_bytes, encode(with_checksum(payload)), self.ckpts.best_path)
         best.written = True

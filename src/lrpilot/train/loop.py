@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from lrpilot._state import cpu_clone
@@ -45,7 +46,7 @@ from lrpilot.batch import distributed as bdist
 from lrpilot.errors import ConfigError, TrainingAborted
 from lrpilot.history import History
 from lrpilot.tasks import Task, get_task
-from lrpilot.train.builders import is_main_process, load_optimizer_state
+from lrpilot.train.builders import is_main_process, load_optimizer_state, resolve_device
 from lrpilot.train.builtin import (
     CHECKPOINT_SECONDS,
     BestCallback,
@@ -62,6 +63,18 @@ from lrpilot.train.engine import LOOP_STATE_VERSION, Engine, LoopState
 from lrpilot.train.guard import DivergenceGuard
 from lrpilot.train.result import RunResult
 from lrpilot.train.rng import capture_rng, restore_rng
+from lrpilot.train.rundir import (
+    RunLock,
+    adopt_threads,
+    device_label,
+    lock_on_main,
+    new_identity,
+    read_identity,
+    remove_if_untouched,
+    repair_metrics,
+    resume_message,
+    write_identity,
+)
 from lrpilot.train.runlog import Progress, RunLogger
 from lrpilot.train.summary import atomic_json, diagnose_run, finish_run
 
@@ -138,26 +151,32 @@ def fit(
     env = bdist.init_from_env(cfg.device)  # torchrun: one process group, rank 0 writes
     run_dir = Path(out_dir) if out_dir is not None else _default_run_dir(cfg.task)
     run_dir = bdist.broadcast_object(run_dir)  # one run directory for all processes
-    if resume:
-        saved_path = run_dir / "config.yaml"
-        if not saved_path.is_file():
-            raise ConfigError(f"cannot resume: {saved_path} does not exist")
-        saved = load_yaml(saved_path)
-        diff = _config_diff(cfg.to_dict(), saved)
-        if diff:
-            raise ConfigError("cannot resume with a different config; changed: " + "; ".join(diff))
-    elif (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
-        raise ConfigError(
-            f"run directory {run_dir} already holds a run; use --resume or another --out"
-        )
+    created = not run_dir.exists()
+    lock = RunLock(run_dir)
+    threads = torch.get_num_threads()
     ended = False
     trainer: _Run | None = None
     try:
-        trainer = _Run(cfg, task, run_dir, progress, callbacks)
+        lock_on_main(lock)
+        _check_run_dir(run_dir, cfg, resume)  # under the lock: no other process writes
+        device = device_label(resolve_device(cfg.device))
+        if resume:
+            identity = read_identity(run_dir)
+            notes = adopt_threads(identity, device)
+        else:
+            identity = bdist.broadcast_object(new_identity(cfg.to_dict(), device))
+            notes = []
+        trainer = _Run(cfg, task, run_dir, progress, callbacks, identity, notes)
         result = trainer.run(resume)
         ended = True
         return result
+    except BaseException:
+        if created and is_main_process():
+            remove_if_untouched(run_dir, lock)
+        raise
     finally:
+        lock.release()
+        torch.set_num_threads(threads)  # a resume may have adopted the recorded count
         if env.started:
             # The DDP wrapper's reducer holds the process group: free it now, while the
             # interpreter is whole. Left to interpreter exit, gloo's worker threads can be
@@ -166,6 +185,22 @@ def fit(
             trainer = None
             gc.collect()
             bdist.shutdown(synchronize=ended)
+
+
+def _check_run_dir(run_dir: Path, cfg: FitConfig, resume: bool) -> None:
+    """A resume needs the run's config.yaml (unchanged); a fresh run an unused directory."""
+    if resume:
+        saved_path = run_dir / "config.yaml"
+        if not saved_path.is_file():
+            raise ConfigError(f"cannot resume: {saved_path} does not exist")
+        saved = load_yaml(saved_path)
+        diff = _config_diff(cfg.to_dict(), saved)
+        if diff:
+            raise ConfigError("cannot resume with a different config; changed: " + "; ".join(diff))
+    elif any((run_dir / name).exists() for name in ("metrics.jsonl", "checkpoints", "run.json")):
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; use --resume or another --out"
+        )
 
 
 class _Run:
@@ -178,9 +213,15 @@ class _Run:
         run_dir: Path,
         progress: str,
         callbacks: Sequence[Callback] = (),
+        identity: dict | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
         # Build (and validate) everything before the run directory is touched.
         self.cfg, self.task, self.run_dir = cfg, task, run_dir
+        #: run.json's content (run id, config fingerprint, threads, device, torch)
+        self.identity = identity or {"run_id": None, "config": None}
+        #: what the start of the run said (resume notes), kept in summary.json
+        self.notes: list[str] = list(notes)
         self.main = is_main_process()
         self.engine = Engine(cfg, task)
         self.user = list(callbacks)
@@ -240,6 +281,7 @@ class _Run:
             "noise": None if engine.noise is None else engine.noise.state_dict(),
             "world_size": bdist.current_env().world_size,
             "callbacks": [cpu_clone(cb.state_dict()) for cb in self.user],
+            "identity": dict(self.identity),
         }
 
     def load(self, ckpt: dict) -> None:
@@ -274,7 +316,7 @@ class _Run:
         """The newest valid checkpoint (resume only) and what to say about it."""
         if not resume:
             return None, []
-        ckpt, messages = self.ckpt.ckpts.newest_valid()
+        ckpt, messages = self.ckpt.ckpts.newest_valid(identity=self.identity)
         if ckpt is None:
             messages.append(
                 "no valid checkpoint found; starting again from step 0"
@@ -320,19 +362,27 @@ class _Run:
         """Write config.yaml, load the checkpoint, open the log; the messages."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # run.json first: a config.yaml (what --resume looks for) implies a run.json
+            write_identity(self.run_dir, self.identity)
             dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present
             (self.run_dir / "config.yaml").write_text(
                 yaml.dump(self.cfg.to_dict(), Dumper=dumper, sort_keys=False), encoding="utf-8"
             )
         state = self.engine.state
+        keep: int | None = None
         if ckpt is not None:
             self.load(ckpt)
-            messages.append(f"resuming from step {state.step} (epoch {state.epoch + 1})")
+            messages.append(resume_message(state, self.cfg.epochs))
             self.stop_reason = "early_stopping" if state.stopped_early else ""
+            if self.main:
+                path = self.run_dir / "metrics.jsonl"
+                keep, log_notes = repair_metrics(path, ckpt["metrics_bytes"], state.step)
+                messages += log_notes
+        self.notes += messages
         if self.main:
             self.log = RunLogger(
                 self.run_dir,
-                resume_bytes=ckpt["metrics_bytes"] if ckpt is not None else None,
+                resume_bytes=keep,
                 purge_step=state.step + 1 if ckpt is not None else None,
                 submit=self.ckpt.writer.submit,
             )
@@ -347,7 +397,7 @@ class _Run:
         messages = self._open(ckpt, messages)
         engine, cfg = self.engine, self.cfg
         self.progress = Progress(self.progress_mode, engine.total_steps, cfg.epochs)
-        for line in messages:
+        for line in self.notes:
             self.progress.message(f"lrpilot fit: {line}")
         logging = LogCallback(self.log, self.progress, cfg.log_every)
         engine.on_event = logging.event

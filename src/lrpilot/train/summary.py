@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lrpilot.atomic_io import atomic_write_bytes
 from lrpilot.batch import distributed as bdist
 from lrpilot.history import History
@@ -44,8 +46,32 @@ def atomic_json(obj: Any, path: Path) -> None:
     atomic_write_bytes((json.dumps(obj, indent=2) + "\n").encode("utf-8"), path)
 
 
+def steps_rewound(rescues: list[dict]) -> int:
+    """Optimizer steps run again because of guard rescues: a rescue at step ``s`` back to
+    the snapshot taken at step ``r`` discards the steps since that state was last current,
+    ``r`` or the step of an earlier rescue back to the same snapshot.
+
+    >>> steps_rewound([{"step": 20, "restored_step": 16}, {"step": 24, "restored_step": 16}])
+    8
+    """
+    current_at: dict[int, int] = {}
+    total = 0
+    for event in rescues:
+        step, restored = int(event["step"]), int(event["restored_step"])
+        total += step - current_at.get(restored, restored)
+        current_at[restored] = step
+    return total
+
+
 def finish_run(trainer: Any, status: str) -> dict[str, Any]:
-    """The end of a run: restore best weights if asked, build ``summary.json``."""
+    """The end of a run: restore best weights if asked, build ``summary.json``.
+
+    Counting: ``epochs_run`` is the number of epochs completed; the ``epoch`` fields of
+    records (``final``, ``best``, guard actions, ``metrics.jsonl``) are 0-based indices
+    (the run's text says ``epoch k/N`` with ``k = index + 1``). ``steps_run`` counts every
+    optimizer step taken, including the ones a guard rescue ran again:
+    ``steps_run = steps_planned + steps_rewound`` for a run that trained to its end, where
+    ``steps_rewound`` is :func:`steps_rewound` of the rescues."""
     cfg, engine = trainer.cfg, trainer.engine
     state = engine.state
     es = cfg.early_stopping
@@ -69,6 +95,8 @@ def finish_run(trainer: Any, status: str) -> dict[str, Any]:
             **{k: v for k, v in state.best_record.items() if k != "type"},
         }
     rescues = [e for e in state.events if e.get("action") == "guard_rescue"]
+    rewound = steps_rewound(rescues)
+    identity = getattr(trainer, "identity", {}) or {}
     return {
         "task": cfg.task,
         "status": status,
@@ -76,6 +104,7 @@ def finish_run(trainer: Any, status: str) -> dict[str, Any]:
         "epochs_planned": cfg.epochs,
         "steps_run": state.step,
         "steps_planned": engine.total_steps,
+        "steps_rewound": rewound,
         "steps_per_epoch": engine.steps_per_epoch,
         "optimizer_steps_skipped": state.skipped_steps,
         "samples_seen": state.samples,
@@ -97,6 +126,10 @@ def finish_run(trainer: Any, status: str) -> dict[str, Any]:
         "restored_best_weights": restored,
         "stop_reason": trainer.stop_reason or None,
         "device": str(engine.device),
+        "run_id": identity.get("run_id"),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": str(torch.__version__),
+        "notes": list(getattr(trainer, "notes", [])),
         "guard": {
             "enabled": cfg.guard.enabled,
             "rescues": len(rescues),
