@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,10 +56,15 @@ from lrpilot.train.builders import (
 )
 from lrpilot.train.callbacks import Callback, CallbackList, StepOutcome
 from lrpilot.train.config import FitConfig, parse_config
+from lrpilot.train.lagged import LateReader, PendingStep
 from lrpilot.train.rng import capture_rng, restore_rng, seed_everything
 
 LOOP_STATE_VERSION = 1
 OK, DIVERGED = "ok", "diverged"
+#: lagged mode: the host reads a step's values this many steps after it was queued
+LAG = 1
+#: tests only: ``True``/``False`` forces the lagged mode on/off for every new Engine
+_FORCE_LAGGED: bool | None = None
 
 
 @dataclass
@@ -155,7 +161,9 @@ class Engine:
     """One run's objects (``cfg, task, model, optimizer, adapter, device, state``) and
     the training step. Building seeds every RNG with ``cfg.seed`` first."""
 
-    def __init__(self, cfg: FitConfig, task: Task | None = None) -> None:
+    def __init__(
+        self, cfg: FitConfig, task: Task | None = None, *, _lagged: bool | None = None
+    ) -> None:
         self.cfg = cfg
         self.task = task if task is not None else get_task(cfg.task)
         self.device = resolve_device(cfg.device)
@@ -200,6 +208,26 @@ class Engine:
         self._null = contextlib.nullcontext()
         self._ddp = bdist.current_env().distributed
         self._t0 = time.perf_counter()
+        self.lagged = self._choose_lagged(_lagged if _lagged is not None else _FORCE_LAGGED)
+        self._reader = LateReader(self.device)
+        self._launched: deque[PendingStep] = deque()  # queued, values not read yet
+        self._ready: deque[StepOutcome] = deque()  # read, not handed out yet
+        self._zero = torch.zeros((), device=self.device)
+
+    def _choose_lagged(self, forced: bool | None) -> bool:
+        """Lagged mode (:meth:`advance`): by default on CUDA when the optimizer can skip a
+        step on the device (PyTorch's fused kernels take ``found_inf``) and no noise
+        monitor reads values on the host; ``forced`` (tests) turns it on or off."""
+        able = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        able = able and self.noise is None
+        if forced is None:
+            return able and self.device.type == "cuda"
+        if forced and not able:
+            raise ValueError(
+                "the lagged step needs a fused optimizer (optimizer.implementation: fused "
+                "or auto) and no noise_scale"
+            )
+        return forced
 
     # ------------------------------------------------------------------ the step
     @property
@@ -218,6 +246,8 @@ class Engine:
     def train_step(self) -> StepOutcome:
         """Exactly one optimizer step from the current data position (an epoch whose
         micro-batches are used up is left for the next, without epoch-end work)."""
+        if self._launched:
+            self.resolve()  # a lagged step still open: its values first
         state = self.state
         if self.epoch_done:
             self.next_epoch()
@@ -231,7 +261,9 @@ class Engine:
         n_step = sum(sizes)
         step_no = state.step + 1
         log_now = step_no % self.cfg.log_every == 0 or step_no == 1
-        loss_value, norm_value = self._gradients(sizes, n_step, step_no, log_now)
+        loss_t, norm_t = self._gradients(sizes, n_step, step_no, log_now)
+        loss_value = float(loss_t)
+        norm_value = float(norm_t) if norm_t is not None else None
         lr_used = self.optimizer.param_groups[0]["lr"]
         self.last_lr = lr_used
         gate = self.gate
@@ -256,8 +288,9 @@ class Engine:
 
     def _gradients(
         self, sizes: list[int], n_step: int, step_no: int, log_now: bool
-    ) -> tuple[float, float | None]:
-        """Forward and backward over the step's micro-batches; ``(loss, grad norm)``."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward over the step's micro-batches; ``(loss, grad norm)`` as
+        tensors on the device (the norm only on logged steps or when clipping)."""
         model, scaler, noise, amp = self.model, self.scaler, self.noise, self.cfg.amp
         loss_fn, batches, acc = self.task.loss_fn, self._batches, len(sizes)
         assert batches is not None
@@ -294,8 +327,7 @@ class Engine:
             norm_t = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         elif log_now:
             norm_t = grad_norm(self.params)
-        loss_value = float(bdist.mean_over_processes(loss_total) if self._ddp else loss_total)
-        return loss_value, (float(norm_t) if norm_t is not None else None)
+        return (bdist.mean_over_processes(loss_total) if self._ddp else loss_total), norm_t
 
     def _update(self) -> bool:
         """Apply the update and step the schedule; ``True`` if fp16 overflow skipped it."""
@@ -305,6 +337,7 @@ class Engine:
             self.adapter.step()
             return False
         scale_before = scaler.get_scale()
+        self._prepare_momentum()  # an overflow at the first step must not leave garbage
         scaler.step(self.optimizer)
         scaler.update()
         if scaler.get_scale() < scale_before:
@@ -312,6 +345,169 @@ class Engine:
             return True
         self.adapter.step()
         return False
+
+    # ------------------------------------------------------------ the lagged step
+    def advance(self) -> None:
+        """Lagged mode: queue one optimizer step without any host sync and read the values
+        of the steps queued ``LAG`` steps earlier (all of them once the epoch's data is used
+        up). Their outcomes wait for :meth:`next_outcome`.
+
+        A step's ``[loss, grad norm, fp16 overflow]`` travels to the host late
+        (:mod:`lrpilot.train.lagged`); a non-finite loss (or measured norm, without a
+        GradScaler) is vetoed on the device, through the fused optimizer's ``found_inf``
+        (as a GradScaler skips an overflow), so no such update is applied although the gate
+        sees it a step later. The gate's other ``"diverged"`` verdicts come a step late:
+        the guard's rescue then returns to a snapshot taken before them (snapshots are taken
+        only when :meth:`resolve` has shown the gate every step, see
+        :class:`lrpilot.train.builtin.GuardCallback`). fp16: the schedule steps at queue
+        time; a step found skipped by overflow steps it back when read, so the schedule
+        counts applied updates as in :meth:`train_step` (only the one step queued in
+        between used the LR one step further).
+        """
+        t_step = time.perf_counter()
+        self._launch()
+        launched = self._launched
+        while len(launched) > LAG:
+            self._resolve_one(launched.popleft())
+        if self.epoch_done:
+            while launched:
+                self._resolve_one(launched.popleft())
+        self.state.train_time += time.perf_counter() - t_step
+
+    def resolve(self) -> list[StepOutcome]:
+        """Read every queued step now (a host sync in lagged mode; nothing to do otherwise);
+        the gate sees them; their outcomes (returned) also wait for :meth:`next_outcome`."""
+        if not self._launched:
+            return []
+        t0 = time.perf_counter()
+        out = [self._resolve_one(p) for p in self._launched]
+        self._launched.clear()
+        self.state.train_time += time.perf_counter() - t0
+        return out
+
+    def next_outcome(self) -> StepOutcome | None:
+        """The oldest read outcome not yet handed out (``None``: none)."""
+        return self._ready.popleft() if self._ready else None
+
+    @property
+    def pending(self) -> int:
+        """Steps queued whose values were not read yet."""
+        return len(self._launched)
+
+    def outcomes_state(self) -> list[dict]:
+        """The read outcomes not yet handed out, as plain data (checkpoints keep them)."""
+        return [{k: getattr(o, k) for k in StepOutcome.__dataclass_fields__} for o in self._ready]
+
+    def load_outcomes_state(self, outcomes: list[dict]) -> None:
+        self._launched.clear()
+        self._ready = deque(StepOutcome(**o) for o in outcomes)
+
+    def _launch(self) -> None:
+        """Queue one step (the data position and counters move on at once)."""
+        state = self.state
+        if self.epoch_done:
+            self.next_epoch()
+        micro = self.micro_batches
+        if self._batches is None:
+            self._batches = self.data.fetch.iterate(micro[state.micro :])
+        begin = state.micro
+        group = micro[begin : begin + self.cfg.accumulate]
+        sizes = [idx.shape[0] for idx in group]
+        n_step = sum(sizes)
+        step_no = state.step + 1
+        log_now = step_no % self.cfg.log_every == 0 or step_no == 1
+        loss_t, norm_t = self._gradients(sizes, n_step, step_no, log_now)
+        lr_used = self.optimizer.param_groups[0]["lr"]
+        self.last_lr = lr_used
+        check = loss_t if norm_t is None or self.scaler is not None else loss_t + norm_t
+        found = self._update_on_device(check)
+        zero = self._zero
+        values = torch.stack(
+            [
+                loss_t.float(),
+                zero if norm_t is None else norm_t.float(),
+                zero if found is None else found.float(),
+            ]
+        )
+        late = self._reader.push(values)
+        self._launched.append(
+            PendingStep(step_no, state.epoch, lr_used, n_step, norm_t is not None, late)
+        )
+        state.step = step_no
+        state.micro = begin + len(group)
+        state.samples += n_step
+
+    def _update_on_device(self, check: torch.Tensor) -> torch.Tensor | None:
+        """The update, skipped on the device when ``check`` is not finite (with a gate) or
+        the GradScaler found an overflow; returns the overflow flag (fp16) or ``None``."""
+        opt, scaler = self.optimizer, self.scaler
+        found = None
+        if scaler is not None:  # unscale_ was called: its per-device flags are set
+            found = sum(scaler._found_inf_per_device(opt).values())
+        skip = found
+        if self.gate is not None:
+            veto = (check * 0).ne(0).float()  # nan * 0 and inf * 0 are nan: 1.0; else 0.0
+            skip = veto if found is None else torch.maximum(veto, found)
+        if skip is None:
+            opt.step()
+        else:
+            self._prepare_momentum()
+            opt.found_inf, opt.grad_scale = skip, None  # fused kernels: skip when 1
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf, opt.grad_scale
+        if scaler is not None:
+            scaler.update()
+        self.adapter.step()
+        return found
+
+    def _prepare_momentum(self) -> None:
+        """Fused SGD creates its momentum buffers *uninitialised* at the first step and
+        fills them in the kernel, which a skipped step does not run: zeros instead (with
+        ``dampening = 0`` the first update ``0 * momentum + grad`` is the same)."""
+        opt = self.optimizer
+        if not isinstance(opt, torch.optim.SGD) or not self.params:
+            return
+        if opt.state.get(self.params[0], {}).get("momentum_buffer") is not None:
+            return  # made at the first step (and restored with the optimizer state)
+        for group in opt.param_groups:
+            if not group.get("momentum"):
+                continue
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                if p.grad is not None and state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+
+    def _resolve_one(self, pending: PendingStep) -> StepOutcome:
+        loss, norm, found = self._reader.read(pending.values)
+        norm_value = norm if pending.has_norm else None
+        verdict = OK
+        if self.gate is not None:
+            verdict = self.gate(loss, norm_value if self.scaler is None else None)
+        skipped = verdict == DIVERGED
+        state = self.state
+        if not skipped:
+            if found:  # fp16 overflow: no update; the schedule goes back one step
+                state.skipped_steps += 1
+                self.adapter.step(self.adapter.last_epoch - 1)
+                skipped = True
+            state.epoch_loss_sum += loss * pending.samples
+            state.epoch_loss_samples += pending.samples
+        outcome = StepOutcome(
+            pending.step,
+            pending.epoch,
+            loss,
+            norm_value,
+            pending.lr,
+            pending.samples,
+            skipped,
+            verdict,
+        )
+        self._ready.append(outcome)
+        return outcome
 
     def next_epoch(self) -> None:
         """Move to the next epoch's start (the counters of the epoch start again)."""
@@ -328,7 +524,15 @@ class Engine:
         steps end early when one asks to stop."""
         calls = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
         self.model.train()
-        out = []
+        out: list[StepOutcome] = []
+        if self.lagged:
+            for _ in range(n):
+                self.advance()
+                if self._hand_out(calls, out):
+                    break
+            self.resolve()
+            self._hand_out(calls, out)
+            return out
         for _ in range(n):
             outcome = self.train_step()
             out.append(outcome)
@@ -336,6 +540,15 @@ class Engine:
             if control is not None and control.stop:
                 break
         return out
+
+    def _hand_out(self, calls: CallbackList, out: list[StepOutcome]) -> bool:
+        """Every read outcome to ``calls``; whether one of them asked to stop."""
+        stop = False
+        while (outcome := self.next_outcome()) is not None:
+            out.append(outcome)
+            control = calls.step_end(self, outcome)
+            stop = stop or (control is not None and control.stop)
+        return stop
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
@@ -380,7 +593,10 @@ class Engine:
         micro-batch, the epoch's loss sums) and scaler; ``full`` adds the RNG states, the
         step counters and the schedule function (for :meth:`restore` to bring back after
         :meth:`set_schedule`). ``reuse``: a snapshot being dropped, whose buffers are
-        filled instead of new ones. Without ``full`` it is checkpointable as is."""
+        filled instead of new ones. Without ``full`` it is checkpointable as is. Lagged
+        mode: the queued steps are read first (:meth:`resolve`)."""
+        if self._launched:
+            self.resolve()
         state = self.state
         snap = take_snapshot(state.step, self.model, self.optimizer, reuse)
         snap.update(
@@ -420,6 +636,8 @@ class Engine:
         if "rng" in snap:
             restore_rng(snap["rng"])
         self._batches = None  # the data position changed: a new batch iterator
+        self._launched.clear()  # lagged steps from after the snapshot: dropped
+        self._ready.clear()
 
     def set_schedule(self, schedule: Callable[[int], float]) -> None:
         """Swap the ``step -> lr`` function; the step counter (and ``lr_scale``) stay."""
