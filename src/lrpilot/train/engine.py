@@ -213,6 +213,7 @@ class Engine:
         self._launched: deque[PendingStep] = deque()  # queued, values not read yet
         self._ready: deque[StepOutcome] = deque()  # read, not handed out yet
         self._zero = torch.zeros((), device=self.device)
+        self._veto = torch.zeros((), device=self.device)
 
     def _choose_lagged(self, forced: bool | None) -> bool:
         """Lagged mode (:meth:`advance`): by default on CUDA when the optimizer can skip a
@@ -421,14 +422,17 @@ class Engine:
         self.last_lr = lr_used
         check = loss_t if norm_t is None or self.scaler is not None else loss_t + norm_t
         found = self._update_on_device(check)
-        zero = self._zero
-        values = torch.stack(
-            [
-                loss_t.float(),
-                zero if norm_t is None else norm_t.float(),
-                zero if found is None else found.float(),
-            ]
-        )
+        if norm_t is None and found is None:  # most steps: the loss alone, no extra kernel
+            values = loss_t.float().reshape(1)
+        else:
+            zero = self._zero
+            values = torch.stack(
+                [
+                    loss_t.float(),
+                    zero if norm_t is None else norm_t.float(),
+                    zero if found is None else found.float(),
+                ]
+            )
         late = self._reader.push(values)
         self._launched.append(
             PendingStep(step_no, state.epoch, lr_used, n_step, norm_t is not None, late)
@@ -446,7 +450,8 @@ class Engine:
             found = sum(scaler._found_inf_per_device(opt).values())
         skip = found
         if self.gate is not None:
-            veto = (check * 0).ne(0).float()  # nan * 0 and inf * 0 are nan: 1.0; else 0.0
+            veto = self._veto  # nan * 0 and inf * 0 are nan: 1.0; else 0.0 (two kernels)
+            torch.ne(check * 0, 0, out=veto)
             skip = veto if found is None else torch.maximum(veto, found)
         if skip is None:
             opt.step()
@@ -482,7 +487,8 @@ class Engine:
                     )
 
     def _resolve_one(self, pending: PendingStep) -> StepOutcome:
-        loss, norm, found = self._reader.read(pending.values)
+        values = self._reader.read(pending.values)
+        loss, norm, found = values if len(values) == 3 else (values[0], 0.0, 0.0)
         norm_value = norm if pending.has_norm else None
         verdict = OK
         if self.gate is not None:

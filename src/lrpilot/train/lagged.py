@@ -56,13 +56,14 @@ class LateReader:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self._free: list[Late] = []
+        self._free: dict[int, list[Late]] = {}  # by size
 
     def push(self, values: torch.Tensor) -> Late:
         """Start the copy of ``values`` to the host (no wait); :meth:`read` it later."""
         if not self.cuda:
             return Late(values)
-        late = self._free.pop() if self._free else None
+        free = self._free.setdefault(values.numel(), [])
+        late = free.pop() if free else None
         if late is None or late.buffer.shape != values.shape:
             late = Late(
                 torch.empty(values.shape, dtype=values.dtype, pin_memory=True),
@@ -80,7 +81,7 @@ class LateReader:
         while not event.query():  # polls; never a device-wide or stream sync
             time.sleep(0)
         out = late.buffer.tolist()
-        self._free.append(late)  # read: the buffer may take the next copy
+        self._free[late.buffer.numel()].append(late)  # read: the buffer may take the next copy
         return out
 
 
