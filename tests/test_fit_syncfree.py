@@ -8,6 +8,7 @@ CUDA, PyTorch's sync debug mode (no host sync in a steady-state step).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import astuple
 
@@ -19,7 +20,7 @@ from torch.utils.data import TensorDataset
 
 import lrpilot.train.engine as engine_module
 from lrpilot.tasks import Task
-from lrpilot.train import Engine, fit, parse_config
+from lrpilot.train import Callback, Engine, fit, parse_config
 from lrpilot.train.builtin import GuardCallback
 from lrpilot.train.callbacks import CallbackList
 from lrpilot.train.guard import DivergenceGuard
@@ -252,3 +253,49 @@ def test_no_host_sync_in_a_steady_state_step_on_cuda(amp: bool) -> None:  # prag
         torch.cuda.set_sync_debug_mode(0)
     rest = eng.resolve()
     assert eng.state.step == 25 and all(math.isfinite(o.loss) for o in rest)
+
+
+class Crash(Callback):
+    """Raises at step ``at`` (``None``: never); counts the outcomes it saw."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at, self.seen = at, 0
+
+    def on_step_end(self, engine, outcome):
+        self.seen += 1
+        if outcome.step == self.at:
+            raise KeyboardInterrupt("planted crash")
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+def test_lagged_resume_is_bit_identical_with_unread_outcomes_in_the_checkpoint(
+    tmp_path, monkeypatch
+) -> None:
+    """A lagged checkpoint is taken with one step queued after the outcome being handed
+    out: it is read into the checkpoint and handed out after the resume."""
+    monkeypatch.setattr(engine_module, "_FORCE_LAGGED", True)
+    task = make_task(PlantedLoss({21}, math.nan))  # a rescue on the way
+    cfg = config(checkpoint_every=7, guard={"snapshot_every": 4})
+    whole = Crash(None)
+    reference = fit(cfg, tmp_path / "ref", task=task, progress="none", callbacks=[whole])
+    task = make_task(PlantedLoss({21}, math.nan))
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "r", task=task, progress="none", callbacks=[Crash(30)])
+    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 29 and [o["step"] for o in ckpt["outcomes"]] == [29]  # at 28
+    task = make_task(PlantedLoss(set(), math.nan))  # the crashed run's step 21 is past
+    resumed_cb = Crash(None)
+    resumed = fit(
+        cfg, tmp_path / "r", task=task, progress="none", resume=True, callbacks=[resumed_cb]
+    )
+    assert resumed_cb.seen == whole.seen  # every outcome handed out once
+    assert resumed.history.steps == reference.history.steps
+    actions = [json.dumps(r.summary["guard"]["actions"]) for r in (resumed, reference)]
+    assert actions[0] == actions[1] and '"guard_rescue"' in actions[0]
+    for p, q in zip(reference.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)

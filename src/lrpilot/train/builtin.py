@@ -114,6 +114,7 @@ class GuardCallback(Callback):
                 len(self.snapshots) == 2
                 or -(-(n_micro - state.micro) // engine.cfg.accumulate) > every
             )
+            and self.guard.healthy  # (checked first: resolve() is a host sync)
             # lagged mode: the guard sees every queued step before a snapshot of them
             and all(o.verdict != DIVERGED for o in engine.resolve())
             and self.guard.healthy
