@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,8 @@ class LaggedSteps:
     _ready: deque
     _zero: torch.Tensor
     _veto: torch.Tensor
+    next_epoch: Callable[[], None]
+    _gradients: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
     def advance(self) -> None:
         """Lagged mode: queue one optimizer step without any host sync and read the values
