@@ -15,6 +15,9 @@
 #   5. ddp                 torchrun --nproc_per_node=1: lrpilot fit, and nccl + SyncBatchNorm
 #   6. overhead            bench/gpu_overhead.py: lrpilot fit vs a performance-aware bare
 #                          loop (CNN, launch-bound MLP), samples/s and the ratio
+#   7. syncfree            bench/gpu_syncfree.py: no host sync in 20 steady-state steps
+#                          (set_sync_debug_mode("error"), fp32 and fp16 + GradScaler), the
+#                          syncs of a short fit, eager vs lagged steps/s
 # Details of sections 2-5: bench/gpu_check.py.
 #
 # Wheels for packages the GPU image lacks (mnist1d, google-crc32c) go in .whl/ and are
@@ -147,6 +150,7 @@ run_section fit_resume $((200 * SLOW)) "$PY" bench/gpu_check.py fit_resume --dev
 run_section finder $((100 * SLOW)) "$PY" bench/gpu_check.py finder --device "$DEVICE"
 run_section memory 120 "$PY" bench/gpu_check.py memory --device "$DEVICE"
 run_section ddp $((150 * SLOW)) "$PY" bench/gpu_check.py ddp --device "$DEVICE"
+run_section syncfree 120 "$PY" bench/gpu_syncfree.py
 run_section overhead 180 overhead
 
 echo

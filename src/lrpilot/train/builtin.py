@@ -4,7 +4,9 @@ order (the user's callbacks go between the guard and checkpointing).
 
 The guard's rule is the pure :class:`lrpilot.train.guard.DivergenceGuard`; here it is
 wired to the engine: its ``observe`` is the engine's gate (a ``diverged`` step is not
-applied), and on a divergence :class:`GuardCallback` returns the engine to the older of
+applied; in the engine's lagged mode the gate sees a step one step late, a non-finite step
+is vetoed on the device, and a snapshot is taken only after the gate has seen every step it
+holds), and on a divergence :class:`GuardCallback` returns the engine to the older of
 its last two snapshots of the epoch, multiplies the whole schedule by ``guard.factor`` and
 records a ``guard_rescue`` event; after ``guard.max_rescues`` rescues the next divergence
 raises :class:`lrpilot.errors.TrainingAborted`.
@@ -110,8 +112,7 @@ class GuardCallback(Callback):
         state, every = engine.state, self.snapshot_every
         n_micro = len(engine.micro_batches)
         if (
-            outcome.step - self.snapshots[-1]["step"] >= every
-            and self.guard.healthy
+            state.step - self.snapshots[-1]["step"] >= every
             and state.micro < n_micro
             # a first snapshot after the epoch's (or a rescue's) that no later one can
             # follow in this epoch is never the one a rescue returns to: skip it
@@ -119,6 +120,10 @@ class GuardCallback(Callback):
                 len(self.snapshots) == 2
                 or -(-(n_micro - state.micro) // engine.cfg.accumulate) > every
             )
+            and self.guard.healthy  # (checked first: resolve() is a host sync)
+            # lagged mode: the guard sees every queued step before a snapshot of them
+            and all(o.verdict != DIVERGED for o in engine.resolve())
+            and self.guard.healthy
             and params_finite(self._weights)
         ):
             dropped = self.snapshots[0] if len(self.snapshots) == 2 else None

@@ -78,7 +78,7 @@ class BatchFetcher:
             check = source.type != "cpu"
             for indices in index_lists:
                 if check and indices.device != source:
-                    indices = indices.to(source)
+                    indices = indices.to(source, non_blocking=True)  # no host sync
                 xb, yb = x[indices], y[indices]
                 if move:
                     xb = xb.to(self.device, non_blocking=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,10 +56,13 @@ from lrpilot.train.builders import (
 )
 from lrpilot.train.callbacks import Callback, CallbackList, StepOutcome
 from lrpilot.train.config import FitConfig, parse_config
+from lrpilot.train.lagged import LaggedSteps, LateReader, PendingStep
 from lrpilot.train.rng import capture_rng, restore_rng, seed_everything
 
 LOOP_STATE_VERSION = 1
 OK, DIVERGED = "ok", "diverged"
+#: tests only: ``True``/``False`` forces the lagged mode on/off for every new Engine
+_FORCE_LAGGED: bool | None = None
 
 
 @dataclass
@@ -151,11 +155,13 @@ def plan_run(config: FitConfig | Mapping[str, Any], task: Task | None = None) ->
     )
 
 
-class Engine:
+class Engine(LaggedSteps):
     """One run's objects (``cfg, task, model, optimizer, adapter, device, state``) and
     the training step. Building seeds every RNG with ``cfg.seed`` first."""
 
-    def __init__(self, cfg: FitConfig, task: Task | None = None) -> None:
+    def __init__(
+        self, cfg: FitConfig, task: Task | None = None, *, _lagged: bool | None = None
+    ) -> None:
         self.cfg = cfg
         self.task = task if task is not None else get_task(cfg.task)
         self.device = resolve_device(cfg.device)
@@ -200,6 +206,27 @@ class Engine:
         self._null = contextlib.nullcontext()
         self._ddp = bdist.current_env().distributed
         self._t0 = time.perf_counter()
+        self.lagged = self._choose_lagged(_lagged if _lagged is not None else _FORCE_LAGGED)
+        self._reader = LateReader(self.device)
+        self._launched: deque[PendingStep] = deque()  # queued, values not read yet
+        self._ready: deque[StepOutcome] = deque()  # read, not handed out yet
+        self._zero = torch.zeros((), device=self.device)
+        self._veto = torch.zeros((), device=self.device)
+
+    def _choose_lagged(self, forced: bool | None) -> bool:
+        """Lagged mode (:meth:`advance`): by default on CUDA when the optimizer can skip a
+        step on the device (PyTorch's fused kernels take ``found_inf``) and no noise
+        monitor reads values on the host; ``forced`` (tests) turns it on or off."""
+        able = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        able = able and self.noise is None
+        if forced is None:
+            return able and self.device.type == "cuda"
+        if forced and not able:
+            raise ValueError(
+                "the lagged step needs a fused optimizer (optimizer.implementation: fused "
+                "or auto) and no noise_scale"
+            )
+        return forced
 
     # ------------------------------------------------------------------ the step
     @property
@@ -218,6 +245,8 @@ class Engine:
     def train_step(self) -> StepOutcome:
         """Exactly one optimizer step from the current data position (an epoch whose
         micro-batches are used up is left for the next, without epoch-end work)."""
+        if self._launched:
+            self.resolve()  # a lagged step still open: its values first
         state = self.state
         if self.epoch_done:
             self.next_epoch()
@@ -231,7 +260,9 @@ class Engine:
         n_step = sum(sizes)
         step_no = state.step + 1
         log_now = step_no % self.cfg.log_every == 0 or step_no == 1
-        loss_value, norm_value = self._gradients(sizes, n_step, step_no, log_now)
+        loss_t, norm_t = self._gradients(sizes, n_step, step_no, log_now)
+        loss_value = float(loss_t)
+        norm_value = float(norm_t) if norm_t is not None else None
         lr_used = self.optimizer.param_groups[0]["lr"]
         self.last_lr = lr_used
         gate = self.gate
@@ -256,8 +287,9 @@ class Engine:
 
     def _gradients(
         self, sizes: list[int], n_step: int, step_no: int, log_now: bool
-    ) -> tuple[float, float | None]:
-        """Forward and backward over the step's micro-batches; ``(loss, grad norm)``."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward over the step's micro-batches; ``(loss, grad norm)`` as
+        tensors on the device (the norm only on logged steps or when clipping)."""
         model, scaler, noise, amp = self.model, self.scaler, self.noise, self.cfg.amp
         loss_fn, batches, acc = self.task.loss_fn, self._batches, len(sizes)
         assert batches is not None
@@ -294,8 +326,7 @@ class Engine:
             norm_t = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         elif log_now:
             norm_t = grad_norm(self.params)
-        loss_value = float(bdist.mean_over_processes(loss_total) if self._ddp else loss_total)
-        return loss_value, (float(norm_t) if norm_t is not None else None)
+        return (bdist.mean_over_processes(loss_total) if self._ddp else loss_total), norm_t
 
     def _update(self) -> bool:
         """Apply the update and step the schedule; ``True`` if fp16 overflow skipped it."""
@@ -305,6 +336,7 @@ class Engine:
             self.adapter.step()
             return False
         scale_before = scaler.get_scale()
+        self._prepare_momentum()  # an overflow at the first step must not leave garbage
         scaler.step(self.optimizer)
         scaler.update()
         if scaler.get_scale() < scale_before:
@@ -328,7 +360,15 @@ class Engine:
         steps end early when one asks to stop."""
         calls = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
         self.model.train()
-        out = []
+        out: list[StepOutcome] = []
+        if self.lagged:
+            for _ in range(n):
+                self.advance()
+                if self._hand_out(calls, out):
+                    break
+            self.resolve()
+            self._hand_out(calls, out)
+            return out
         for _ in range(n):
             outcome = self.train_step()
             out.append(outcome)
@@ -380,7 +420,10 @@ class Engine:
         micro-batch, the epoch's loss sums) and scaler; ``full`` adds the RNG states, the
         step counters and the schedule function (for :meth:`restore` to bring back after
         :meth:`set_schedule`). ``reuse``: a snapshot being dropped, whose buffers are
-        filled instead of new ones. Without ``full`` it is checkpointable as is."""
+        filled instead of new ones. Without ``full`` it is checkpointable as is. Lagged
+        mode: the queued steps are read first (:meth:`resolve`)."""
+        if self._launched:
+            self.resolve()
         state = self.state
         snap = take_snapshot(state.step, self.model, self.optimizer, reuse)
         snap.update(
@@ -420,6 +463,8 @@ class Engine:
         if "rng" in snap:
             restore_rng(snap["rng"])
         self._batches = None  # the data position changed: a new batch iterator
+        self._launched.clear()  # lagged steps from after the snapshot: dropped
+        self._ready.clear()
 
     def set_schedule(self, schedule: Callable[[int], float]) -> None:
         """Swap the ``step -> lr`` function; the step counter (and ``lr_scale``) stay."""

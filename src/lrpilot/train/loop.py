@@ -23,9 +23,12 @@ engine (model, optimizer, schedule, scaler, counters, RNGs), the guard, the best
 tracker and every user callback's ``state_dict()`` (key ``callbacks``), so a resumed run
 is bit-identical to one never stopped.
 
-Costs on the hot path per optimizer step: one host sync for the loss (the guard reads it),
-the gradient norm only on logged steps or when clipping, one small ``StepOutcome``, and
-only the callbacks that override a hook are called.
+Costs on the hot path per optimizer step: on the CPU one read of the loss (the guard
+reads it), the gradient norm only on logged steps or when clipping, one small
+``StepOutcome``, and only the callbacks that override a hook are called. On CUDA (with a
+fused optimizer) the engine's lagged mode (:meth:`Engine.advance`) makes the step free of
+host syncs: the values are read one step late, non-finite steps are vetoed on the device,
+and the outcomes reach the callbacks one step behind (:meth:`_Run.train_lagged`).
 """
 
 from __future__ import annotations
@@ -261,6 +264,7 @@ class _Run:
     def capture(self, metrics_bytes: int) -> dict:
         """Everything a resume needs, as CPU copies (safe to write from another thread)."""
         engine = self.engine
+        engine.resolve()  # lagged mode: the guard's state and the loss sums hold every step
         loop = engine.state.state_dict()
         loop["elapsed"] = engine.elapsed()
         guard = self.guard
@@ -282,6 +286,7 @@ class _Run:
             "world_size": bdist.current_env().world_size,
             "callbacks": [cpu_clone(cb.state_dict()) for cb in self.user],
             "identity": dict(self.identity),
+            "outcomes": engine.outcomes_state(),  # read, not yet seen by the callbacks
         }
 
     def load(self, ckpt: dict) -> None:
@@ -309,6 +314,7 @@ class _Run:
             )
         for cb, state in zip(self.user, states, strict=True):
             cb.load_state_dict(state)
+        engine.load_outcomes_state(ckpt.get("outcomes", []))
         restore_rng(ckpt["rng"])
 
     # ---------------------------------------------------------------------------- run
@@ -440,6 +446,9 @@ class _Run:
         """The loop body: steps, the callbacks' answers, epoch ends."""
         engine, calls, state, epochs = self.engine, self.calls, self.engine.state, self.cfg.epochs
         engine.model.train()
+        if engine.lagged:
+            self.train_lagged()
+            return
         while state.epoch < epochs and not state.stopped_early:
             outcome = engine.train_step()
             control = calls.step_end(engine, outcome)
@@ -451,6 +460,32 @@ class _Run:
                 if control is not None:
                     self.apply(control)
                 self.ckpt.epoch_end(last=state.epoch >= epochs or state.stopped_early)
+
+    def train_lagged(self) -> None:
+        """The loop body in the engine's lagged mode (CUDA): each step is queued, and the
+        outcomes of the steps read so far (one step behind) go to the callbacks. A stop
+        asked at step ``k`` takes effect after step ``k + 1``, already queued."""
+        engine, state, epochs = self.engine, self.engine.state, self.cfg.epochs
+        while state.epoch < epochs and not state.stopped_early:
+            engine.advance()
+            self.hand_out()
+            if state.stopped_early and engine.pending:
+                engine.resolve()
+                self.hand_out()
+            if engine.epoch_done or state.stopped_early:
+                record = engine.end_epoch()
+                control = self.calls.epoch_end(engine, record)
+                if control is not None:
+                    self.apply(control)
+                self.ckpt.epoch_end(last=state.epoch >= epochs or state.stopped_early)
+
+    def hand_out(self) -> None:
+        """Every outcome the engine has read, to the callbacks, in step order."""
+        engine, calls = self.engine, self.calls
+        while (outcome := engine.next_outcome()) is not None:
+            control = calls.step_end(engine, outcome)
+            if control is not None:
+                self.apply(control)
 
     def apply(self, control: Control) -> None:
         """Carry out a callback's answer (the guard's rescue is already done)."""
