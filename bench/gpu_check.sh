@@ -145,12 +145,12 @@ overhead() {
 export PY DEVICE HAS_CUDA
 export -f pytest_cuda overhead
 run_section pytest 170 pytest_cuda
+run_section syncfree 120 "$PY" bench/gpu_syncfree.py
 SLOW=1; [ "$DEVICE" = cpu ] && SLOW=4  # the CPU proof trains the same runs more slowly
 run_section fit_resume $((200 * SLOW)) "$PY" bench/gpu_check.py fit_resume --device "$DEVICE"
 run_section finder $((100 * SLOW)) "$PY" bench/gpu_check.py finder --device "$DEVICE"
 run_section memory 120 "$PY" bench/gpu_check.py memory --device "$DEVICE"
 run_section ddp $((150 * SLOW)) "$PY" bench/gpu_check.py ddp --device "$DEVICE"
-run_section syncfree 120 "$PY" bench/gpu_syncfree.py
 run_section overhead 180 overhead
 
 echo
