@@ -333,6 +333,13 @@ def memory(device: str, work: Path) -> int:
         )
     limit = 4 * GiB
     total = torch.cuda.get_device_properties(0).total_memory
+    # cuBLAS/cuBLASLt keep their workspaces (about 65 MiB on an H200) in PyTorch's caching
+    # allocator from the first matrix product on: "everything freed" means back to this level
+    warm = nn.Linear(8, 8).cuda()
+    warm(torch.ones(4, 8, device="cuda")).sum().backward()
+    del warm
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
     torch.cuda.set_per_process_memory_fraction(limit / total)
     try:
         t0 = time.perf_counter()
@@ -354,7 +361,7 @@ def memory(device: str, work: Path) -> int:
         )
         for line in probe.reasons:
             print(f"    {line}")
-        left = torch.cuda.memory_allocated()
+        left = torch.cuda.memory_allocated() - baseline
         fits = trains(probe.batch_size, "cuda", steps=5)
         t0 = time.perf_counter()
         largest, tries = largest_that_trains("cuda", 64)
@@ -363,7 +370,7 @@ def memory(device: str, work: Path) -> int:
             f"({tries} tries, {time.perf_counter() - t0:.1f} s)"
         )
         print(
-            f"  probed batch trains 5 steps: {fits}; allocated after the probe: {left / 2**20:.1f} MiB"
+            f"  probed batch trains 5 steps: {fits}; left allocated by the probe: {left / 2**20:.1f} MiB"
         )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
@@ -371,7 +378,7 @@ def memory(device: str, work: Path) -> int:
     detail = f"probe {probe.batch_size} vs largest {largest} (ratio {ratio:.3f})"
     if not fits:
         return result("memory", "FAIL", f"the probed batch runs out of memory: {detail}")
-    if ratio < 0.9 or left > 64 * 2**20:
+    if ratio < 0.9 or left > 2**20:
         return result("memory", "FAIL", f"{detail}; {left / 2**20:.0f} MiB left allocated")
     return result("memory", "PASS", detail)
 

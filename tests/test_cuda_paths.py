@@ -101,7 +101,10 @@ class _Wide(nn.Module):
 def test_cuda_probe_recovers_from_real_out_of_memory():
     """Under a real 1 GiB cap (and a budget above it) only out-of-memory errors stop the
     search: the probe survives them, frees every try, and its batch really trains."""
+    from conftest import cuda_workspace_baseline
+
     total = torch.cuda.get_device_properties(0).total_memory
+    baseline = cuda_workspace_baseline()
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(1024 * MiB / total)
     try:
@@ -116,7 +119,7 @@ def test_cuda_probe_recovers_from_real_out_of_memory():
         )
         assert any(peak < 0 for _, peak in probe.points), probe.points  # a real OOM happened
         assert not probe.capped and probe.batch_size > 1
-        assert torch.cuda.memory_allocated() < 16 * MiB  # every try cleaned up
+        assert torch.cuda.memory_allocated() - baseline < MiB  # every try cleaned up
         torch.manual_seed(0)
         model = _Wide().cuda()
         opt = torch.optim.AdamW(model.parameters())
