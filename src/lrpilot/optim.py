@@ -236,10 +236,38 @@ def family_classes() -> dict[type[torch.optim.Optimizer], str]:
     return out
 
 
+def _split_no_decay(
+    groups: list[dict[str, Any]], mults: list[float], labels: list[str]
+) -> tuple[list[dict[str, Any]], list[float], list[str]]:
+    """Each group split in two: parameters with at most one dimension (biases,
+    normalisation weights) get ``weight_decay`` 0, the others keep the optimizer's."""
+    out: list[dict[str, Any]] = []
+    out_mults: list[float] = []
+    out_labels: list[str] = []
+    for group, mult, label in zip(groups, mults, labels, strict=True):
+        decay = [p for p in group["params"] if p.ndim > 1]
+        keep = [p for p in group["params"] if p.ndim <= 1]
+        extra: dict[str, Any]
+        for params, extra, name in (
+            (decay, {}, label),
+            (keep, {"weight_decay": 0.0}, f"{label}/no_decay"),
+        ):
+            if params:
+                out.append({"params": params, **extra})
+                out_mults.append(mult)
+                out_labels.append(name)
+    return out, out_mults, out_labels
+
+
 def build_param_groups(
-    model: nn.Module, layer_lr: Mapping[str, float]
+    model: nn.Module, layer_lr: Mapping[str, float], no_decay: str = "none"
 ) -> tuple[list[dict[str, Any]], list[float], list[str]]:
     """Param groups for ``layer_lr``: ``(groups, multipliers, labels)``.
+
+    With ``no_decay="auto"`` (``optimizer.no_decay``) each group is split: its parameters
+    with at most one dimension (biases and normalisation weights) go to a group labelled
+    ``<label>/no_decay`` with ``weight_decay`` 0 and the same multiplier (as timm and
+    Hugging Face do; Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019).
 
     Each parameter goes to the first pattern (in config order) that matches, with
     ``fnmatch``, its module name (``"0"``, ``"encoder.layer1"``) or its full parameter name
@@ -250,7 +278,20 @@ def build_param_groups(
     >>> _, mults, labels = build_param_groups(m, {"2": 0.1})
     >>> mults, labels
     ([1.0, 0.1], ['default', '2'])
+    >>> build_param_groups(m, {"2": 0.1}, no_decay="auto")[2]
+    ['default', 'default/no_decay', '2', '2/no_decay']
     """
+    groups, mults, labels = _layer_groups(model, layer_lr)
+    if no_decay == "auto":
+        return _split_no_decay(groups, mults, labels)
+    if no_decay != "none":
+        raise ConfigError(f"optimizer.no_decay={no_decay!r} is not allowed; valid: none, auto")
+    return groups, mults, labels
+
+
+def _layer_groups(
+    model: nn.Module, layer_lr: Mapping[str, float]
+) -> tuple[list[dict[str, Any]], list[float], list[str]]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not layer_lr:
         return [{"params": [p for _, p in named]}], [1.0], ["default"]

@@ -115,12 +115,12 @@ def check_config(raw: Mapping[str, Any], *, gpus: int = 1) -> list[Finding]:
     from lrpilot.schedules import from_config, scale
     from lrpilot.tasks import get_task
     from lrpilot.train import parse_config
-    from lrpilot.train.builders import schedule_mapping
+    from lrpilot.train.builders import build_model, schedule_mapping
 
     gpus = check_int("--gpus", gpus, low=1)
     cfg = parse_config(raw)
     task = get_task(raw["task"])
-    model = task.build_model()
+    model = build_model(task, cfg)  # with the config's model settings
     n = len(task.train_set)  # type: ignore[arg-type]
     total_batch = cfg.batch_size * cfg.accumulate * gpus
     spe = math.ceil(n / (cfg.batch_size * gpus * cfg.accumulate))

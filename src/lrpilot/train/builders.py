@@ -21,6 +21,8 @@ from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task
 from lrpilot.train.config import FitConfig
 from lrpilot.train.data import BatchFetcher, DataOrder
+from lrpilot.train.knobs import build_model as build_model  # the knobs' builders, re-exported
+from lrpilot.train.knobs import training_loss as training_loss
 
 # The optimizer functions live in the registry, lrpilot.optim; these names stay for the loop.
 AUTO_FUSED_DEVICES = optim.AUTO_FUSED_DEVICES

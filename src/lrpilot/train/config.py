@@ -27,6 +27,10 @@ Semantics worth knowing:
 * ``optimizer.implementation``: ``auto`` (default: PyTorch's fused kernel where it applies,
   see :func:`lrpilot.train.builders.resolve_implementation`), ``fused``, ``foreach`` or
   ``for-loop``. The same update rule; they differ in speed and in the last bits.
+* Regularisation (:mod:`lrpilot.train.knobs`): ``loss: {label_smoothing: 0.1}``
+  (cross-entropy tasks, training loss only), ``optimizer.no_decay: auto`` (no weight decay
+  on biases and normalisation weights; default ``none``), ``early_stopping``, and
+  ``model: {dropout: 0.2, ...}`` (keyword arguments for the task's ``build_model``).
 * YAML is read by :mod:`lrpilot.safe_yaml`: ``1e-3`` is a number (YAML 1.2), duplicate keys
   and hostile files (alias bombs, devices, deep nesting, huge values) are refused.
 
@@ -36,7 +40,7 @@ Semantics worth knowing:
 >>> parse_config({"task": "mnist1d-mlp", "epoch": 2})
 Traceback (most recent call last):
 ...
-lrpilot.errors.ConfigError: unknown config key 'epoch'; valid: accumulate, amp, batch_size, checkpoint_every, device, early_stopping, epochs, grad_clip, guard, layer_lr, log_every, lr_scaling, noise_scale, optimizer, plateau, schedule, seed, task
+lrpilot.errors.ConfigError: unknown config key 'epoch'; valid: accumulate, amp, batch_size, checkpoint_every, device, early_stopping, epochs, grad_clip, guard, layer_lr, log_every, loss, lr_scaling, model, noise_scale, optimizer, plateau, schedule, seed, task
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ from lrpilot.errors import ConfigError, check_int, check_range, short_repr
 from lrpilot.optim import IMPLEMENTATIONS, optimizer_defaults
 from lrpilot.safe_yaml import load_mapping, loads
 from lrpilot.tasks import Task, get_task
+
+# LOSS_KEYS is re-exported: the accepted keys, read by lrpilot.recommend.check.supported_knobs
+from lrpilot.train.knobs import LOSS_KEYS as LOSS_KEYS
+from lrpilot.train.knobs import NO_DECAY, parse_loss, parse_model
 
 TOP_KEYS = (
     "task",
@@ -73,9 +81,20 @@ TOP_KEYS = (
     "device",
     "lr_scaling",
     "noise_scale",
+    "loss",
+    "model",
 )
 OPTIMIZERS = ("sgd", "adamw", "adam")
-OPTIMIZER_KEYS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "implementation")
+OPTIMIZER_KEYS = (
+    "name",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "betas",
+    "implementation",
+    "no_decay",
+)
 # The defaults (and IMPLEMENTATIONS) are the optimizer registry's (lrpilot.optim): one set
 # for `lrpilot fit`, `lrpilot find` and the memory probe.
 _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {n: optimizer_defaults(n) for n in OPTIMIZERS}
@@ -115,6 +134,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     implementation: str = "auto"
+    no_decay: str = "none"  # lrpilot.train.knobs.NO_DECAY
 
 
 @dataclass(frozen=True)
@@ -169,6 +189,8 @@ class FitConfig:
     # lrpilot.batch.distributed: {rule, base_batch, conservative} / {beta, every}
     lr_scaling: dict | None = None
     noise_scale: dict | None = None
+    loss: dict[str, float] = field(default_factory=dict)  # {label_smoothing}
+    model: dict[str, Any] = field(default_factory=dict)  # keyword arguments of build_model
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what ``config.yaml`` in the run directory holds)."""
@@ -219,6 +241,7 @@ def _optimizer(raw: Any, task: Task) -> OptimizerConfig:
         "optimizer.implementation", merged.get("implementation", "auto"), IMPLEMENTATIONS
     )
     wd = check_range("optimizer.weight_decay", merged.get("weight_decay", 0.0), low=0)
+    no_decay = _check_choice("optimizer.no_decay", merged.get("no_decay", "none"), NO_DECAY)
     if name == "sgd":
         if "betas" in user:
             raise ConfigError("optimizer.betas applies to adam/adamw, not to sgd")
@@ -228,7 +251,9 @@ def _optimizer(raw: Any, task: Task) -> OptimizerConfig:
         nesterov = _check_bool("optimizer.nesterov", merged.get("nesterov", False))
         if nesterov and momentum == 0:
             raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
-        return OptimizerConfig(name, lr, momentum, nesterov, wd, implementation=impl)
+        return OptimizerConfig(
+            name, lr, momentum, nesterov, wd, implementation=impl, no_decay=no_decay
+        )
     for key in ("momentum", "nesterov"):
         if key in user:
             raise ConfigError(
@@ -239,7 +264,7 @@ def _optimizer(raw: Any, task: Task) -> OptimizerConfig:
         raise ConfigError(f"optimizer.betas must be a pair [beta1, beta2], got {betas!r}")
     b1 = check_range("optimizer.betas[0]", betas[0], low=0, high=1, high_inclusive=False)
     b2 = check_range("optimizer.betas[1]", betas[1], low=0, high=1, high_inclusive=False)
-    return OptimizerConfig(name, lr, 0.0, False, wd, (b1, b2), implementation=impl)
+    return OptimizerConfig(name, lr, 0.0, False, wd, (b1, b2), impl, no_decay)
 
 
 def monitor_names(task: Task) -> tuple[str, ...]:
@@ -422,6 +447,8 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
         noise_scale=_batch_parsers()[1](
             cfg.get("noise_scale"), cfg.get("accumulate", 1), int(os.environ.get("WORLD_SIZE", "1"))
         ),
+        loss=parse_loss(cfg.get("loss"), task),
+        model=parse_model(cfg.get("model"), task),
     )
     return fit
 

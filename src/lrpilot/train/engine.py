@@ -42,6 +42,7 @@ from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task, get_task
 from lrpilot.train.builders import (
     autocast_context,
+    build_model,
     build_optimizer,
     build_param_groups,
     build_schedule,
@@ -52,6 +53,7 @@ from lrpilot.train.builders import (
     makes_sparse_grads,
     resolve_device,
     resolve_implementation,
+    training_loss,
     wrap_model,
 )
 from lrpilot.train.callbacks import Callback, CallbackList, StepOutcome
@@ -166,8 +168,11 @@ class Engine(LaggedSteps):
         self.task = task if task is not None else get_task(cfg.task)
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
-        self.model = wrap_model(self.task.build_model(), cfg, self.device)
-        groups, mults, self.group_labels = build_param_groups(self.model, cfg.layer_lr)
+        self.model = wrap_model(build_model(self.task, cfg), cfg, self.device)
+        groups, mults, self.group_labels = build_param_groups(
+            self.model, cfg.layer_lr, cfg.optimizer.no_decay
+        )
+        self.loss_fn = training_loss(self.task, cfg)  # label smoothing; evaluation: the task's
         implementation = resolve_implementation(
             cfg.optimizer.implementation,
             [p for group in groups for p in group["params"]],
@@ -291,7 +296,7 @@ class Engine(LaggedSteps):
         """Forward and backward over the step's micro-batches; ``(loss, grad norm)`` as
         tensors on the device (the norm only on logged steps or when clipping)."""
         model, scaler, noise, amp = self.model, self.scaler, self.noise, self.cfg.amp
-        loss_fn, batches, acc = self.task.loss_fn, self._batches, len(sizes)
+        loss_fn, batches, acc = self.loss_fn, self._batches, len(sizes)
         assert batches is not None
         self._clear_grads()
         loss_total: Any = None
