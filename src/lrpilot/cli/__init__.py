@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "lrpilot.cli.diagnose_cmd",
     "lrpilot.cli.find_cmd",
     "lrpilot.cli.batch_cmd",
+    "lrpilot.cli.tune_cmd",
 )
 
 
