@@ -91,9 +91,7 @@ def make_storage(storage: str, heartbeat: int) -> Any:
     with_warnings_off(optuna)
     if is_journal(storage):
         journal = optuna.storages.journal if hasattr(optuna.storages, "journal") else None
-        backend = getattr(journal, "JournalFileBackend", None) or getattr(
-            optuna.storages, "JournalFileStorage"
-        )
+        backend = getattr(journal, "JournalFileBackend", None) or optuna.storages.JournalFileStorage
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(backend(str(storage)))
     if "://" not in storage:
@@ -354,7 +352,7 @@ def run_workers(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
-                    preexec_fn=_die_with_parent if os.name == "posix" else None,  # noqa: PLW1509
+                    preexec_fn=_die_with_parent if os.name == "posix" else None,
                 )
             )
     try:
