@@ -170,7 +170,7 @@ def test_sqlite_study_prunes_the_planted_trial_and_writes_the_report(
     assert summary["best"]["number"] == best["number"]
     cfg = parse_config(load_yaml(out / "best.yaml"))
     assert cfg.optimizer.lr == best["params"]["optimizer.lr"]
-    assert cfg.task == "test_search:tiny_task" and cfg.epochs == EPOCHS
+    assert cfg.task == "test_search:slow_task" and cfg.epochs == EPOCHS
     assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["dashboard"] == f"optuna-dashboard sqlite:///{out / 'study.db'}"
     n_complete = sum(t["state"] == "complete" for t in trials)

@@ -38,7 +38,7 @@ def ray_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         tune.report({setup["metric"]: value, "epoch": epoch + 1})
         return False  # Ray's scheduler stops the trial itself
 
-    outcome = run_trial(argv, run_dir, setup["metric"], on_epoch, env=setup["env"])
+    outcome = run_trial(argv, run_dir, setup["metric"], on_epoch, env=setup["env"], fork=False)
     if outcome.state == "failed":
         raise RuntimeError(f"lrpilot fit failed: {outcome.message}")
 

@@ -10,6 +10,11 @@ every epoch end) and passes ``(epoch, value)`` to ``on_epoch``; when ``on_epoch`
 child gets SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a killed worker leaves
 no orphan writing into a run directory that its retry will resume.
 
+Without a launcher the child is forked from a fork server that imported PyTorch and the
+training loop once (:mod:`lrpilot.search._child`), so a small trial does not pay for a
+Python start; it then runs ``lrpilot.cli.main(["fit", ...])``, exactly what the command
+line runs. With a launcher (or ``fork=False``) the child is a fresh process.
+
 A run directory that already holds ``config.yaml`` is resumed (``lrpilot fit --resume``,
 from its newest valid checkpoint, or from step 0 without one); a directory without it is a
 start that never got going and is cleared.
@@ -32,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lrpilot.search.space import overrides_for
 
@@ -112,6 +118,66 @@ class EpochReader:
         return out
 
 
+class ForkChild:
+    """``lrpilot.cli.main(argv)`` in a process forked from the preloaded fork server, with
+    the ``subprocess.Popen`` methods the runner uses."""
+
+    def __init__(self, cli_argv: list[str], log_path: Path, env: dict | None) -> None:
+        import multiprocessing
+
+        from lrpilot.search import _child
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["lrpilot.search._child"])
+        args = (cli_argv, str(log_path), dict(env or os.environ), os.getcwd())
+        self._proc = ctx.Process(target=_child.run_cli, args=args)
+        self._proc.start()
+        self.pid = self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode
+
+    def poll(self) -> int | None:
+        return self._proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            raise subprocess.TimeoutExpired("lrpilot fit", timeout or 0.0)
+        return self._proc.exitcode
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+
+def _forkable(argv: Sequence[str]) -> bool:
+    return (
+        sys.platform.startswith("linux")
+        and list(argv[:3]) == [sys.executable, "-m", "lrpilot.cli"]
+        and os.environ.get("LRPILOT_TUNE_FORK", "1") != "0"
+    )
+
+
+def start_child(argv: Sequence[str], log_path: Path, env: dict | None, fork: bool) -> Any:
+    """The trial's child: forked from the fork server when ``fork`` and the command is this
+    Python's ``-m lrpilot.cli``, else a fresh process."""
+    if fork and _forkable(argv):
+        return ForkChild(list(argv[3:]), log_path, env)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent if os.name == "posix" else None,
+        )
+
+
 def run_trial(
     argv: Sequence[str],
     run_dir: Path,
@@ -120,6 +186,7 @@ def run_trial(
     *,
     tick: Callable[[], None] | None = None,
     env: dict | None = None,
+    fork: bool = True,
 ) -> TrialOutcome:
     """Run the child to its end or until ``on_epoch`` returns ``True`` (prune).
 
@@ -128,36 +195,29 @@ def run_trial(
     resumed = "--resume" in argv
     reader = EpochReader(run_dir / "metrics.jsonl")
     last: dict[int, float] = {}
-    with open(run_dir / "fit.log", "ab") as log:
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent if os.name == "posix" else None,
-        )
-        pruned = False
-        try:
-            while True:
-                done = proc.poll() is not None
-                for record in reader.read():
-                    value = float(record.get(metric, math.nan))
-                    last[int(record["epoch"])] = value
-                    if not pruned and not done and on_epoch(int(record["epoch"]), value):
-                        pruned = True
-                if pruned or done:
-                    break
-                if tick is not None:
-                    tick()
-                time.sleep(POLL_SECONDS)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(TERM_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    proc = start_child(argv, run_dir / "fit.log", env, fork)
+    pruned = False
+    try:
+        while True:
+            done = proc.poll() is not None
+            for record in reader.read():
+                value = float(record.get(metric, math.nan))
+                last[int(record["epoch"])] = value
+                if not pruned and not done and on_epoch(int(record["epoch"]), value):
+                    pruned = True
+            if pruned or done:
+                break
+            if tick is not None:
+                tick()
+            time.sleep(POLL_SECONDS)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(TERM_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     epochs = max(last) + 1 if last else 0
     value = last[max(last)] if last else None
     if value is not None and not math.isfinite(value):
