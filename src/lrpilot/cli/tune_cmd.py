@@ -113,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     from lrpilot.search import require
 
     spec = build_spec(args)
+    task = str(spec.base.get("task", ""))
+    if ":" not in task:  # a built-in task: its data set is built once for all trials
+        os.environ.setdefault("LRPILOT_TUNE_PRELOAD_TASK", task)
     if args.backend == "ray":
         require("ray.tune")
         require("optuna")  # the importances

@@ -11,6 +11,7 @@ import torch
 
 import lrpilot.cli
 import lrpilot.diagnosis
+import lrpilot.tasks
 import lrpilot.train
 import lrpilot.train.tbevents
 
@@ -18,6 +19,12 @@ import lrpilot.train.tbevents
 # imports torch._dynamo (seconds on a small CPU)
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 lrpilot.cli.build_parser()  # imports every subcommand module
+
+#: a built-in task named here (by ``lrpilot tune``) is built once in the fork server: its
+#: data set is generated once, not in every trial
+PRELOAD_ENV = "LRPILOT_TUNE_PRELOAD_TASK"
+if os.environ.get(PRELOAD_ENV) in lrpilot.tasks.list_tasks():
+    lrpilot.tasks.get_task(os.environ[PRELOAD_ENV])
 
 
 def run_cli(argv: list[str], log_path: str, env: dict, cwd: str) -> None:
