@@ -322,13 +322,14 @@ def postgres_url(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a server and two workers; minutes on a loaded 2-core machine
 def test_postgresql_two_workers_one_killed_mid_trial_study_completes(
     tmp_path: Path, env: dict, postgres_url: str
 ) -> None:
     pytest.importorskip("optuna")
     config, space = write_inputs(tmp_path, LR_SPACE, task="slow_task")
     out = tmp_path / "study"
-    argv = tune_args(config, space, out, 4, "--pruner", "none", "--heartbeat", "1")
+    argv = tune_args(config, space, out, 3, "--pruner", "none", "--heartbeat", "1")
     argv += ["--storage", postgres_url, "--study", "pg"]
     first = _start_cli(argv, env, tmp_path / "a.log")
     trial0 = out / "trials" / "trial-0000"
@@ -351,11 +352,12 @@ def test_postgresql_two_workers_one_killed_mid_trial_study_completes(
     assert epoch_numbers(trial0) == list(range(EPOCHS))
     from lrpilot.search.study import count_finished
 
-    assert count_finished(trials) >= 4
+    assert count_finished(trials) >= 3
 
 
 # ----------------------------------------------------------------------- Ray
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # Ray's start alone takes tens of seconds on a loaded machine
 def test_ray_tune_asha_four_trials(tmp_path: Path, env: dict) -> None:
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.tune")

@@ -254,3 +254,22 @@ def test_missing_extra_names_the_install_command(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "pip install lrpilot[search]" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--backend", "ray", "--pruner", "median"], "--pruner apply to --backend optuna"),
+        (["--backend", "ray", "--storage", "x.log"], "--storage apply to --backend optuna"),
+        (["--ray-address", "auto"], "--ray-address applies to --backend ray"),
+    ],
+)
+def test_cli_options_of_the_other_backend_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list, message: str
+) -> None:
+    (tmp_path / "base.yaml").write_text(json.dumps(BASE))
+    (tmp_path / "space.yaml").write_text("optimizer.lr: {log_uniform: [0.1, 1]}\n")
+    argv = ["tune", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "space.yaml")]
+    assert main([*argv, "--trials", "2", "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

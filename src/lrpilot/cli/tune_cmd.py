@@ -36,8 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/study.db with one worker, OUT/journal.log with several",
     )
     parser.add_argument("--study", default=None, help="study name (default: the config's stem)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    parser.add_argument("--pruner", choices=PRUNERS, default="median")
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, default=None, help="Optuna sampler (default tpe)"
+    )
+    parser.add_argument(
+        "--pruner", choices=PRUNERS, default=None, help="Optuna pruner (default median)"
+    )
     parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)"
@@ -50,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--heartbeat",
         type=int,
-        default=10,
+        default=None,
         help="seconds between trial heartbeats on an RDB storage; a trial silent for 3x "
         "this is failed and retried (default 10)",
     )
@@ -73,6 +77,24 @@ def build_spec(args: argparse.Namespace) -> Any:
     from lrpilot.train import load_yaml, parse_config
     from lrpilot.train.config import default_mode, monitor_names
 
+    optuna_only = {
+        "--storage": args.storage,
+        "--sampler": args.sampler,
+        "--pruner": args.pruner,
+        "--heartbeat": args.heartbeat,
+    }
+    if args.backend == "ray":
+        given = [name for name, value in optuna_only.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} apply to --backend optuna; Ray Tune uses its own "
+                "experiment directory and the ASHA scheduler"
+            )
+    elif args.ray_address is not None:
+        raise ConfigError("--ray-address applies to --backend ray")
+    args.sampler = args.sampler or "tpe"
+    args.pruner = args.pruner or "median"
+    args.heartbeat = 10 if args.heartbeat is None else args.heartbeat
     check_int("--trials", args.trials, low=1)
     check_int("--workers", args.workers, low=1)
     check_int("--heartbeat", args.heartbeat, low=1)

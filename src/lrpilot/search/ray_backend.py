@@ -4,7 +4,7 @@ Each Ray trial runs :func:`lrpilot.search.runner.run_trial` (a ``lrpilot fit`` c
 ``OUT/trials/ray-TRIAL_ID``) and reports every epoch record to Ray Tune
 (``{metric: value, "epoch": e + 1}``); the ASHA scheduler (``time_attr="epoch"``,
 ``max_t`` = the config's epochs, ``grace_period`` 1, reduction factor 3) stops the trials
-that fall behind. Ray runs locally (``ray.init()``) unless ``--ray-address`` or
+that fall behind; the trials' values are drawn at random (seeded by ``--seed``). Ray runs locally (``ray.init()``) unless ``--ray-address`` or
 ``RAY_ADDRESS`` names a cluster, or Ray is already initialised (as in the tests, with
 ``ray.init(num_cpus=2)``). ``--workers K`` caps the concurrent trials (default: as many as
 the CPUs allow, one CPU per trial). Running the same command again restores the
@@ -90,6 +90,7 @@ def run_ray(spec: Any, address: str | None, quiet: bool = False) -> list[TrialRo
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
@@ -124,6 +125,7 @@ def run_ray(spec: Any, address: str | None, quiet: bool = False) -> list[TrialRo
             trainable,
             param_space=to_ray(spec.params),
             tune_config=tune.TuneConfig(
+                search_alg=BasicVariantGenerator(random_state=spec.seed),
                 metric=spec.metric,
                 mode=spec.direction,
                 num_samples=spec.trials,
