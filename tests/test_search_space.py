@@ -273,3 +273,33 @@ def test_cli_options_of_the_other_backend_are_refused(
     assert main([*argv, "--trials", "2", "--out", str(tmp_path / "o"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_auto_range_is_resolved_once_per_study_and_kept(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from lrpilot.cli import build_parser
+    from lrpilot.cli.tune_cmd import build_spec
+    from lrpilot.search.study import open_study
+
+    (tmp_path / "base.yaml").write_text(json.dumps(BASE))
+    (tmp_path / "space.yaml").write_text("optimizer.lr: auto_range\n")
+    argv = ["tune", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "space.yaml")]
+    argv += ["--trials", "2", "--out", str(tmp_path / "o")]
+    calls: list[int] = []
+
+    def resolve(params: list[Param]) -> list[Param]:  # stands in for the finder
+        calls.append(1)
+        return [Param("optimizer.lr", "log_uniform", (0.01 * len(calls), 0.5))]
+
+    spec = build_spec(build_parser().parse_args(argv))
+    study = open_study(spec, resolve=resolve)
+    assert spec.params == [Param("optimizer.lr", "log_uniform", (0.01, 0.5))]
+    assert study.user_attrs["space"] == [{"optimizer.lr": {"log_uniform": [0.01, 0.5]}}]
+    again = build_spec(build_parser().parse_args(argv))
+    open_study(again, resolve=resolve)
+    assert len(calls) == 1  # the second command reuses the study's range
+    assert again.params == spec.params
+    (tmp_path / "space.yaml").write_text("optimizer.lr: {log_uniform: [0.1, 1]}\n")
+    other = build_spec(build_parser().parse_args(argv))
+    with pytest.raises(ConfigError, match="already exists with another space"):
+        open_study(other, resolve=resolve)
