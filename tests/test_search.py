@@ -131,6 +131,7 @@ def assert_all_final(study) -> None:  # type: ignore[no-untyped-def]
 
 # ----------------------------------------------------------------------- SQLite
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_sqlite_study_prunes_the_planted_trial_and_writes_the_report(
     tmp_path: Path, env: dict, capsys: pytest.CaptureFixture
 ) -> None:
@@ -213,6 +214,7 @@ def _has_epoch(run_dir: Path) -> bool:
 
 # ----------------------------------------------------------------------- resume
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes when the machine is shared
 def test_killed_parent_then_same_command_resumes_the_study(
     tmp_path: Path, env: dict, capsys: pytest.CaptureFixture
 ) -> None:
@@ -222,7 +224,7 @@ def test_killed_parent_then_same_command_resumes_the_study(
     argv = tune_args(config, space, out, 3, "--pruner", "none", "--heartbeat", "1")
     proc = _start_cli(argv, env, tmp_path / "first.log")
     victim = out / "trials" / "trial-0001"
-    _wait_for(lambda: _has_epoch(victim), 120, proc)
+    _wait_for(lambda: _has_epoch(victim), 600, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (victim / "summary.json").exists()  # killed mid-trial
@@ -247,6 +249,7 @@ def test_killed_parent_then_same_command_resumes_the_study(
 
 # ----------------------------------------------------------------------- journal
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three processes and four trials; minutes when the machine is shared
 def test_journal_storage_two_worker_processes_account_for_every_trial(
     tmp_path: Path, env: dict, capsys: pytest.CaptureFixture
 ) -> None:
@@ -333,7 +336,7 @@ def test_postgresql_two_workers_one_killed_mid_trial_study_completes(
     argv += ["--storage", postgres_url, "--study", "pg"]
     first = _start_cli(argv, env, tmp_path / "a.log")
     trial0 = out / "trials" / "trial-0000"
-    _wait_for(lambda: _has_epoch(trial0), 120, first)  # worker A is mid-trial 0
+    _wait_for(lambda: _has_epoch(trial0), 600, first)  # worker A is mid-trial 0
     second = _start_cli(argv, env, tmp_path / "b.log")
     first.send_signal(signal.SIGKILL)
     first.wait()

@@ -21,7 +21,7 @@ from typing import Any
 
 from lrpilot.errors import ConfigError
 from lrpilot.search.report import TrialRow
-from lrpilot.search.runner import fit_argv, run_trial
+from lrpilot.search.runner import EpochReader, fit_argv, run_trial
 from lrpilot.search.space import to_ray
 
 
@@ -149,16 +149,19 @@ def rows_from_results(results: Any, spec: Any) -> list[TrialRow]:
     ordered = sorted(results, key=lambda r: str(r.metrics.get("trial_id", r.path)))
     for number, result in enumerate(ordered):
         metrics = result.metrics or {}
-        epochs = int(metrics.get("epoch", 0) or 0)
+        reported = int(metrics.get("epoch", 0) or 0)
         value = metrics.get(spec.metric)
+        trial_id = metrics.get("trial_id")
+        run_dir = spec.out / "trials" / f"ray-{trial_id}" if trial_id else None
+        # compute: the epochs the child trained (it may finish one more after the report
+        # that made ASHA stop it), as the Optuna backend counts them
+        epochs = len(EpochReader(run_dir / "metrics.jsonl").read()) if run_dir else reported
         if result.error is not None:
             state = "failed"
-        elif epochs >= spec.full_epochs:
+        elif reported >= spec.full_epochs:
             state = "complete"
         else:
             state = "pruned"
-        trial_id = metrics.get("trial_id")
-        run_dir = spec.out / "trials" / f"ray-{trial_id}" if trial_id else None
         rows.append(
             TrialRow(
                 number=number,
