@@ -132,7 +132,7 @@ class ForkChild:
         args = (cli_argv, str(log_path), dict(env or os.environ), os.getcwd())
         self._proc = ctx.Process(target=_child.run_cli, args=args)
         self._proc.start()
-        self.pid = self._proc.pid
+        self.pid: int = self._proc.pid or 0
 
     @property
     def returncode(self) -> int | None:
@@ -201,9 +201,9 @@ def run_trial(
         while True:
             done = proc.poll() is not None
             for record in reader.read():
-                value = float(record.get(metric, math.nan))
-                last[int(record["epoch"])] = value
-                if not pruned and not done and on_epoch(int(record["epoch"]), value):
+                seen = float(record.get(metric, math.nan))
+                last[int(record["epoch"])] = seen
+                if not pruned and not done and on_epoch(int(record["epoch"]), seen):
                     pruned = True
             if pruned or done:
                 break
@@ -219,7 +219,7 @@ def run_trial(
                 proc.kill()
                 proc.wait()
     epochs = max(last) + 1 if last else 0
-    value = last[max(last)] if last else None
+    value: float | None = last[max(last)] if last else None
     if value is not None and not math.isfinite(value):
         value = None
     if pruned:
