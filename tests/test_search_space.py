@@ -93,7 +93,13 @@ def test_load_space_yaml_reads_scientific_notation(tmp_path: Path) -> None:
     path.write_text("optimizer.lr: {log_uniform: [1e-4, 1]}\n")
     assert load_space_yaml(path) == {"optimizer.lr": {"log_uniform": [1e-4, 1]}}
     path.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="expected a mapping of search space keys"):
+        load_space_yaml(path)
+    path.write_text("\n")
     with pytest.raises(ConfigError, match="non-empty mapping"):
+        load_space_yaml(path)
+    path.write_text("optimizer.lr: {uniform: [0.1, 1]}\noptimizer.lr: {uniform: [0.2, 1]}\n")
+    with pytest.raises(ConfigError):  # the hardened loader refuses a duplicate key
         load_space_yaml(path)
 
 
@@ -103,7 +109,7 @@ def test_load_space_yaml_reads_scientific_notation(tmp_path: Path) -> None:
         ("optimizer.lrr: {uniform: [0.1, 1]}\n", [], "unknown config key"),
         ("optimizer.lr: {log_uniform: [0.1, 0.1]}\n", [], "reversed or empty"),
         ("batch_size: {choice: [32, big]}\n", [], "must be an integer"),
-        ("optimizer.lr: {log_uniform: [0.1, 1]\n", [], "not valid YAML"),
+        ("optimizer.lr: {log_uniform: [0.1, 1]\n", [], "invalid YAML"),
         ("optimizer.lr: {log_uniform: [0.1, 1]}\n", ["--metric", "val_f1"], "val_f1"),
         ("optimizer.lr: {log_uniform: [0.1, 1]}\n", ["--trials", "0"], "--trials=0"),
         ("optimizer.lr: {log_uniform: [0.1, 1]}\n", ["--workers", "0"], "--workers=0"),

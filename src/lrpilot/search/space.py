@@ -60,25 +60,15 @@ class Param:
 
 
 def load_space_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a search-space YAML file (the one place that parses it; the hardened loader
-    can replace this function). Scientific notation such as ``1e-3`` is read as a number."""
-    import yaml
+    """Read a search-space YAML file with lrpilot's hardened loader
+    (:func:`lrpilot.safe_yaml.load_mapping`: duplicate keys, aliases and oversized files
+    refused; scientific notation such as ``1e-3`` read as a number)."""
+    from lrpilot.safe_yaml import load_mapping
 
-    from lrpilot.train.config import _sci_floats
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read search space {path}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from exc
-    if not isinstance(data, dict) or not data:
+    data = load_mapping(path, what="search space")
+    if not data:
         raise ConfigError(f"{path}: expected a non-empty mapping of dotted config keys")
-    return _sci_floats(data)
+    return data
 
 
 def _number(key: str, kind: str, value: Any, integer: bool = False) -> float:
