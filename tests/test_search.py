@@ -47,11 +47,11 @@ def tiny_task() -> Task:
 
 
 class _Slow(nn.Module):
-    """Sleeps 30 ms per training forward, so a kill lands mid-trial (about 0.4 s/epoch)."""
+    """Sleeps 100 ms per training forward, so a kill lands mid-trial (about 1.2 s/epoch)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            time.sleep(0.03)
+            time.sleep(0.1)
         return x
 
 
