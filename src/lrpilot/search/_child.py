@@ -27,11 +27,32 @@ if os.environ.get(PRELOAD_ENV) in lrpilot.tasks.list_tasks():
     lrpilot.tasks.get_task(os.environ[PRELOAD_ENV])
 
 
-def run_cli(argv: list[str], log_path: str, env: dict, cwd: str) -> None:
+def _watch(owner: int) -> None:
+    """SIGTERM this trial when the worker that started it is gone (the fork server, our
+    parent, may outlive it)."""
+    import signal
+    import threading
+    import time
+
+    def loop() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def run_cli(argv: list[str], log_path: str, env: dict, cwd: str, owner: int = 0) -> None:
     """Body of one trial child (in a process forked from the fork server)."""
     from lrpilot.search.runner import _die_with_parent
 
     _die_with_parent()
+    if owner:
+        _watch(owner)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)

@@ -129,7 +129,7 @@ class ForkChild:
 
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["lrpilot.search._child"])
-        args = (cli_argv, str(log_path), dict(env or os.environ), os.getcwd())
+        args = (cli_argv, str(log_path), dict(env or os.environ), os.getcwd(), os.getpid())
         self._proc = ctx.Process(target=_child.run_cli, args=args)
         self._proc.start()
         self.pid: int = self._proc.pid or 0
