@@ -1,0 +1,257 @@
+"""The search space: YAML over dotted ``lrpilot fit`` config keys.
+
+Each entry maps a dotted key of the config to one distribution::
+
+    optimizer.lr: {log_uniform: [1.0e-4, 1.0]}     # low > 0, sampled uniformly in log(lr)
+    optimizer.momentum: {uniform: [0.8, 0.99]}
+    epochs: {int: [2, 6]}                           # inclusive integer range
+    schedule.name: {choice: [one_cycle, cosine]}
+    batch_size: {choice: [32, 64, 128]}
+    optimizer.lr: auto_range                        # log range around the finder's interval
+
+Validation happens before anything is written, like a config (:func:`validate_space`): an
+unknown key, an empty or reversed range, a non-positive log range, a wrong type or a value
+the config rejects raises :class:`lrpilot.errors.ConfigError` naming the key. Every bound
+and every choice is applied to the base config and checked with
+:func:`lrpilot.train.parse_config`.
+
+``auto_range`` (``optimizer.lr`` only) is resolved once per study by :func:`auto_lr_range`
+(the one function the autopilot can replace): the LR range test's ``suggestion_interval``
+``[lo, hi]`` widened by :data:`AUTO_RANGE_WIDEN` on each side, ``[lo / 3, hi * 3]``.
+
+>>> space = parse_space({"optimizer.lr": {"log_uniform": [1e-4, 1.0]},
+...                      "schedule.name": {"choice": ["one_cycle", "cosine"]}})
+>>> [(p.key, p.kind, p.args) for p in space]
+[('optimizer.lr', 'log_uniform', (0.0001, 1.0)), ('schedule.name', 'choice', ('one_cycle', 'cosine'))]
+>>> parse_space({"optimizer.lr": {"log_uniform": [1.0, 1e-4]}})
+Traceback (most recent call last):
+...
+lrpilot.errors.ConfigError: space optimizer.lr: log_uniform range [1, 0.0001] is reversed or empty; need low < high
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lrpilot.errors import ConfigError
+
+KINDS = ("log_uniform", "uniform", "int", "choice")
+AUTO = "auto_range"
+#: ``auto_range`` widens the finder's interval by this factor on each side (log scale)
+AUTO_RANGE_WIDEN = 3.0
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key: ``kind`` in :data:`KINDS`; ``args`` is ``(low, high)`` or the
+    choices (``kind == "auto_range"`` until :func:`resolve_auto` replaces it)."""
+
+    key: str
+    kind: str
+    args: tuple
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.key: {self.kind: list(self.args)}} if self.kind != AUTO else {self.key: AUTO}
+
+
+def load_space_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a search-space YAML file with lrpilot's hardened loader
+    (:func:`lrpilot.safe_yaml.load_mapping`: duplicate keys, aliases and oversized files
+    refused; scientific notation such as ``1e-3`` read as a number)."""
+    from lrpilot.safe_yaml import load_mapping
+
+    data = load_mapping(path, what="search space")
+    if not data:
+        raise ConfigError(f"{path}: expected a non-empty mapping of dotted config keys")
+    return data
+
+
+def _number(key: str, kind: str, value: Any, integer: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok or not math.isfinite(float(value)):
+        what = "integers" if integer else "finite numbers"
+        raise ConfigError(f"space {key}: {kind} bounds must be {what}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _param(key: Any, spec: Any) -> Param:
+    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"space key {key!r} must be a dotted config key such as optimizer.lr")
+    if spec == AUTO:
+        if key != "optimizer.lr":
+            raise ConfigError(f"space {key}: auto_range applies to optimizer.lr only")
+        return Param(key, AUTO, ())
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        raise ConfigError(
+            f"space {key}: expected auto_range or one of {{{', '.join(KINDS)}: ...}}, got {spec!r}"
+        )
+    ((kind, args),) = spec.items()
+    if kind not in KINDS:
+        raise ConfigError(f"space {key}: unknown distribution {kind!r}; valid: {', '.join(KINDS)}")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"space {key}: choice needs a non-empty list, got {args!r}")
+        for value in args:
+            if not (value is None or isinstance(value, (bool, int, float, str))):
+                raise ConfigError(f"space {key}: choice {value!r} must be a scalar")
+        if len({json.dumps(v) for v in args}) != len(args):
+            raise ConfigError(f"space {key}: choice list {args!r} repeats a value")
+        return Param(key, kind, tuple(args))
+    if not isinstance(args, list) or len(args) != 2:
+        raise ConfigError(f"space {key}: {kind} needs [low, high], got {args!r}")
+    low, high = (_number(key, kind, v, integer=kind == "int") for v in args)
+    if not low < high:
+        raise ConfigError(
+            f"space {key}: {kind} range [{low:g}, {high:g}] is reversed or empty; need low < high"
+        )
+    if kind == "log_uniform" and low <= 0:
+        raise ConfigError(f"space {key}: log_uniform needs low > 0, got {low:g}")
+    return Param(key, kind, (low, high))
+
+
+def parse_space(raw: Mapping[str, Any]) -> list[Param]:
+    """Parse the YAML mapping into parameters (the distributions only; see
+    :func:`validate_space` for the check against a config)."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("search space must be a non-empty mapping of dotted config keys")
+    params = [_param(key, spec) for key, spec in raw.items()]
+    keys = [p.key for p in params]
+    for key in keys:
+        for other in keys:
+            if other.startswith(key + "."):
+                raise ConfigError(f"space keys {key} and {other} overlap")
+    return params
+
+
+def corner_values(param: Param) -> list[Any]:
+    """The values :func:`validate_space` tries: both bounds, or every choice."""
+    return list(param.args)
+
+
+def overrides_for(values: Mapping[str, Any]) -> list[str]:
+    """``--set key=value`` strings for ``lrpilot fit`` (values as JSON, which YAML reads).
+
+    >>> overrides_for({"optimizer.lr": 0.01, "schedule.name": "cosine"})
+    ['optimizer.lr=0.01', 'schedule.name="cosine"']
+    """
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def validate_space(params: list[Param], base: Mapping[str, Any]) -> None:
+    """Apply every bound and choice to the base config and parse it; an unknown key or a
+    value the config does not accept raises ``ConfigError`` naming the space key."""
+    from lrpilot.train import apply_overrides, parse_config
+
+    for param in params:
+        if param.kind == AUTO:
+            continue
+        for value in corner_values(param):
+            try:
+                parse_config(apply_overrides(base, overrides_for({param.key: value})))
+            except ConfigError as exc:
+                raise ConfigError(f"space {param.key}={value!r}: {exc}") from None
+
+
+def resolve_auto(params: list[Param], base: Mapping[str, Any]) -> list[Param]:
+    """Replace ``auto_range`` entries by the log range of :func:`auto_lr_range`."""
+    out = []
+    for param in params:
+        if param.kind == AUTO:
+            low, high = auto_lr_range(base)
+            param = Param(param.key, "log_uniform", (low, high))
+        out.append(param)
+    return out
+
+
+def auto_lr_range(base: Mapping[str, Any]) -> tuple[float, float]:
+    """``[lo / 3, hi * 3]`` around the finder's ``suggestion_interval`` for the base config's
+    task, optimizer, batch size and schedule (``lrpilot find --json`` in a child process, so
+    a crash or a slow sweep stays out of the study's process).
+
+    The autopilot can replace this function; it is the only place the range comes from.
+    """
+    import subprocess
+    import sys
+
+    from lrpilot.train import parse_config
+
+    cfg = parse_config(base)
+    if cfg.optimizer.name not in ("sgd", "adamw"):
+        raise ConfigError(
+            f"auto_range: the finder supports sgd and adamw, not {cfg.optimizer.name}; "
+            "give optimizer.lr an explicit log_uniform range"
+        )
+    schedule = (cfg.schedule or {}).get("name", "one_cycle")
+    schedule = schedule if schedule in ("one_cycle", "cosine") else "one_cycle"
+    argv = [sys.executable, "-m", "lrpilot.cli", "find", "--task", cfg.task]
+    argv += ["--optimizer", cfg.optimizer.name, "--batch-size", str(cfg.batch_size)]
+    argv += ["--schedule", schedule, "--seed", str(cfg.seed), "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"auto_range: lrpilot find failed ({last})")
+    result = json.loads(proc.stdout)
+    interval = result.get("suggestion_interval")
+    if not interval:
+        raise ConfigError(
+            f"auto_range: the finder gave no suggestion (verdict {result.get('verdict')!r}); "
+            "give optimizer.lr an explicit log_uniform range"
+        )
+    return float(interval[0]) / AUTO_RANGE_WIDEN, float(interval[1]) * AUTO_RANGE_WIDEN
+
+
+def to_optuna(params: list[Param]) -> dict[str, Any]:
+    """Optuna distributions, keyed by the dotted config key."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    dists: dict[str, Any] = {}
+    for p in params:
+        if p.kind == "log_uniform":
+            dists[p.key] = FloatDistribution(p.args[0], p.args[1], log=True)
+        elif p.kind == "uniform":
+            dists[p.key] = FloatDistribution(p.args[0], p.args[1])
+        elif p.kind == "int":
+            dists[p.key] = IntDistribution(p.args[0], p.args[1])
+        elif p.kind == "choice":
+            dists[p.key] = CategoricalDistribution(list(p.args))
+        else:
+            raise ConfigError(f"space {p.key}: {p.kind} is not resolved")
+    return dists
+
+
+def to_ray(params: list[Param]) -> dict[str, Any]:
+    """Ray Tune search domains, keyed by the dotted config key."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.kind == "log_uniform":
+            out[p.key] = tune.loguniform(*p.args)
+        elif p.kind == "uniform":
+            out[p.key] = tune.uniform(*p.args)
+        elif p.kind == "int":
+            out[p.key] = tune.randint(p.args[0], p.args[1] + 1)  # randint excludes high
+        elif p.kind == "choice":
+            out[p.key] = tune.choice(list(p.args))
+        else:
+            raise ConfigError(f"space {p.key}: {p.kind} is not resolved")
+    return out
+
+
+def space_from_dicts(items: list[dict[str, Any]]) -> list[Param]:
+    """Inverse of ``[p.to_dict() for p in params]`` (as stored in a study)."""
+    merged: dict[str, Any] = {}
+    for item in items:
+        merged.update(item)
+    return parse_space(merged)
