@@ -1,0 +1,1 @@
+"""The autopilot (work in progress): decisions in :mod:`lrpilot.autopilot.decide`."""
