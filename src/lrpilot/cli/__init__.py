@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "lrpilot.cli.batch_cmd",
     "lrpilot.cli.recommend_cmd",
     "lrpilot.cli.check_cmd",
+    "lrpilot.cli.auto_cmd",
 )
 
 
