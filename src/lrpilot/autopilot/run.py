@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from lrpilot.autopilot import shapes
 from lrpilot.autopilot.decide import compute_multiple
 from lrpilot.autopilot.plan import check_budget, make_plan
-from lrpilot.autopilot.probe import ProbeStore, Prober
+from lrpilot.autopilot.probe import Prober, ProbeStore
 from lrpilot.autopilot.split import decision_size, sample_losses, split_task
 from lrpilot.errors import ConfigError, check_int
 from lrpilot.tasks import Task, get_task
@@ -112,7 +112,7 @@ def auto(
     """
     from lrpilot.autopilot.report import finish_report, write_plan_report
     from lrpilot.train.config import parse_config
-    from lrpilot.train.loop import _Run, _default_run_dir
+    from lrpilot.train.loop import _default_run_dir, _Run
 
     budget = check_budget(budget)
     task = (
