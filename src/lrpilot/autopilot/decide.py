@@ -70,7 +70,7 @@ class Probe:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["losses"] = [round(v, 6) for v in self.losses]
+        out["losses"] = [v if math.isfinite(v) else None for v in self.losses]
         out["score"] = None if not math.isfinite(self.score) else self.score
         return out
 
@@ -78,7 +78,7 @@ class Probe:
     def from_dict(cls, d: Mapping[str, Any]) -> Probe:
         kw = dict(d)
         kw["score"] = math.nan if kw.get("score") is None else float(kw["score"])
-        kw["losses"] = tuple(float(v) for v in kw.get("losses", ()))
+        kw["losses"] = tuple(math.nan if v is None else float(v) for v in kw.get("losses", ()))
         return cls(**kw)
 
 
