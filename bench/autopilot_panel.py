@@ -95,6 +95,7 @@ METHOD_VERSION = {
     "finder": "f1",
     "oracle_fit": "o1",
     "auto": "a1",
+    "auto_rec": "a1",
     "lr_finder": "l1",
     "prodigy": "p1",
     "schedulefree": "s1",
@@ -228,22 +229,41 @@ def run_oracle_fit(row: str, seed: int) -> dict:
 def run_auto(row: str, seed: int) -> dict:
     """``lrpilot.auto`` with the row's optimizer settings, 15 epochs, batch 64, budget 1.3."""
     import lrpilot
+    from lrpilot import TrainingAborted
 
     opt = optimizer_config(row, 1.0)
     opt.pop("lr")
     with tempfile.TemporaryDirectory() as tmp:
-        result = lrpilot.auto(
-            setup(row)["task"],
-            optimizer=opt,
-            epochs=EPOCHS,
-            batch_size=fq.BATCH,
-            budget=1.3,
-            seed=seed,
-            out_dir=Path(tmp) / "run",
-            progress="none",
-        )
+        try:
+            result = lrpilot.auto(
+                setup(row)["task"],
+                optimizer=opt,
+                epochs=EPOCHS,
+                batch_size=fq.BATCH,
+                budget=1.3,
+                seed=seed,
+                out_dir=Path(tmp) / "run",
+                progress="none",
+            )
+        except TrainingAborted as exc:  # the final run's guard gave up: a failed run
+            info = json.loads((Path(tmp) / "run" / "autopilot.json").read_text())
+            return {
+                "score": _diverged_score(row),
+                "compute": math.nan,
+                "lr": next(d["value"] for d in info["decisions"] if d["name"] == "peak_lr"),
+                "note": f"aborted: {exc}"[:300],
+            }
+        info = json.loads((Path(tmp) / "run" / "autopilot.json").read_text())
     ap = result.summary["autopilot"]
     score = score_of(row, result.summary)
+    probes = [
+        {
+            k: c[k]
+            for k in ("name", "lr", "round", "score", "hold", "cooldown", "diverged", "samples")
+        }
+        | {"losses": [None if v is None else round(v, 4) for v in c["losses"]]}
+        for c in info["candidates"]
+    ]
     return {
         "score": score if math.isfinite(score) else _diverged_score(row),
         "compute": ap["compute_multiple"],
@@ -251,6 +271,8 @@ def run_auto(row: str, seed: int) -> dict:
         "schedule": ap["decisions"].get("schedule"),
         "decisions": ap["decisions"],
         "rescues": result.summary["guard"]["rescues"],
+        "probes": probes,
+        "prior": info["prior"],
     }
 
 
@@ -413,6 +435,7 @@ METHODS = {
     "finder": run_finder,
     "oracle_fit": run_oracle_fit,
     "auto": run_auto,
+    "auto_rec": run_auto,
     "lr_finder": run_lr_finder,
     "prodigy": run_prodigy,
     "schedulefree": run_schedulefree,

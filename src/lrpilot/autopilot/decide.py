@@ -124,12 +124,13 @@ def choose_peak(
     probes: Sequence[Probe],
     *,
     z: float = TIE_Z,
+    tolerance: float = 0.0,
     fallback: float | None = None,
     name: str = "peak_lr",
 ) -> Decision:
     """The peak LR: the lowest cooldown score; among the candidates tied with it (paired
-    gap below ``z`` standard errors, or equal scores when no per-sample losses were kept)
-    the largest LR.
+    gap below ``z`` standard errors, or equal scores when no per-sample losses were kept,
+    or a gap of at most ``tolerance`` times the best score) the largest LR.
 
     No usable probe (every one diverged, non-finite or none run): ``fallback`` when given,
     else the smallest LR tried divided by one ladder step (below every failure), else
@@ -160,7 +161,9 @@ def choose_peak(
         if not math.isfinite(gap):
             gap, se = p.score - best.score, math.nan
         gaps[p.name] = {"gap": gap, "se": se}
-        within = gap <= z * se if math.isfinite(se) else gap <= 0.0
+        within = gap <= tolerance * abs(best.score) or (
+            gap <= z * se if math.isfinite(se) else gap <= 0.0
+        )
         if within:
             tied.append(p)
     chosen = max([best, *tied], key=lambda p: p.lr)

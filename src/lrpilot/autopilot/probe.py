@@ -88,7 +88,7 @@ class ProbeStore:
         self.state.setdefault("segments", {})[name] = [[n, p] for n, p in segments]
         self.save()
         if self.root is not None:
-            from lrpilot.train.checkpoint import FORMAT_VERSION, _FORMAT_KEY, atomic_save
+            from lrpilot.train.checkpoint import _FORMAT_KEY, FORMAT_VERSION, atomic_save
 
             self.root.mkdir(parents=True, exist_ok=True)
             atomic_save({**clean, _FORMAT_KEY: FORMAT_VERSION}, self.root / f"{name}.pt")
