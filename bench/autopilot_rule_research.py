@@ -20,7 +20,6 @@ import sys
 
 import autopilot_panel as P
 import finder_quality as fq
-
 from lrpilot.autopilot.decide import Probe, choose_peak
 
 TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
