@@ -209,3 +209,26 @@ def test_cooldown_probe_schedule_is_linear_to_zero():
     assert [s(t) for t in range(4)] == pytest.approx([0.0, 0.0025, 0.005, 0.0075])
     assert s(5) == pytest.approx(0.015) and s(9) == pytest.approx(0.02)
     assert [s(t) for t in range(10, 15)] == pytest.approx([0.02, 0.015, 0.01, 0.005, 0.0])
+
+
+def test_relative_tolerance_ties_a_slightly_worse_larger_lr():
+    a = probe("a", 0.05, 1.00, [1.0, 1.0, 1.0])
+    b = probe("b", 0.15, 1.08, [1.08, 1.08, 1.08])  # 8% worse, no scatter: not tied by SE
+    c = probe("c", 0.5, 2.30, [2.3, 2.3, 2.3])
+    assert choose_peak([a, b, c]).value == 0.05
+    d = choose_peak([a, b, c], tolerance=0.1)
+    assert d.value == 0.15 and d.evidence["tied"] == ["b"]
+    assert choose_peak([a, b, c], tolerance=0.05).value == 0.05
+
+
+def test_progress_tie_takes_the_largest_lr_with_half_the_best_progress():
+    # from 2.3 at the start: a made 0.8, b 0.5 (>= half of 0.8), c 0.1 (chance level)
+    a = probe("a", 0.05, 1.5, [1.5, 1.5])
+    b = probe("b", 0.15, 1.8, [1.8, 1.8])
+    c = probe("c", 0.5, 2.2, [2.2, 2.2])
+    d = choose_peak([a, b, c], initial=2.3)
+    assert d.value == 0.15 and d.evidence["initial"] == 2.3 and "progress" in d.reason
+    assert choose_peak([a, b, c], initial=2.3, progress=0.3).value == 0.05
+    assert choose_peak([a, b, c]).value == 0.05  # no initial loss: no progress tie
+    # a best that made no progress (initial below it): the progress rule is off
+    assert choose_peak([a, b], initial=1.0).value == 0.05

@@ -32,6 +32,14 @@ from typing import Any
 
 #: paired standard errors within which two candidates count as tied (:func:`choose_peak`)
 TIE_Z = 1.0
+#: a candidate that made at least ``1 - PROGRESS_TIE`` of the best candidate's progress
+#: (decision-split loss at the start minus after the cooldown) ties with it, and the largest
+#: tied LR wins: the probes' short horizon favours small LRs even after a cooldown. Chosen
+#: by replaying the recorded probes of the three calibration rows (digits-cnn/SGD,
+#: mnist1d-cnn/SGD, mnist1d-mlp/AdamW; ``bench/autopilot_rule_research.py``): worst
+#: shortfall against the one-cycle grid 5.1 points at 0 (no such tie), 2.4 at 0.2-0.3, 1.2-1.3
+#: at 0.5-0.7, 1.5 at 0.8; the other rows of the panel were not looked at
+PROGRESS_TIE = 0.5
 #: one ladder step of the first round (a half decade: 10 ** 0.5)
 LADDER_STEP = 10**0.5
 #: the refinement step of the second round (a quarter decade)
@@ -125,12 +133,16 @@ def choose_peak(
     *,
     z: float = TIE_Z,
     tolerance: float = 0.0,
+    progress: float | None = PROGRESS_TIE,
+    initial: float | None = None,
     fallback: float | None = None,
     name: str = "peak_lr",
 ) -> Decision:
     """The peak LR: the lowest cooldown score; among the candidates tied with it (paired
     gap below ``z`` standard errors, or equal scores when no per-sample losses were kept,
-    or a gap of at most ``tolerance`` times the best score) the largest LR.
+    or a gap of at most ``tolerance`` times the best score, or of at most ``progress``
+    times the best candidate's progress ``initial - best score`` from the decision-split
+    loss ``initial`` at the start) the largest LR.
 
     No usable probe (every one diverged, non-finite or none run): ``fallback`` when given,
     else the smallest LR tried divided by one ladder step (below every failure), else
@@ -161,7 +173,10 @@ def choose_peak(
         if not math.isfinite(gap):
             gap, se = p.score - best.score, math.nan
         gaps[p.name] = {"gap": gap, "se": se}
+        made = (initial - best.score) if initial is not None else math.nan
         within = gap <= tolerance * abs(best.score) or (
+            progress is not None and math.isfinite(made) and made > 0 and gap <= progress * made
+        ) or (
             gap <= z * se if math.isfinite(se) else gap <= 0.0
         )
         if within:
@@ -171,11 +186,18 @@ def choose_peak(
         reason = f"lowest decision-split loss after cooldown ({best.score:.4g})"
     else:
         reason = (
-            f"tied with the lowest loss ({best.score:.4g} at {best.lr:.3g}) within "
-            f"{z:g} paired standard error(s); the largest tied LR is taken (short "
-            "probes favour small LRs)"
+            f"tied with the lowest loss ({best.score:.4g} at {best.lr:.3g}): within "
+            f"{z:g} paired standard error(s)"
+            + (
+                f" or at least {1 - progress:.0%} of its progress from {initial:.4g}"
+                if progress is not None and initial is not None
+                else ""
+            )
+            + "; the largest tied LR is taken (short probes favour small LRs)"
         )
     evidence = {
+        "initial": initial,
+        "progress_tie": progress,
         "candidates": table,
         "best": best.name,
         "chosen": chosen.name,

@@ -238,6 +238,12 @@ class Prober:
         prior, finder_samples = self._prior()
         if self.store.get_snapshot("start") is None:
             self.store.put_snapshot("start", engine.snapshot(), self.initial)
+        if "initial_score" not in self.store.state:  # the decision-split loss at the start
+            losses, _ = self.scorer(engine.model)
+            finite = [v for v in losses if math.isfinite(v)]
+            self.store.state["initial_score"] = sum(finite) / len(finite) if finite else None
+            self.store.save()
+        initial = self.store.state["initial_score"]
         decisions: list[Decision] = []
         probes: list[Probe] = []
         if plan.n1 == 0 or self.fixed_lr is not None:
@@ -258,7 +264,7 @@ class Prober:
             for i, lr in enumerate(c1.value)
         ]
         probes += r1
-        pick1 = choose_peak(r1, name="round1_pick")
+        pick1 = choose_peak(r1, initial=initial, name="round1_pick")
         decisions.append(pick1)
         best1 = next((p for p in r1 if p.ok and p.lr == pick1.value), None)
         if best1 is None:  # every first-round branch failed: continue from the trunk
@@ -274,7 +280,7 @@ class Prober:
                 for i, lr in enumerate(c2.value)
             ]
             probes += r2
-            pick2 = choose_peak(r2, name="peak_lr")
+            pick2 = choose_peak(r2, initial=initial, name="peak_lr")
             decisions.append(pick2)
             best2 = next((p for p in r2 if p.ok and p.lr == pick2.value), None)
             if best2 is not None:

@@ -215,6 +215,7 @@ def auto(
         "decisions": [d.to_dict() for d in outcome.decisions],
         "schedule": shapes.to_config(outcome.history),
         "decided_at_step": outcome.decided_at,
+        "initial_score": store.state.get("initial_score"),
     }
     write_plan_report(run_dir, info, outcome)
     has_ckpt = (
