@@ -232,3 +232,51 @@ def test_progress_tie_takes_the_largest_lr_with_half_the_best_progress():
     assert choose_peak([a, b, c]).value == 0.05  # no initial loss: no progress tie
     # a best that made no progress (initial below it): the progress rule is off
     assert choose_peak([a, b], initial=1.0).value == 0.05
+
+
+# ------------------------------------------------------------- recorded probe data
+def _recorded():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "autopilot_probes_mnist1d_cnn.json"
+    return json.loads(path.read_text())
+
+
+def test_recorded_probes_replay_the_recorded_decisions_and_the_progress_tie():
+    for key, rec in _recorded().items():
+        probes = [Probe.from_dict(p) for p in rec["probes"]]
+        r1 = [p for p in probes if p.round == 1]
+        r2 = [p for p in probes if p.round == 2]
+        # version a1 decided with the paired-SE tie alone (losses rounded to 4 digits here)
+        assert choose_peak(r1, progress=None).value == rec["decisions"]["round1_pick"], key
+        assert choose_peak(r2, progress=None).value == rec["decisions"]["peak_lr"], key
+        # the progress tie (from ln 10, a 10-class network at initialisation) moves round 1
+        # to the finder's suggestion, a half-decade higher
+        moved = choose_peak(r1, initial=math.log(10))
+        assert moved.value == pytest.approx(rec["prior"]["suggestion"], rel=1e-3), key
+        assert moved.value > rec["decisions"]["round1_pick"]
+
+
+def test_recorded_probes_with_nan_losses_and_divergence():
+    rec = _recorded()["mnist1d-cnn/sgd seed 1"]
+    probes = [Probe.from_dict(p) for p in rec["probes"] if p["round"] == 1]
+    # the best candidate's losses partly NaN: the pairs with a NaN are left out
+    broken = [
+        Probe.from_dict({**p.to_dict(), "losses": [None, *p.to_dict()["losses"][1:]]})
+        if p.lr == rec["decisions"]["round1_pick"]
+        else p
+        for p in probes
+    ]
+    assert choose_peak(broken, progress=None).value == rec["decisions"]["round1_pick"]
+    # the pick diverged: the next best finite candidate is chosen
+    gone = [
+        Probe(p.name, p.lr, NAN, p.losses, diverged=True)
+        if p.lr == rec["decisions"]["round1_pick"]
+        else p
+        for p in probes
+    ]
+    d = choose_peak(gone, progress=None)
+    assert d.value != rec["decisions"]["round1_pick"] and d.evidence["diverged"]
+    # too few points: a single recorded candidate still decides
+    assert choose_peak(probes[:1]).value == probes[0].lr
