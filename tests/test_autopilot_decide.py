@@ -226,12 +226,12 @@ def test_progress_tie_takes_the_largest_lr_with_half_the_best_progress():
     a = probe("a", 0.05, 1.5, [1.5, 1.5])
     b = probe("b", 0.15, 1.8, [1.8, 1.8])
     c = probe("c", 0.5, 2.2, [2.2, 2.2])
-    d = choose_peak([a, b, c], initial=2.3)
+    d = choose_peak([a, b, c], initial=2.3, progress=0.5)
     assert d.value == 0.15 and d.evidence["initial"] == 2.3 and "progress" in d.reason
     assert choose_peak([a, b, c], initial=2.3, progress=0.3).value == 0.05
     assert choose_peak([a, b, c]).value == 0.05  # no initial loss: no progress tie
     # a best that made no progress (initial below it): the progress rule is off
-    assert choose_peak([a, b], initial=1.0).value == 0.05
+    assert choose_peak([a, b], initial=1.0, progress=0.5).value == 0.05
 
 
 # ------------------------------------------------------------- recorded probe data
@@ -253,7 +253,7 @@ def test_recorded_probes_replay_the_recorded_decisions_and_the_progress_tie():
         assert choose_peak(r2, progress=None).value == rec["decisions"]["peak_lr"], key
         # the progress tie (from ln 10, a 10-class network at initialisation) moves round 1
         # to the finder's suggestion, a half-decade higher
-        moved = choose_peak(r1, initial=math.log(10))
+        moved = choose_peak(r1, initial=math.log(10), progress=0.5)
         assert moved.value == pytest.approx(rec["prior"]["suggestion"], rel=1e-3), key
         assert moved.value > rec["decisions"]["round1_pick"]
 

@@ -32,13 +32,12 @@ from typing import Any
 
 #: paired standard errors within which two candidates count as tied (:func:`choose_peak`)
 TIE_Z = 1.0
-#: a candidate that made at least ``1 - PROGRESS_TIE`` of the best candidate's progress
-#: (decision-split loss at the start minus after the cooldown) ties with it, and the largest
-#: tied LR wins: the probes' short horizon favours small LRs even after a cooldown. Chosen
-#: by replaying the recorded probes of the three calibration rows (digits-cnn/SGD,
-#: mnist1d-cnn/SGD, mnist1d-mlp/AdamW; ``bench/autopilot_rule_research.py``): worst
-#: shortfall against the one-cycle grid 5.1 points at 0 (no such tie), 2.4 at 0.2-0.3, 1.2-1.3
-#: at 0.5-0.7, 1.5 at 0.8; the other rows of the panel were not looked at
+#: the progress tie tried and rejected (``bench/results/autopilot_research.md``): a
+#: candidate that made at least ``1 - PROGRESS_TIE`` of the best candidate's progress from
+#: the start ties with it. Replayed on the recorded probes of the three calibration rows it
+#: looked best at 0.5-0.7; trained, it lost 8-23 points on two of three mnist1d-cnn seeds
+#: and picked 0.37 on the language model (loss 2.55, against 1.7-1.8 near 0.03), so
+#: :func:`choose_peak` does not use it unless asked (``progress=PROGRESS_TIE``)
 PROGRESS_TIE = 0.5
 #: one ladder step of the first round (a half decade: 10 ** 0.5)
 LADDER_STEP = 10**0.5
@@ -133,7 +132,7 @@ def choose_peak(
     *,
     z: float = TIE_Z,
     tolerance: float = 0.0,
-    progress: float | None = PROGRESS_TIE,
+    progress: float | None = None,
     initial: float | None = None,
     fallback: float | None = None,
     name: str = "peak_lr",

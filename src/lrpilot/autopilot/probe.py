@@ -264,7 +264,7 @@ class Prober:
             for i, lr in enumerate(c1.value)
         ]
         probes += r1
-        pick1 = choose_peak(r1, initial=initial, name="round1_pick")
+        pick1 = choose_peak(r1, initial=initial, progress=None, name="round1_pick")
         decisions.append(pick1)
         best1 = next((p for p in r1 if p.ok and p.lr == pick1.value), None)
         if best1 is None:  # every first-round branch failed: continue from the trunk
@@ -280,7 +280,7 @@ class Prober:
                 for i, lr in enumerate(c2.value)
             ]
             probes += r2
-            pick2 = choose_peak(r2, initial=initial, name="peak_lr")
+            pick2 = choose_peak(r2, initial=initial, progress=None, name="peak_lr")
             decisions.append(pick2)
             best2 = next((p for p in r2 if p.ok and p.lr == pick2.value), None)
             if best2 is not None:
