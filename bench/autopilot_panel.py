@@ -75,7 +75,9 @@ def grid_of(row: str, note=None) -> dict[tuple[str, float], list[float]]:
     each schedule's best."""
     name = ROWS[row]["row"]
     new = ROWS[row].get("new", False)
-    cache = fq.RunCache(GRID_CACHE if new else fq.RESULTS)
+    # the LM's grid has its own file (it ran in a process of its own beside the others)
+    path = GRID_CACHE.with_name("autopilot_panel_grid_lm.json") if name == "tiny-lm" else GRID_CACHE
+    cache = fq.RunCache(path if new else fq.RESULTS)
     seeds = list(SEEDS) if new else list(range(fq.DEFAULT_SEEDS))
     out = {}
     for schedule in fq.SCHEDULES:
