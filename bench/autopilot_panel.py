@@ -1,7 +1,39 @@
 """Autopilot panel: ``lrpilot auto`` against a grid search, a calibrated default and peers.
 
-Stage ``grid`` (written first, runs without the engine): the grid oracle of the new
-held-out rows. The other stages are added below.
+Rows (15 epochs, batch 64; SGD: momentum 0.9, weight decay 5e-4; AdamW: weight decay 1e-2):
+digits-cnn/SGD, mnist1d-cnn/SGD, mnist1d-mlp/AdamW (the finder's calibration rows),
+mnist1d-cnn/AdamW, mnist1d-mlp/SGD, digits-mlp/SGD, synth-mlp-ln/AdamW (the finder's
+held-out rows), and three kinds no rule of lrpilot was fitted on (``bench/heldout_tasks.py``):
+digits-cnn-nobn/SGD (no normalization), gru-mnist1d/AdamW (recurrent), tiny-lm/AdamW (a
+byte-level causal transformer on Python standard-library source; scored by validation
+loss).
+
+Columns, each mean ± std over seeds 0-2 with its compute multiple (samples through forward
+and backward / (epochs x training-set size)):
+
+* grid oracle: the best (schedule, LR) of the half-decade grid of one-cycle and
+  warmup+cosine (the recorded rows: ``finder_quality_runs.json``, 5 seeds, plus the
+  quarter-decade points around each best; the new rows: 3 seeds, half-decade only), trained
+  by ``finder_quality.train_once``; its cost is the grid's runs;
+* default: AdamW 1e-3 / SGD 0.1, one epoch of warmup then cosine (``lrpilot fit``);
+* lrpilot find: today's finder rule (``finder_quality.finder_curve``, the run's seed), the
+  one-cycle suggestion trained with ``lrpilot fit``; a sweep with no suggestion leaves the
+  user at the default;
+* torch-lr-finder + one-cycle: its range test (100 steps of batch 64 to LR 10), the
+  steepest-slope suggestion, ``lrpilot fit`` with one-cycle;
+* Prodigy + cosine, Schedule-Free (SGD or AdamW at the library's default LR, 5% warmup),
+  D-Adaptation + cosine: their optimizers injected into lrpilot's training engine
+  (``Engine(optimizer_factory=...)``), no guard;
+* lrpilot auto: ``lrpilot.auto(..., budget=1.3)``.
+
+Stages: ``grid`` (the new rows' grids), ``run --methods ... --rows ...`` (cached in
+``results/autopilot_panel_runs*.json``, one file per method so methods run in parallel
+processes), ``table`` (prints the table and writes ``results/autopilot_panel_table.md``).
+Cost on the shared 2-core CPU (one thread per process, 3-6 processes at once): 30-120 s per
+15-epoch run, about 4 hours of CPU for the whole panel.
+
+    OMP_NUM_THREADS=1 python bench/autopilot_panel.py run --methods auto --rows mnist1d-cnn/sgd
+    python bench/autopilot_panel.py table
 """
 
 from __future__ import annotations
