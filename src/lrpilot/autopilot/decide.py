@@ -173,10 +173,12 @@ def choose_peak(
             gap, se = p.score - best.score, math.nan
         gaps[p.name] = {"gap": gap, "se": se}
         made = (initial - best.score) if initial is not None else math.nan
-        within = gap <= tolerance * abs(best.score) or (
-            progress is not None and math.isfinite(made) and made > 0 and gap <= progress * made
-        ) or (
-            gap <= z * se if math.isfinite(se) else gap <= 0.0
+        within = (
+            gap <= tolerance * abs(best.score)
+            or (
+                progress is not None and math.isfinite(made) and made > 0 and gap <= progress * made
+            )
+            or (gap <= z * se if math.isfinite(se) else gap <= 0.0)
         )
         if within:
             tied.append(p)
