@@ -101,7 +101,18 @@ NEW_SETUPS = {
 fq.TASK_SETUPS.update(NEW_SETUPS)
 
 
-def grid_of(row: str, note=None) -> dict[tuple[str, float], list[float]]:
+class _ReadOnly(fq.RunCache):
+    """A run cache that never trains: a missing run reads as nan (the table stage)."""
+
+    def get(self, *args) -> float | None:
+        value = super().get(*args)
+        return math.nan if value is None else value
+
+    def put(self, value: float, *args) -> None:
+        raise AssertionError("the table stage never trains")
+
+
+def grid_of(row: str, note=None, train: bool = True) -> dict[tuple[str, float], list[float]]:
     """Per (schedule, LR): the scores of each seed on the half-decade grid (extended while
     the best is on an edge), for the recorded rows plus the quarter-decade points around
     each schedule's best."""
@@ -109,7 +120,7 @@ def grid_of(row: str, note=None) -> dict[tuple[str, float], list[float]]:
     new = ROWS[row].get("new", False)
     # the LM's grid has its own file (it ran in a process of its own beside the others)
     path = GRID_CACHE.with_name("autopilot_panel_grid_lm.json") if name == "tiny-lm" else GRID_CACHE
-    cache = fq.RunCache(path if new else fq.RESULTS)
+    cache = (fq.RunCache if train else _ReadOnly)(path if new else fq.RESULTS)
     seeds = list(SEEDS) if new else list(range(fq.DEFAULT_SEEDS))
     out = {}
     for schedule in fq.SCHEDULES:
@@ -513,14 +524,19 @@ def collect(rows: list[str]) -> dict:
     runs = Runs()
     out: dict = {}
     for row in rows:
-        grid = grid_of(row)
+        grid = grid_of(row, train=False)
+        grid = {k: v for k, v in grid.items() if all(math.isfinite(x) for x in v)}
+        if not grid:
+            continue
         best = max(grid, key=lambda k: statistics.fmean(grid[k]))
         n_seeds = len(grid[best])
+        partial = ROWS[row].get("new", False) and len(grid) < 10
         cells = {
             "oracle": {
                 "scores": grid[best],
-                "compute": f"x{len(grid) * n_seeds} runs",
+                "compute": f"x{len(grid) * n_seeds} runs" + (", PARTIAL grid" if partial else ""),
                 "note": f"{best[0]} {best[1]:.3g}",
+                "partial": partial,
             }
         }
         for method, _ in COLUMNS[1:]:
@@ -528,9 +544,11 @@ def collect(rows: list[str]) -> dict:
             got = [g for g in got if g is not None]
             if not got:
                 continue
+            finite = [g["compute"] for g in got if math.isfinite(g["compute"])]
             cells[method] = {
                 "scores": [g["score"] for g in got],
-                "compute": statistics.fmean(g["compute"] for g in got),
+                "compute": statistics.fmean(finite) if finite else math.nan,
+                "aborted": sum("aborted" in g.get("note", "") for g in got),
                 "lr": [g.get("lr") for g in got],
                 "extra": [
                     {k: v for k, v in g.items() if k in ("verdict", "schedule", "rescues")}
@@ -546,6 +564,8 @@ def targets(row: str, cells: dict) -> str:
     within 1% of the oracle's), >= every peer's mean, compute <= 1.3."""
     if "auto" not in cells or len(cells["auto"]["scores"]) < len(SEEDS):
         return "auto not run (all seeds)"
+    if cells["oracle"].get("partial"):
+        return "grid incomplete"
     auto = statistics.fmean(cells["auto"]["scores"])
     oracle = statistics.fmean(cells["oracle"]["scores"])
     lm = setup(row)["task"] == "heldout_tasks:tiny_lm"
@@ -556,7 +576,7 @@ def targets(row: str, cells: dict) -> str:
     for p in PEERS:
         if p in cells and auto < statistics.fmean(cells[p]["scores"]):
             miss.append(p)
-    if cells["auto"]["compute"] > 1.3 + 1e-9:
+    if not cells["auto"]["compute"] <= 1.3 + 1e-9:
         miss.append("compute")
     return "ok" if not miss else "MISS " + ", ".join(miss)
 
@@ -574,7 +594,10 @@ def print_table(rows: list[str]) -> str:
                 continue
             comp = c["compute"] if isinstance(c["compute"], str) else f"{c['compute']:.2f}x"
             n = len(c["scores"])
-            line.append(f"{_fmt(row, c['scores'])} ({comp}" + (f", n={n}" if n != 3 else "") + ")")
+            extra = (f", n={n}" if n != len(SEEDS) and method != "oracle" else "") + (
+                f", {c['aborted']} aborted" if c.get("aborted") else ""
+            )
+            line.append(f"{_fmt(row, c['scores'])} ({comp}{extra})")
         a = cells.get("auto")
         line.append(
             "-"
