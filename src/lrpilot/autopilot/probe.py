@@ -233,59 +233,56 @@ class Prober:
         self.store.save()
         return prior, int(prior.get("samples", 0))
 
-    def run(self) -> Outcome:
-        plan, engine = self.plan, self.engine
-        prior, finder_samples = self._prior()
+    def _initial(self) -> float | None:
+        """The start snapshot and its decision-split loss (kept in the store)."""
         if self.store.get_snapshot("start") is None:
-            self.store.put_snapshot("start", engine.snapshot(), self.initial)
-        if "initial_score" not in self.store.state:  # the decision-split loss at the start
-            losses, _ = self.scorer(engine.model)
+            self.store.put_snapshot("start", self.engine.snapshot(), self.initial)
+        if "initial_score" not in self.store.state:
+            losses, _ = self.scorer(self.engine.model)
             finite = [v for v in losses if math.isfinite(v)]
             self.store.state["initial_score"] = sum(finite) / len(finite) if finite else None
             self.store.save()
-        initial = self.store.state["initial_score"]
+        return self.store.state["initial_score"]
+
+    def _trunk(self, base: float) -> tuple[list[shapes.Segment], int]:
+        """The shared warmup to ``base`` (run once, kept in the store)."""
+        trunk = shapes.trunk(base, self.plan.warmup)
+        if self.store.get_snapshot("trunk") is None:
+            self._restore("start", trunk)
+            outs = self.engine.run_steps(self.plan.warmup)
+            self.store.state["trunk_samples"] = sum(o.samples for o in outs)
+            self.store.put_snapshot("trunk", self.engine.snapshot(), trunk)
+        return trunk, int(self.store.state["trunk_samples"])
+
+    def run(self) -> Outcome:
+        """The procedure of the module doc; the engine is left at the chosen state with the
+        final schedule set."""
+        plan = self.plan
+        prior, finder_samples = self._prior()
+        initial = self._initial()
         decisions: list[Decision] = []
-        probes: list[Probe] = []
         if plan.n1 == 0 or self.fixed_lr is not None:
             return self._no_search(prior, finder_samples, decisions)
         c1 = first_round(prior, self.family, plan.n1)
         decisions.append(c1)
         base = min(c1.value)
-        trunk = shapes.trunk(base, plan.warmup)
-        if self.store.get_snapshot("trunk") is None:
-            self._restore("start", trunk)
-            outs = engine.run_steps(plan.warmup)
-            self.store.state["trunk_samples"] = sum(o.samples for o in outs)
-            self.store.put_snapshot("trunk", engine.snapshot(), trunk)
-        trunk_samples = int(self.store.state["trunk_samples"])
+        trunk, trunk_samples = self._trunk(base)
         ramp1 = max(1, min(plan.warmup, plan.hold1 // 2))
         r1 = [
             self._branch(f"r1-{i}", "trunk", trunk, lr, plan.hold1, plan.cool1, ramp1, 1)
             for i, lr in enumerate(c1.value)
         ]
-        probes += r1
         pick1 = choose_peak(r1, initial=initial, progress=None, name="round1_pick")
         decisions.append(pick1)
         best1 = next((p for p in r1 if p.ok and p.lr == pick1.value), None)
+        probes = list(r1)
         if best1 is None:  # every first-round branch failed: continue from the trunk
             history, start, peak = trunk, "trunk", float(pick1.value)
+            decisions.append(Decision("peak_lr", peak, pick1.reason, pick1.evidence))
         else:
             history = [*trunk, *shapes.hold(base, best1.lr, plan.hold1, ramp1)]
-            start, peak = best1.name, best1.lr
-            c2 = second_round(r1, pick1)
-            decisions.append(c2)
-            ramp2 = max(1, plan.hold2 // 4)
-            r2 = [
-                self._branch(f"r2-{i}", best1.name, history, lr, plan.hold2, plan.cool2, ramp2, 2)
-                for i, lr in enumerate(c2.value)
-            ]
+            history, start, peak, r2 = self._round2(r1, pick1, best1, history, initial, decisions)
             probes += r2
-            pick2 = choose_peak(r2, initial=initial, progress=None, name="peak_lr")
-            decisions.append(pick2)
-            best2 = next((p for p in r2 if p.ok and p.lr == pick2.value), None)
-            if best2 is not None:
-                history = [*history, *shapes.hold(best1.lr, best2.lr, plan.hold2, ramp2)]
-                start, peak = best2.name, best2.lr
         decided_at = shapes.length(history)
         shape = choose_shape(plan.total_steps, decided_at, self.user_shape)
         decisions.append(shape)
@@ -302,6 +299,32 @@ class Prober:
             finder_samples,
             prior,
         )
+
+    def _round2(self, r1, pick1, best1, history, initial, decisions):  # type: ignore[no-untyped-def]
+        """Round 2 from the round-1 winner's snapshot; ``(history, start, peak, probes)``."""
+        plan = self.plan
+        c2 = second_round(r1, pick1)
+        decisions.append(c2)
+        ramp2 = max(1, plan.hold2 // 4)
+        r2 = [
+            self._branch(f"r2-{i}", best1.name, history, lr, plan.hold2, plan.cool2, ramp2, 2)
+            for i, lr in enumerate(c2.value)
+        ]
+        pick2 = choose_peak(r2, initial=initial, progress=None, name="peak_lr")
+        best2 = next((p for p in r2 if p.ok and p.lr == pick2.value), None)
+        if best2 is None:  # every round-2 branch failed: the round-1 winner continues
+            decisions.append(
+                Decision(
+                    "peak_lr",
+                    best1.lr,
+                    "every second-round branch failed; the first round's pick continues",
+                    pick2.evidence,
+                )
+            )
+            return history, best1.name, best1.lr, r2
+        decisions.append(pick2)
+        history = [*history, *shapes.hold(best1.lr, best2.lr, plan.hold2, ramp2)]
+        return history, best2.name, best2.lr, r2
 
     def _no_search(self, prior: dict, finder_samples: int, decisions: list) -> Outcome:
         """No probes (the user fixed the LR, or the budget has no room): the fixed LR, the

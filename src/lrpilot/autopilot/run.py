@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from torch.utils.data import Dataset
 
 from lrpilot.autopilot import shapes
 from lrpilot.autopilot.decide import compute_multiple
-from lrpilot.autopilot.plan import check_budget, make_plan
-from lrpilot.autopilot.probe import Prober, ProbeStore
+from lrpilot.autopilot.plan import ProbePlan, check_budget, make_plan
+from lrpilot.autopilot.probe import Outcome, Prober, ProbeStore
 from lrpilot.autopilot.split import decision_size, sample_losses, split_task
 from lrpilot.errors import ConfigError, check_int
 from lrpilot.tasks import Task, get_task
@@ -110,24 +110,101 @@ def auto(
 
     Method and references: :mod:`lrpilot.autopilot.probe`, :mod:`lrpilot.autopilot.decide`.
     """
+    from lrpilot.train.loop import _Run
+
+    if task is None:
+        task = _user_task(model, loss_fn, train_set, val_set, metrics)
+    st = _settings(get_task(task), optimizer, epochs, batch_size, budget, seed, lr, schedule)
+    run_dir = _run_dir(st, out_dir, resume)
+    run = _Run(st.cfg, st.fit_task, run_dir, progress)
+    loud = say if say is not None else (print if progress != "none" else (lambda _m: None))
+    store = ProbeStore(run_dir / "autopilot")
+    outcome = _probe(st, run.engine, store, lambda msg: loud(f"lrpilot auto: {msg}"))
+    at_decision = run.engine.state.samples
+    # the run directory's config.yaml holds the schedule trained with
+    run.cfg = st.final_config(outcome)
+    info = st.report(outcome, store)
     from lrpilot.autopilot.report import finish_report, write_plan_report
+
+    write_plan_report(run_dir, info, outcome)
+    ckpts = run_dir / "checkpoints"
+    result = run.run(resume and ckpts.is_dir() and any(ckpts.iterdir()))
+    tail = result.summary["samples_seen"] - at_decision
+    one_run = st.epochs * st.n_full
+    info["compute"] = {
+        "finder_samples": outcome.finder_samples,
+        "trunk_samples": outcome.trunk_samples,
+        "probe_samples": sum(p.samples for p in outcome.probes),
+        "tail_samples": tail,
+        "one_run_samples": one_run,
+        "compute_multiple": compute_multiple(
+            outcome.probes, outcome.trunk_samples, tail, one_run, outcome.finder_samples
+        ),
+    }
+    return replace(result, summary=finish_report(run_dir, info, result.summary))
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Everything ``auto`` validated before any file is written."""
+
+    task: Task
+    fit_task: Task
+    decision_set: Dataset
+    opt: dict[str, Any]
+    epochs: int
+    batch: int
+    budget: float
+    seed: int
+    lr: float | None
+    schedule: str | None
+    n_full: int
+    n_fit: int
+    base: dict[str, Any]
+    cfg: Any
+    plan: ProbePlan
+
+    def final_config(self, outcome: Outcome) -> Any:
+        from lrpilot.train.config import parse_config
+
+        raw = {**self.base, "optimizer": {**self.opt, "lr": outcome.peak}}
+        raw["schedule"] = shapes.to_config(outcome.history)
+        return parse_config(raw, task=self.fit_task)
+
+    def report(self, outcome: Outcome, store: ProbeStore) -> dict[str, Any]:
+        """``autopilot.json`` before the final run (the compute is added after it)."""
+        return {
+            "version": AUTOPILOT_VERSION,
+            "task": self.task.name,
+            "optimizer": self.opt,
+            "epochs": self.epochs,
+            "batch_size": self.batch,
+            "budget": self.budget,
+            "seed": self.seed,
+            "decision_split": {"samples": self.n_full - self.n_fit, "of": self.n_full},
+            "plan": self.plan.to_dict(),
+            "prior": outcome.prior,
+            "candidates": [p.to_dict() for p in outcome.probes],
+            "decisions": [d.to_dict() for d in outcome.decisions],
+            "schedule": shapes.to_config(outcome.history),
+            "decided_at_step": outcome.decided_at,
+            "initial_score": store.state.get("initial_score"),
+        }
+
+
+def _settings(task, optimizer, epochs, batch_size, budget, seed, lr, schedule) -> _Settings:  # type: ignore[no-untyped-def]
+    """Validate the arguments (``ConfigError`` naming the value and the allowed range)."""
+    from lrpilot.finder.protocol import probe_plan
     from lrpilot.train.config import parse_config
-    from lrpilot.train.loop import _default_run_dir, _Run
 
     budget = check_budget(budget)
-    task = (
-        get_task(task)
-        if task is not None
-        else _user_task(model, loss_fn, train_set, val_set, metrics)
-    )
     opt = _optimizer(task, optimizer)
     epochs = check_int(
-        "epochs", epochs if epochs is not None else task.defaults.get("epochs", 15), low=1
+        "epochs", task.defaults.get("epochs", 15) if epochs is None else epochs, low=1
     )
-    n_full = len(task.train_set)  # type: ignore[arg-type]
     batch = check_int(
         "batch_size",
-        batch_size if batch_size is not None else task.defaults.get("batch_size", 64),
+        task.defaults.get("batch_size", 64) if batch_size is None else batch_size,
         low=1,
     )
     check_int("seed", seed, low=0)
@@ -135,16 +212,17 @@ def auto(
         raise ConfigError(f"lr={lr!r} is out of range; allowed: (0, inf) or None (auto)")
     if schedule is not None and schedule not in shapes.SHAPES:
         raise ConfigError(
-            f"schedule={schedule!r} is not valid; allowed: {', '.join(shapes.SHAPES)}"
-            " or None (auto)"
+            f"schedule={schedule!r} is not valid; allowed: "
+            f"{', '.join(shapes.SHAPES)} or None (auto)"
         )
-    fit_task, decision_set = split_task(task, seed)
+    n_full = len(task.train_set)
     n_fit = n_full - decision_size(n_full)
     if batch > n_fit:
         raise ConfigError(
             f"batch_size={batch} is larger than the training part ({n_fit} of "
             f"{n_full} samples; {n_full - n_fit} are the decision split)"
         )
+    fit_task, decision_set = split_task(task, seed)
     base = {
         "task": task.name,
         "epochs": epochs,
@@ -153,93 +231,54 @@ def auto(
         "optimizer": {**opt, "lr": 1e-3},
         "schedule": {"name": "constant", "lr": 1e-3},
     }
-    cfg = parse_config(base, task=fit_task)  # validates everything before any file
-    run_dir = Path(out_dir) if out_dir is not None else _default_run_dir(task.name)
+    cfg = parse_config(base, task=fit_task)  # validates the rest before any file
+    plan = make_plan(n_full, n_fit, batch, epochs, budget, probe_plan(n_fit, batch).samples_budget)
+    return _Settings(
+        task,
+        fit_task,
+        decision_set,
+        opt,
+        epochs,
+        batch,
+        budget,
+        seed,
+        lr,
+        schedule,
+        n_full,
+        n_fit,
+        base,
+        cfg,
+        plan,
+    )
+
+
+def _run_dir(st: _Settings, out_dir: str | Path | None, resume: bool) -> Path:
+    from lrpilot.train.loop import _default_run_dir
+
+    run_dir = Path(out_dir) if out_dir is not None else _default_run_dir(st.task.name)
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(
             f"run directory {run_dir} already holds files; use --resume or another --out"
         )
     if resume and not (run_dir / "autopilot" / "state.json").is_file():
         raise ConfigError(f"cannot resume: {run_dir / 'autopilot' / 'state.json'} does not exist")
-    from lrpilot.finder.protocol import probe_plan
+    return run_dir
 
-    finder_cost = probe_plan(n_fit, batch).samples_budget
-    plan = make_plan(n_full, n_fit, batch, epochs, budget, finder_cost)
-    family = OPTIMIZER_FAMILY[opt["name"]]
-    run = _Run(cfg, fit_task, run_dir, progress)
-    engine = run.engine
-    loud = say if say is not None else (print if progress != "none" else (lambda _m: None))
-    store = ProbeStore(run_dir / "autopilot")
+
+def _probe(st: _Settings, engine: Any, store: ProbeStore, say: Callable[[str], None]) -> Outcome:
+    """The probe phase on the engine (:class:`~lrpilot.autopilot.probe.Prober`)."""
+    task = st.task
     metric_fns = {"accuracy": task.metrics["accuracy"]} if "accuracy" in task.metrics else {}
 
     def scorer(m: nn.Module) -> tuple[list[float], dict[str, float]]:
-        return sample_losses(m, task.loss_fn, decision_set, engine.device, metric_fns)
+        return sample_losses(m, task.loss_fn, st.decision_set, engine.device, metric_fns)
 
     def prior(eng: Any) -> dict:
-        return finder_prior(eng, fit_task, batch, seed)
+        return finder_prior(eng, st.fit_task, st.batch, st.seed)
 
-    prober = Prober(
-        engine,
-        plan,
-        scorer,
-        family,
-        store,
-        prior,
-        schedule,
-        lr,
-        say=lambda msg: loud(f"lrpilot auto: {msg}"),
-    )
-    outcome = prober.run()
-    at_decision = engine.state.samples
-    final_cfg = parse_config(
-        {
-            **base,
-            "optimizer": {**opt, "lr": outcome.peak},
-            "schedule": shapes.to_config(outcome.history),
-        },
-        task=fit_task,
-    )
-    run.cfg = final_cfg  # the run directory's config.yaml holds the schedule trained with
-    info = {
-        "version": AUTOPILOT_VERSION,
-        "task": task.name,
-        "optimizer": opt,
-        "epochs": epochs,
-        "batch_size": batch,
-        "budget": budget,
-        "seed": seed,
-        "decision_split": {"samples": n_full - n_fit, "of": n_full},
-        "plan": plan.to_dict(),
-        "prior": outcome.prior,
-        "candidates": [p.to_dict() for p in outcome.probes],
-        "decisions": [d.to_dict() for d in outcome.decisions],
-        "schedule": shapes.to_config(outcome.history),
-        "decided_at_step": outcome.decided_at,
-        "initial_score": store.state.get("initial_score"),
-    }
-    write_plan_report(run_dir, info, outcome)
-    has_ckpt = (
-        resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
-    )
-    result = run.run(has_ckpt)
-    tail = result.summary["samples_seen"] - at_decision
-    multiple = compute_multiple(
-        outcome.probes,
-        outcome.trunk_samples,
-        tail,
-        epochs * n_full,
-        extra_samples=outcome.finder_samples,
-    )
-    info["compute"] = {
-        "finder_samples": outcome.finder_samples,
-        "trunk_samples": outcome.trunk_samples,
-        "probe_samples": sum(p.samples for p in outcome.probes),
-        "tail_samples": tail,
-        "one_run_samples": epochs * n_full,
-        "compute_multiple": multiple,
-    }
-    summary = finish_report(run_dir, info, result.summary)
-    return replace(result, summary=summary)
+    family = OPTIMIZER_FAMILY[st.opt["name"]]
+    prober = Prober(engine, st.plan, scorer, family, store, prior, st.schedule, st.lr, say=say)
+    return prober.run()
 
 
 def finder_prior(engine: Any, fit_task: Task, batch: int, seed: int) -> dict:
