@@ -245,7 +245,7 @@ def run_finder(row: str, seed: int) -> dict:
     """Today's ``lrpilot find`` rule (half-epoch sweep at batch 8, seed = the run's seed,
     the one-cycle suggestion) and ``lrpilot fit`` with one-cycle at the suggestion. A sweep
     without a suggestion (``noisy``...) leaves the user at the calibrated default."""
-    from lrpilot.finder.decision import suggest_peak_lr
+    from lrpilot.finder.policy import suggest_peak_lr
     from lrpilot.finder.protocol import probe_plan
 
     curves = json.loads(fq.CURVES.read_text()) if fq.CURVES.is_file() else {}

@@ -88,10 +88,10 @@ class ProbeStore:
         self.state.setdefault("segments", {})[name] = [[n, p] for n, p in segments]
         self.save()
         if self.root is not None:
-            from lrpilot.train.checkpoint import _FORMAT_KEY, FORMAT_VERSION, atomic_save
+            from lrpilot.train.checkpoint import atomic_save, with_checksum
 
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_save({**clean, _FORMAT_KEY: FORMAT_VERSION}, self.root / f"{name}.pt")
+            atomic_save(with_checksum(clean), self.root / f"{name}.pt")
 
     def get_snapshot(self, name: str) -> dict | None:
         if (
@@ -99,10 +99,11 @@ class ProbeStore:
             and self.root is not None
             and (self.root / f"{name}.pt").is_file()
         ):
-            from lrpilot.train.checkpoint import _FORMAT_KEY, load_checkpoint
+            from lrpilot.train.checkpoint import _CHECKSUM_KEY, _FORMAT_KEY, load_checkpoint
 
             snap = load_checkpoint(self.root / f"{name}.pt")
             snap.pop(_FORMAT_KEY, None)
+            snap.pop(_CHECKSUM_KEY, None)
             self._snaps[name] = snap
         return self._snaps.get(name)
 
