@@ -202,7 +202,8 @@ def task_tensors(row: str):
 
 
 def train_once(task_name: str, schedule: str, lr: float, seed: int, epochs: int) -> float:
-    """Train from scratch; return the final test (validation-set) accuracy in percent."""
+    """Train from scratch; return the final test (validation-set) accuracy in percent (for a
+    task without an ``accuracy`` metric: minus the final test loss, so higher is better)."""
     task, x, y, xv, yv = task_tensors(task_name)
     torch.manual_seed(seed)
     model = task.build_model()
@@ -222,11 +223,21 @@ def train_once(task_name: str, schedule: str, lr: float, seed: int, epochs: int)
             opt.step()
             sched.step()
             if not math.isfinite(loss.item()):
-                return 100.0 / 10  # diverged: report chance level for 10 classes
+                # diverged: chance level (10 classes), or minus the loss of a uniform
+                # prediction for a task scored by its loss
+                return 100.0 / 10 if "accuracy" in task.metrics else -math.log(n_out(model, x))
     model.eval()
     with torch.no_grad():
+        if "accuracy" not in task.metrics:  # e.g. a language model: minus the test loss
+            return -float(task.loss_fn(model(xv), yv))
         acc = (model(xv).argmax(-1) == yv).float().mean().item()
     return 100.0 * acc
+
+
+def n_out(model, x) -> int:
+    """Number of classes the model predicts (its output's last dimension)."""
+    with torch.no_grad():
+        return int(model(x[:1]).shape[-1])
 
 
 class RunCache:

@@ -135,3 +135,156 @@ def mnist1d_cnn_16k() -> Task:
 @cache
 def mnist1d_mlp_16k() -> Task:
     return _mnist1d_16k("mnist1d-mlp-16k", "mnist1d-mlp", add_channel=False)
+
+
+# --------------------------------------------------------------------------------------
+# A third held-out set for the autopilot (bench/autopilot_panel.py): kinds of model the
+# finder was never calibrated on and that no rule of lrpilot was fitted on. They are kept
+# out of every fit: the autopilot's constants were chosen before their grids were run.
+
+
+@cache
+def digits_cnn_nobn() -> Task:
+    """The built-in digits-cnn data and layout without its two BatchNorm layers (a CNN with
+    no normalization: SGD is far less forgiving of a high LR there)."""
+    from lrpilot.tasks import get_task
+
+    digits = get_task("digits-cnn")
+
+    def build() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 10),
+        )
+
+    return _classification_task(
+        "digits-cnn-nobn",
+        build,
+        digits.train_set,
+        digits.val_set,
+        "scikit-learn digits, the digits-cnn layout without BatchNorm (benchmark only)",
+    )
+
+
+class _GRUClassifier(nn.Module):
+    """A one-layer GRU over a sequence of scalars; the last hidden state feeds a linear head.
+
+    Input ``(batch, length)``; output ``(batch, classes)``.
+    """
+
+    def __init__(self, hidden: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.gru = nn.GRU(1, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.gru(x.unsqueeze(-1))
+        return self.head(h[-1])
+
+
+@cache
+def gru_mnist1d() -> Task:
+    """MNIST-1D (the built-in data: 4 000 train / 1 000 test) read as a sequence of 40
+    scalars by a GRU with 32 hidden units (a recurrent model; no normalization)."""
+    from lrpilot.tasks import get_task
+
+    flat = get_task("mnist1d-mlp")  # (batch, 40) inputs
+    return _classification_task(
+        "gru-mnist1d",
+        _GRUClassifier,
+        flat.train_set,
+        flat.val_set,
+        "MNIST-1D as a sequence of 40 scalars, GRU(32) classifier (benchmark only)",
+    )
+
+
+#: the text of the tiny language model: these modules of the Python standard library, in
+#: this order (``os.path.dirname(os.__file__)``; their exact text depends on the Python
+#: version, so a run records the size it read)
+LM_SOURCES = (
+    "argparse.py",
+    "dataclasses.py",
+    "functools.py",
+    "textwrap.py",
+    "string.py",
+    "fractions.py",
+    "statistics.py",
+    "heapq.py",
+    "bisect.py",
+    "shlex.py",
+)
+LM_CONTEXT = 32
+LM_TRAIN_WINDOWS = 2048
+LM_VAL_WINDOWS = 256
+
+
+class _TinyCausalLM(nn.Module):
+    """A 2-layer pre-norm causal transformer over bytes (vocabulary 128, width 48, 4 heads,
+    context 32, learned positions); output ``(batch, length, 128)`` next-byte logits."""
+
+    def __init__(self, vocab: int = 128, width: int = 48, layers: int = 2, context: int = 32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(torch.zeros(context, width))
+        layer = nn.TransformerEncoderLayer(
+            width, 4, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
+        h = self.embed(x) + self.pos[:length]
+        h = self.blocks(h, mask=mask, is_causal=True)
+        return self.head(self.norm(h))
+
+
+def lm_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-byte cross-entropy over every position (nats per byte)."""
+    return nn.functional.cross_entropy(outputs.flatten(0, 1), targets.flatten())
+
+
+@cache
+def _lm_windows() -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping windows of ``LM_CONTEXT + 1`` ASCII bytes of the stdlib text: the
+    first ``LM_TRAIN_WINDOWS`` for training, the next ``LM_VAL_WINDOWS`` for validation."""
+    import os
+
+    root = os.path.dirname(os.__file__)
+    chunks = []
+    for name in LM_SOURCES:
+        with open(os.path.join(root, name), "rb") as fh:
+            chunks.append(fh.read())
+    data = np.frombuffer(b"\n".join(chunks), dtype=np.uint8)
+    data = data[data < 128].astype(np.int64)  # ASCII only: vocabulary 128
+    span = LM_CONTEXT + 1
+    need = (LM_TRAIN_WINDOWS + LM_VAL_WINDOWS) * span
+    if len(data) < need:
+        raise RuntimeError(f"stdlib text too short for the LM task: {len(data)} < {need} bytes")
+    windows = torch.from_numpy(data[:need].copy()).view(-1, span)
+    return windows[:LM_TRAIN_WINDOWS], windows[LM_TRAIN_WINDOWS:]
+
+
+@cache
+def tiny_lm() -> Task:
+    """Byte-level causal LM on Python standard-library source (see ``LM_SOURCES``): 2 048
+    training windows of 32 bytes (65 536 target bytes), 256 validation windows; metric
+    ``val_loss`` (nats per byte, lower is better)."""
+    train, val = _lm_windows()
+    return Task(
+        name="tiny-lm",
+        build_model=_TinyCausalLM,
+        train_set=TensorDataset(train[:, :-1].contiguous(), train[:, 1:].contiguous()),
+        val_set=TensorDataset(val[:, :-1].contiguous(), val[:, 1:].contiguous()),
+        loss_fn=lm_loss,
+        metrics={},
+        description="byte-level 2-layer causal transformer on stdlib source (benchmark only)",
+    )

@@ -1,12 +1,15 @@
-"""``make demo``: train mnist1d-cnn with warmup + cosine from an example config.
+"""``make demo``: the autopilot on mnist1d-cnn (SGD, 15 epochs, budget 1.3x one run).
 
-Shows the schedule (key points table and a PNG), trains with a progress bar (plain lines
-when not on a terminal), then prints the summary and where the run directory and the
-TensorBoard logs are. Takes well under a minute on one CPU core.
+``lrpilot.auto`` measures the finder's prior, probes candidate peak LRs from shared
+snapshots (each scored on a held-out part of the training data after a short cooldown),
+chooses the peak LR, warmup and schedule shape, then trains in the same engine as
+``lrpilot fit``. The demo prints each decision and why, the training, the diagnosis, the
+compute spent and where the run directory is. Takes well under a minute on one CPU core.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -17,63 +20,41 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lrpilot import fit
-from lrpilot.schedules.plot import save_schedule_png
-from lrpilot.schedules.report import curve, key_points
-from lrpilot.tasks import get_task
-from lrpilot.train import load_yaml, parse_config
-from lrpilot.train.builders import build_schedule
-from lrpilot.train.config import steps_per_epoch
-
-HERE = Path(__file__).resolve().parent
-CONFIG = HERE / "mnist1d_cnn_warmup_cosine.yaml"
+import lrpilot
+from lrpilot.autopilot import load_report
+from lrpilot.autopilot.report import decision_rows
 
 
 def main() -> int:
     torch.set_num_threads(1)
     console = Console()
-    raw = load_yaml(CONFIG)
-    cfg = parse_config(raw)
-    task = get_task(cfg.task)
-    spe = steps_per_epoch(len(task.train_set), cfg.batch_size, cfg.accumulate)
-    total = spe * cfg.epochs
-    schedule, momentum, _ = build_schedule(cfg, spe, total)
-
-    console.print(f"[bold]lrpilot demo[/]: {CONFIG.relative_to(HERE.parent)}")
-    table = Table(title=f"schedule ({spe} steps/epoch, {total} steps)")
-    for col in ("step", "epoch", "point", "learning rate"):
-        table.add_column(col, justify="right")
-    for row in key_points(schedule, total, momentum):
-        table.add_row(str(row.step), f"{row.step / spe:g}", row.label, f"{row.lr:.6g}")
-    console.print(table)
-
-    result = fit(raw, progress="auto")
-    run_dir = result.run_dir
-    steps, lrs = curve(schedule, total)
-    png = save_schedule_png(
-        run_dir / "schedule.png", steps, lrs, steps_per_epoch=spe, title="warmup + cosine"
+    out = Path("runs") / f"demo-auto-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    console.print(
+        "[bold]lrpilot demo[/]: lrpilot auto --task mnist1d-cnn --optimizer sgd --epochs 15 "
+        f"--budget 1.3 --out {out}"
     )
-
+    result = lrpilot.auto(
+        "mnist1d-cnn",
+        optimizer="sgd",
+        epochs=15,
+        budget=1.3,
+        out_dir=out,
+        progress="auto",
+        say=console.print,
+    )
+    info = load_report(result.run_dir)
+    table = Table(title="decisions (autopilot.json has every candidate and its evidence)")
+    for col in ("decision", "value", "why"):
+        table.add_column(col)
+    for row in decision_rows(info):
+        table.add_row(*row)
+    console.print(table)
     s = result.summary
-    summary = Table(title="summary")
-    summary.add_column("quantity")
-    summary.add_column("value", justify="right")
-    rows = [
-        ("status", s["status"]),
-        ("epochs / steps", f"{s['epochs_run']} / {s['steps_run']}"),
-        ("final val accuracy", f"{s['final']['val_accuracy']:.4f}"),
-        ("final val loss", f"{s['final']['val_loss']:.4f}"),
-        (
-            f"best {s['best']['monitor']} (epoch {s['best']['epoch'] + 1})",
-            f"{s['best']['value']:.4f}",
-        ),
-        ("wall time", f"{s['wall_time_s']:.1f} s"),
-        ("training samples/s", f"{s['samples_per_s']:.0f}"),
-        ("guard rescues", str(s["guard"]["rescues"])),
-    ]
-    for key, value in rows:
-        summary.add_row(key, value)
-    console.print(summary)
+    console.print(
+        f"final val accuracy {s['final']['val_accuracy']:.4f}, val loss "
+        f"{s['final']['val_loss']:.4f}; compute {s['compute_multiple']:.3f} x one run "
+        f"(probes and discarded branches included); guard rescues {s['guard']['rescues']}"
+    )
     for finding in s.get("diagnosis") or []:
         if "error" in finding:
             console.print(f"diagnosis: {finding['error']}")
@@ -82,11 +63,12 @@ def main() -> int:
             f"diagnosis: [bold]{finding.get('kind')}[/] ({finding.get('severity')}): "
             f"{finding.get('summary', '')} -> {finding.get('advice', '')}"
         )
-    console.print(f"run directory:  {run_dir}")
-    console.print(f"  summary.json, metrics.jsonl, config.yaml, checkpoints/, {png.name}")
-    console.print(f"TensorBoard:    tensorboard --logdir {run_dir / 'tensorboard'}")
+    console.print(f"run directory:  {result.run_dir}")
+    console.print("  autopilot.json, autopilot.png, summary.json, metrics.jsonl, config.yaml")
+    console.print(f"TensorBoard:    tensorboard --logdir {result.run_dir / 'tensorboard'}")
     console.print(
-        f"resume after an interruption: lrpilot fit {CONFIG.relative_to(HERE.parent)} --out {run_dir} --resume"
+        f"resume after an interruption: lrpilot auto --task mnist1d-cnn --optimizer sgd "
+        f"--epochs 15 --out {result.run_dir} --resume"
     )
     return 0
 

@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
     "list_tasks": "lrpilot.tasks",
     "RunResult": "lrpilot.train",
     "fit": "lrpilot.train",
+    "auto": "lrpilot.autopilot",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "TrainingAborted",
     "__version__",
     "attach",
+    "auto",
     "batch",
     "diagnose",
     "find_for_task",
@@ -62,6 +64,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from lrpilot import batch, schedules
+    from lrpilot.autopilot import auto
     from lrpilot.diagnosis import Finding, diagnose
     from lrpilot.finder import FinderResult, find_for_task, find_lr
     from lrpilot.schedules import Plateau, attach, from_config

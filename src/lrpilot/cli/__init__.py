@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "lrpilot.cli.recommend_cmd",
     "lrpilot.cli.check_cmd",
     "lrpilot.cli.tune_cmd",
+    "lrpilot.cli.auto_cmd",
 )
 
 

@@ -162,8 +162,16 @@ class Engine(LaggedSteps):
     the training step. Building seeds every RNG with ``cfg.seed`` first."""
 
     def __init__(
-        self, cfg: FitConfig, task: Task | None = None, *, _lagged: bool | None = None
+        self,
+        cfg: FitConfig,
+        task: Task | None = None,
+        *,
+        optimizer_factory: Callable[[list[dict]], torch.optim.Optimizer] | None = None,
+        _lagged: bool | None = None,
     ) -> None:
+        """``optimizer_factory(param_groups)``, when given, builds the optimizer instead of
+        ``cfg.optimizer`` (an optimizer lrpilot has no config entry for, e.g. a benchmark's
+        peer method); the schedule still drives its param groups' ``lr``."""
         self.cfg = cfg
         self.task = task if task is not None else get_task(cfg.task)
         self.device = resolve_device(cfg.device)
@@ -178,7 +186,10 @@ class Engine(LaggedSteps):
             [p for group in groups for p in group["params"]],
             sparse_grads=makes_sparse_grads(self.model),
         )
-        self.optimizer = build_optimizer(cfg, groups, implementation)
+        if optimizer_factory is not None:
+            self.optimizer = optimizer_factory(groups)
+        else:
+            self.optimizer = build_optimizer(cfg, groups, implementation)
         self.data = build_train_data(cfg, self.task, self.device)
         self.plan = plan_run(cfg, self.task)
         self.steps_per_epoch = self.plan.steps_per_epoch

@@ -1,0 +1,335 @@
+"""The autopilot's decisions: pure functions of recorded probe results.
+
+Nothing here trains, plots or touches a file. Each function takes what the probes measured
+(:class:`Probe` records, as stored in ``autopilot.json``) and returns a :class:`Decision`
+holding the value, the evidence it was judged on and the reason in words, so every choice
+can be re-derived from the run directory.
+
+The method (``lrpilot.autopilot`` module doc has the whole procedure): candidates branch
+from one shared snapshot, train ``hold`` steps at their LR, then take a short linear
+cooldown to 0 and are scored by the mean loss on a *decision split* held out of the
+training data (never the validation set a benchmark reports). Comparing after a cooldown
+rather than on the raw loss removes most of the short-horizon bias towards small LRs
+("rankings ... flip during training due to learning rate decay", arXiv 2509.02046);
+the rest is handled by :func:`choose_peak`'s tie rule: among candidates whose paired loss
+difference to the best is within ``z`` standard errors (the same samples score every
+candidate, so the difference is paired), the largest LR wins.
+
+>>> a = Probe("r1-0", lr=0.01, score=0.80, losses=(0.7, 0.9, 0.8, 0.8))
+>>> b = Probe("r1-1", lr=0.03, score=0.79, losses=(0.69, 0.88, 0.79, 0.80))
+>>> c = Probe("r1-2", lr=0.1, score=float("nan"), diverged=True)
+>>> d = choose_peak([a, b, c])
+>>> d.value, d.evidence["best"], d.evidence["diverged"]
+(0.03, 'r1-1', ['r1-2'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: paired standard errors within which two candidates count as tied (:func:`choose_peak`)
+TIE_Z = 1.0
+#: the progress tie tried and rejected (``bench/results/autopilot_research.md``): a
+#: candidate that made at least ``1 - PROGRESS_TIE`` of the best candidate's progress from
+#: the start ties with it. Replayed on the recorded probes of the three calibration rows it
+#: looked best at 0.5-0.7; trained, it lost 8-23 points on two of three mnist1d-cnn seeds
+#: and picked 0.37 on the language model (loss 2.55, against 1.7-1.8 near 0.03), so
+#: :func:`choose_peak` does not use it unless asked (``progress=PROGRESS_TIE``)
+PROGRESS_TIE = 0.5
+#: one ladder step of the first round (a half decade: 10 ** 0.5)
+LADDER_STEP = 10**0.5
+#: the refinement step of the second round (a quarter decade)
+REFINE_STEP = 10**0.25
+#: the calibrated defaults the autopilot falls back to (AlgoPerf's "one good default")
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One candidate's measurement.
+
+    ``score``: mean loss on the decision split after the cooldown (nan when the branch
+    diverged or the loss is not finite); ``losses``: the per-sample losses behind it (for
+    the paired comparison); ``samples``: forward+backward samples the branch spent (hold
+    and cooldown); ``kept``: steps of it that the final run continues from (the winner's
+    hold), the rest is discarded compute.
+    """
+
+    name: str
+    lr: float
+    score: float
+    losses: tuple[float, ...] = ()
+    round: int = 1
+    start_step: int = 0
+    hold: int = 0
+    cooldown: int = 0
+    samples: int = 0
+    diverged: bool = False
+    accuracy: float | None = None
+    train_loss: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.diverged and math.isfinite(self.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["losses"] = [v if math.isfinite(v) else None for v in self.losses]
+        out["score"] = None if not math.isfinite(self.score) else self.score
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Probe:
+        kw = dict(d)
+        kw["score"] = math.nan if kw.get("score") is None else float(kw["score"])
+        kw["losses"] = tuple(math.nan if v is None else float(v) for v in kw.get("losses", ()))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A choice, what it was judged on, and why."""
+
+    name: str
+    value: Any
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "reason": self.reason,
+            "evidence": self.evidence,
+        }
+
+
+def paired_gap(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of ``a[i] - b[i]`` over the finite pairs.
+
+    >>> paired_gap([1.0, 2.0, 3.0], [0.5, 1.5, 2.0])
+    (0.6666666666666666, 0.16666666666666666)
+    >>> paired_gap([1.0], [float("nan")])
+    (nan, nan)
+    """
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if math.isfinite(x) and math.isfinite(y)]
+    n = len(pairs)
+    if n == 0:
+        return math.nan, math.nan
+    diffs = [x - y for x, y in pairs]
+    mean = sum(diffs) / n
+    if n < 2:
+        return mean, math.nan
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def choose_peak(
+    probes: Sequence[Probe],
+    *,
+    z: float = TIE_Z,
+    tolerance: float = 0.0,
+    progress: float | None = None,
+    initial: float | None = None,
+    fallback: float | None = None,
+    name: str = "peak_lr",
+) -> Decision:
+    """The peak LR: the lowest cooldown score; among the candidates tied with it (paired
+    gap below ``z`` standard errors, or equal scores when no per-sample losses were kept,
+    or a gap of at most ``tolerance`` times the best score, or of at most ``progress``
+    times the best candidate's progress ``initial - best score`` from the decision-split
+    loss ``initial`` at the start) the largest LR.
+
+    No usable probe (every one diverged, non-finite or none run): ``fallback`` when given,
+    else the smallest LR tried divided by one ladder step (below every failure), else
+    ``None``; the reason says which.
+    """
+    ok = [p for p in probes if p.ok]
+    bad = [p.name for p in probes if not p.ok]
+    table = {p.name: {"lr": p.lr, "score": p.score if p.ok else None} for p in probes}
+    if not ok:
+        if fallback is not None:
+            value, why = fallback, f"no usable probe ({len(probes)} tried); the fallback"
+        elif probes:
+            value = min(p.lr for p in probes) / LADDER_STEP
+            why = (
+                f"all {len(probes)} candidates diverged or gave no finite loss; one ladder "
+                f"step below the smallest ({min(p.lr for p in probes):.3g})"
+            )
+        else:
+            value, why = None, "no probe was run"
+        return Decision(name, value, why, {"candidates": table, "diverged": bad})
+    best = min(ok, key=lambda p: (p.score, -p.lr))
+    tied = []
+    gaps = {}
+    for p in ok:
+        if p is best:
+            continue
+        gap, se = paired_gap(p.losses, best.losses)
+        if not math.isfinite(gap):
+            gap, se = p.score - best.score, math.nan
+        gaps[p.name] = {"gap": gap, "se": se}
+        made = (initial - best.score) if initial is not None else math.nan
+        within = (
+            gap <= tolerance * abs(best.score)
+            or (
+                progress is not None and math.isfinite(made) and made > 0 and gap <= progress * made
+            )
+            or (gap <= z * se if math.isfinite(se) else gap <= 0.0)
+        )
+        if within:
+            tied.append(p)
+    chosen = max([best, *tied], key=lambda p: p.lr)
+    if chosen is best:
+        reason = f"lowest decision-split loss after cooldown ({best.score:.4g})"
+    else:
+        reason = (
+            f"tied with the lowest loss ({best.score:.4g} at {best.lr:.3g}): within "
+            f"{z:g} paired standard error(s)"
+            + (
+                f" or at least {1 - progress:.0%} of its progress from {initial:.4g}"
+                if progress is not None and initial is not None
+                else ""
+            )
+            + "; the largest tied LR is taken (short probes favour small LRs)"
+        )
+    evidence = {
+        "initial": initial,
+        "progress_tie": progress,
+        "candidates": table,
+        "best": best.name,
+        "chosen": chosen.name,
+        "tied": [p.name for p in tied],
+        "gaps": gaps,
+        "diverged": bad,
+    }
+    return Decision(name, chosen.lr, reason, evidence)
+
+
+def ladder(center: float, n: int, step: float = LADDER_STEP, skew: int = 0) -> list[float]:
+    """``n`` LRs a factor ``step`` apart around ``center``; ``skew`` shifts the ladder up by
+    that many steps (rounded to 4 significant digits).
+
+    >>> ladder(0.1, 3)
+    [0.03162, 0.1, 0.3162]
+    >>> ladder(1e-3, 4, skew=1)
+    [0.001, 0.003162, 0.01, 0.03162]
+    """
+    if n < 1:
+        raise ValueError(f"n={n!r} is out of range; allowed: [1, inf]")
+    first = -((n - 1) // 2) + skew
+    return [float(f"{center * step ** (first + i):.4g}") for i in range(n)]
+
+
+def first_round(prior: Mapping[str, Any], family: str, n: int) -> Decision:
+    """The first round's candidates from the prior.
+
+    ``prior``: the finder's result (``verdict``, ``suggestion``, ``interval``) or empty.
+    A usable suggestion centres the ladder on it (the finder's interval is only a prior: on
+    kinds it was not calibrated on it is often 4x off, so the ladder spans about
+    ``(n - 1) / 2`` half-decades on each side). Without one (``noisy``, ``flat``, no sweep)
+    the ladder starts at the calibrated default and goes up (the default is conservative
+    for Adam on small models, rarely too high for SGD at batch 64); the reason says which.
+    """
+    verdict = prior.get("verdict")
+    sugg = prior.get("suggestion")
+    if verdict == "ok" and isinstance(sugg, (int, float)) and math.isfinite(sugg) and sugg > 0:
+        lrs = ladder(float(sugg), n)
+        why = f"half-decade ladder centred on the finder's suggestion {sugg:.3g}"
+    else:
+        base = DEFAULT_LR[family]
+        skew = (n - 1) // 2 if family == "adam" else 0
+        lrs = ladder(base, n, skew=skew)
+        why = (
+            f"finder gave no usable suggestion (verdict {verdict!r}); half-decade ladder "
+            f"from the calibrated default {base:g}"
+        )
+    return Decision("round1_candidates", lrs, why, {"prior": dict(prior), "family": family})
+
+
+def second_round(round1: Sequence[Probe], peak: Decision) -> Decision:
+    """The second round's candidates around the first round's pick: a quarter decade on
+    each side; at an edge of the first ladder (its best was the largest or smallest LR and
+    the next step was not a failure) the ladder is extended one half-decade past the edge
+    instead, keeping the pick.
+
+    >>> r = [Probe("a", 0.01, 1.0), Probe("b", 0.03, 0.9)]
+    >>> second_round(r, choose_peak(r)).value
+    [0.03, 0.05335, 0.09487]
+    """
+    lrs = sorted({p.lr for p in round1})
+    pick = peak.value
+    if pick is None:
+        return Decision("round2_candidates", [], "no first-round pick", {})
+    failed_above = any(not p.ok and p.lr > pick for p in round1)
+    failed_below = any(not p.ok and p.lr < pick for p in round1)
+    if pick >= lrs[-1] and not failed_above and len(lrs) > 1:
+        out = [pick, pick * REFINE_STEP, pick * LADDER_STEP]
+        why = "the pick is the largest LR tried: extend the ladder upwards"
+    elif pick <= lrs[0] and not failed_below and len(lrs) > 1 and all(p.ok for p in round1):
+        out = [pick / LADDER_STEP, pick / REFINE_STEP, pick]
+        why = "the pick is the smallest LR tried: extend the ladder downwards"
+    else:
+        out = [pick / REFINE_STEP, pick, pick * REFINE_STEP]
+        why = "a quarter decade on each side of the pick"
+    out = [float(f"{v:.4g}") for v in out]
+    return Decision("round2_candidates", out, why, {"round1_pick": pick})
+
+
+def choose_shape(total_steps: int, decided_at: int, user: str | None = None) -> Decision:
+    """The schedule after the decision point: ``wsd`` holds the peak and decays linearly
+    over the last 20% of the run, ``cosine`` decays from the decision point to 0,
+    ``one_cycle`` is the cosine decay with the peak placed at 30% of the run (the probes
+    already hold it that long when the decision comes before 30%).
+
+    Rule (not a probe: the shapes only differ after the decision, which is the part the
+    budget cannot afford to try twice): ``one_cycle`` when the decision point is at most
+    30% of the run (the tuned grids of ``bench/results/finder_quality_runs.json`` put
+    one-cycle at or above warmup+cosine in 7 of 10 task/optimizer pairs), ``cosine``
+    otherwise; a schedule the user fixed is kept.
+
+    >>> choose_shape(1000, 200).value, choose_shape(1000, 400).value
+    ('one_cycle', 'cosine')
+    """
+    frac = decided_at / max(total_steps, 1)
+    if user is not None:
+        return Decision("schedule", user, "fixed by the user", {"decided_at": frac})
+    if frac <= 0.3:
+        return Decision(
+            "schedule",
+            "one_cycle",
+            f"decision at {frac:.0%} of the run: hold the peak to 30%, then a "
+            "cosine decay (one-cycle shape)",
+            {"decided_at": frac},
+        )
+    return Decision(
+        "schedule",
+        "cosine",
+        f"decision at {frac:.0%} of the run (past one-cycle's 30% peak): cosine decay from there",
+        {"decided_at": frac},
+    )
+
+
+def compute_multiple(
+    probes: Sequence[Probe],
+    trunk_samples: int,
+    tail_samples: int,
+    one_run: int,
+    extra_samples: int = 0,
+) -> float:
+    """Every forward+backward sample over one run's samples (``epochs x training-set size``):
+    the shared trunk (run once), every probe's hold and cooldown (the winners' holds are the
+    final run's steps, so nothing is counted twice), the final run after the last decision
+    (``tail_samples``) and ``extra_samples`` (a finder sweep).
+
+    >>> p = [Probe("a", 0.1, 1.0, samples=100), Probe("b", 0.3, 0.9, samples=100)]
+    >>> compute_multiple(p, trunk_samples=50, tail_samples=950, one_run=1000)
+    1.2
+    """
+    if one_run <= 0:
+        raise ValueError(f"one_run={one_run!r} is out of range; allowed: [1, inf]")
+    total = trunk_samples + tail_samples + extra_samples + sum(p.samples for p in probes)
+    return total / one_run

@@ -1,0 +1,140 @@
+"""How the autopilot spends its budget: a pure function of the run's sizes.
+
+The run (``T`` optimizer steps on the training data minus the decision split) is::
+
+    trunk warmup (w)  | round 1: n1 branches x (hold r1 + cooldown m1) | round 2: n2 x (r2 + m2) | rest
+    shared, once      | the winner's hold is kept                       | the winner's hold kept  | final schedule
+
+so the samples beyond one trajectory of ``T`` steps are the discarded holds and every
+cooldown: ``extra = (n1 - 1) r1 + n1 m1 + (n2 - 1) r2 + n2 m2`` steps. The plan is the first
+of :data:`OPTIONS` (most candidates and longest probes first) whose total, with the finder's
+sweep, fits ``budget x epochs x training-set size`` samples; without any, a run with no
+probe at all (the prior's value, said so in the decisions).
+
+>>> p = make_plan(n_full=4000, n_fit=3600, batch=64, epochs=15, budget=1.3, finder_samples=2000)
+>>> (p.n1, p.hold1, p.cool1, p.n2, p.warmup, p.total_steps), round(p.expected_multiple, 3)
+((4, 43, 14, 3, 43, 855), 1.263)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from lrpilot.errors import ConfigError
+
+#: (first-round candidates, hold as a fraction of the run), in order of preference
+OPTIONS: tuple[tuple[int, float], ...] = (
+    (5, 0.06),
+    (4, 0.06),
+    (4, 0.05),
+    (4, 0.04),
+    (3, 0.05),
+    (3, 0.04),
+    (3, 0.03),
+    (2, 0.03),
+    (3, 0.02),
+    (2, 0.02),
+)
+#: second-round candidates (the pick and a quarter decade on each side)
+N2 = 3
+#: trunk warmup, as a fraction of the run
+WARMUP_FRACTION = 0.05
+#: the budget's lower limit: the final run alone is one run's compute
+MIN_BUDGET = 1.0
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """Step counts of one autopilot run (module doc); ``n1 == 0``: no probes."""
+
+    total_steps: int
+    steps_per_epoch: int
+    warmup: int
+    n1: int
+    hold1: int
+    cool1: int
+    n2: int
+    hold2: int
+    cool2: int
+    finder: bool
+    expected_multiple: float
+    reason: str
+
+    @property
+    def decided_at(self) -> int:
+        """The step after which the schedule is final (end of the last hold)."""
+        return self.warmup + self.hold1 + self.hold2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_budget(budget: object) -> float:
+    """``budget`` as a float in ``[1.0, 10]``; anything else raises ``ConfigError``.
+
+    >>> check_budget(1.3)
+    1.3
+    >>> check_budget(0.9)
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: budget=0.9 is out of range; allowed: [1.0, 10] (multiples of one training run)
+    """
+    ok = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+    if not ok or not math.isfinite(float(budget)) or not MIN_BUDGET <= float(budget) <= 10:
+        raise ConfigError(
+            f"budget={budget!r} is out of range; allowed: [1.0, 10] (multiples of one training run)"
+        )
+    return float(budget)
+
+
+def make_plan(
+    n_full: int, n_fit: int, batch: int, epochs: int, budget: float, finder_samples: int
+) -> ProbePlan:
+    """The plan (module doc). ``n_full``: training-set size a run is measured against;
+    ``n_fit``: the part trained on (the rest is the decision split); ``finder_samples``:
+    what the finder's sweep would cost (0: no sweep)."""
+    check_budget(budget)
+    spe = math.ceil(n_fit / batch)
+    total = epochs * spe
+    per_step = n_fit / spe
+    allowed = budget * epochs * n_full
+    warm = max(1, round(WARMUP_FRACTION * total))
+    for use_finder in (True, False) if finder_samples > 0 else (False,):
+        fixed = total * per_step + (finder_samples if use_finder else 0)
+        for n1, frac in OPTIONS:
+            hold = max(2, round(frac * total))
+            cool = max(1, round(hold / 3))
+            extra = (n1 - 1) * hold + n1 * cool + (N2 - 1) * hold + N2 * cool
+            need = fixed + extra * per_step
+            if need <= allowed and warm + 2 * hold <= total // 2:
+                return ProbePlan(
+                    total,
+                    spe,
+                    warm,
+                    n1,
+                    hold,
+                    cool,
+                    N2,
+                    hold,
+                    cool,
+                    use_finder,
+                    need / (epochs * n_full),
+                    f"{n1} candidates then {N2}, holds of {hold} steps "
+                    f"({frac:.0%} of the run), cooldowns of {cool}"
+                    + ("" if use_finder else "; no finder sweep (budget)"),
+                )
+    return ProbePlan(
+        total,
+        spe,
+        warm,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        False,
+        total * per_step / (epochs * n_full),
+        f"budget {budget:g} leaves no room for probes: the prior's LR, no search",
+    )

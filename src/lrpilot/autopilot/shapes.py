@@ -1,0 +1,105 @@
+"""The autopilot's schedules, as ``lrpilot fit`` schedule configs (``join`` of pieces).
+
+A trajectory is a list of segments ``(steps, piece)`` on the global step counter; each
+piece is a schedule config on its own local time (``linear``, ``constant``, ``cosine``).
+Everything is plain data (it goes into ``autopilot.json`` and a fit config) and turns into
+a ``step -> lr`` function with :func:`lrpilot.schedules.from_config`.
+
+>>> segs = trunk(0.01, 10) + hold(0.01, 0.03, 20, ramp=5)
+>>> s = to_schedule(segs)
+>>> s(0), s(10), s(15), s(29)
+(0.0, 0.01, 0.03, 0.03)
+>>> to_schedule(segs + cooldown(0.03, 4))(33)
+0.0075
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Segment = tuple[int, dict[str, Any]]
+
+#: the schedule shapes the autopilot can choose after its decision point
+SHAPES = ("one_cycle", "cosine", "wsd")
+#: where one-cycle's peak ends and wsd's decay begins, as fractions of the run
+ONE_CYCLE_PEAK = 0.3
+WSD_DECAY = 0.2
+
+
+def _linear(a: float, b: float, steps: int) -> dict[str, Any]:
+    return {"name": "linear", "start_lr": a, "end_lr": b, "steps": steps}
+
+
+def trunk(lr: float, warmup: int) -> list[Segment]:
+    """Linear warmup from 0 to ``lr`` over ``warmup`` steps (step 0 has LR 0)."""
+    return [(warmup, _linear(0.0, lr, warmup))] if warmup > 0 else []
+
+
+def hold(start: float, lr: float, steps: int, ramp: int) -> list[Segment]:
+    """``steps`` steps at ``lr``, the first ``ramp`` of them a linear ramp from ``start``."""
+    ramp = min(ramp, steps) if start != lr else 0
+    out: list[Segment] = []
+    if ramp > 0:
+        out.append((ramp, _linear(start, lr, ramp)))
+    if steps - ramp > 0:
+        out.append((steps - ramp, {"name": "constant", "lr": lr}))
+    return out
+
+
+def cooldown(lr: float, steps: int) -> list[Segment]:
+    """A linear decay from ``lr`` to 0 over ``steps`` steps (a probe's cooldown)."""
+    return [(steps, _linear(lr, 0.0, steps))] if steps > 0 else []
+
+
+def final(lr: float, shape: str, at: int, total: int) -> list[Segment]:
+    """The rest of the run from step ``at`` to ``total`` for ``shape``:
+
+    * ``one_cycle``: hold ``lr`` to ``ONE_CYCLE_PEAK`` of the run, then cosine to 0;
+    * ``cosine``: cosine from ``lr`` to 0;
+    * ``wsd``: hold ``lr`` to ``1 - WSD_DECAY`` of the run, then linear to 0.
+
+    >>> [n for n, _ in final(0.1, "wsd", 20, 100)]
+    [60, 20]
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape={shape!r} is not valid; allowed: {', '.join(SHAPES)}")
+    rest = total - at
+    if rest <= 0:
+        return []
+    if shape == "cosine":
+        return [(rest, {"name": "cosine", "lr": lr, "steps": rest})]
+    if shape == "one_cycle":
+        flat = max(0, min(rest - 1, round(ONE_CYCLE_PEAK * total) - at))
+        tail = [(rest - flat, {"name": "cosine", "lr": lr, "steps": rest - flat})]
+    else:
+        flat = max(0, min(rest - 1, total - round(WSD_DECAY * total) - at))
+        tail = [(rest - flat, _linear(lr, 0.0, rest - flat))]
+    return ([(flat, {"name": "constant", "lr": lr})] if flat > 0 else []) + tail
+
+
+def to_config(segments: Sequence[Segment]) -> dict[str, Any]:
+    """The ``join`` config of ``segments`` (a single segment is returned as it is; the last
+    segment runs on past its length, holding its final value)."""
+    segs = [(n, piece) for n, piece in segments if n > 0]
+    if not segs:
+        raise ValueError("a schedule needs at least one segment of at least one step")
+    if len(segs) == 1:
+        return dict(segs[0][1])
+    bounds, at = [], 0
+    for n, _ in segs[:-1]:
+        at += n
+        bounds.append(at)
+    return {"name": "join", "schedules": [dict(p) for _, p in segs], "boundaries": bounds}
+
+
+def to_schedule(segments: Sequence[Segment]):  # type: ignore[no-untyped-def]
+    """The ``step -> lr`` function of ``segments``."""
+    from lrpilot.schedules import from_config
+
+    return from_config(to_config(segments))
+
+
+def length(segments: Sequence[Segment]) -> int:
+    """Steps covered by ``segments``."""
+    return sum(n for n, _ in segments)

@@ -1,0 +1,282 @@
+"""The autopilot's pure decisions, its budget plan and its schedules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from lrpilot.autopilot import shapes
+from lrpilot.autopilot.decide import (
+    DEFAULT_LR,
+    Probe,
+    choose_peak,
+    choose_shape,
+    compute_multiple,
+    first_round,
+    ladder,
+    paired_gap,
+    second_round,
+)
+from lrpilot.autopilot.plan import OPTIONS, check_budget, make_plan
+from lrpilot.errors import ConfigError
+
+NAN = float("nan")
+
+
+def probe(name, lr, score, losses=(), **kw):
+    return Probe(name, lr=lr, score=score, losses=tuple(losses), **kw)
+
+
+# ------------------------------------------------------------------ choose_peak
+def test_lowest_score_wins_when_gaps_are_clear():
+    a = probe("a", 0.01, 1.0, [1.0, 1.1, 0.9, 1.0])
+    b = probe("b", 0.03, 0.5, [0.5, 0.6, 0.4, 0.5])
+    c = probe("c", 0.1, 0.9, [0.9, 1.0, 0.8, 0.9])
+    d = choose_peak([a, b, c])
+    assert d.value == 0.03
+    assert d.evidence["best"] == "b" and d.evidence["tied"] == []
+    assert "lowest" in d.reason
+
+
+def test_tie_within_one_paired_standard_error_takes_the_larger_lr():
+    # b is 0.01 worse on average but the paired differences scatter by 0.05 (SE 0.025)
+    a = probe("a", 0.01, 0.50, [0.50, 0.40, 0.60, 0.50])
+    b = probe("b", 0.03, 0.51, [0.55, 0.40, 0.55, 0.54])
+    gap, se = paired_gap(b.losses, a.losses)
+    assert gap == pytest.approx(0.01) and gap < se
+    d = choose_peak([a, b])
+    assert d.value == 0.03 and d.evidence["tied"] == ["b"] and "tied" in d.reason
+    # with z = 0 only an equal-or-better loss ties
+    assert choose_peak([a, b], z=0.0).value == 0.01
+
+
+def test_paired_gap_ignores_non_finite_pairs_and_matches_a_hand_computation():
+    gap, se = paired_gap([1.0, NAN, 3.0, 2.0], [0.0, 1.0, 1.0, 2.0])
+    diffs = [1.0, 2.0, 0.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
+    assert gap == pytest.approx(mean) and se == pytest.approx(sd / math.sqrt(3))
+    assert math.isnan(paired_gap([1.0], [2.0])[1])  # one pair: no standard error
+
+
+def test_nan_and_diverged_probes_are_never_chosen():
+    a = probe("a", 0.01, 0.8, [0.8, 0.8])
+    b = probe("b", 0.1, NAN, [NAN, NAN])
+    c = probe("c", 0.3, 0.1, [0.1, 0.1], diverged=True)  # a low score, but it diverged
+    d = choose_peak([a, b, c])
+    assert d.value == 0.01
+    assert sorted(d.evidence["diverged"]) == ["b", "c"]
+
+
+def test_all_diverged_goes_one_ladder_step_below_the_smallest():
+    ps = [probe("a", 0.1, NAN, diverged=True), probe("b", 0.3, NAN, diverged=True)]
+    d = choose_peak(ps)
+    assert d.value == pytest.approx(0.1 / 10**0.5)
+    assert "all 2 candidates diverged" in d.reason
+    assert choose_peak(ps, fallback=0.01).value == 0.01
+
+
+def test_no_probe_at_all():
+    d = choose_peak([])
+    assert d.value is None and d.reason == "no probe was run"
+
+
+def test_one_probe_without_per_sample_losses():
+    d = choose_peak([probe("a", 0.05, 0.7)])
+    assert d.value == 0.05 and d.evidence["gaps"] == {}
+
+
+def test_equal_scores_without_losses_tie_to_the_larger_lr():
+    d = choose_peak([probe("a", 0.01, 0.7), probe("b", 0.02, 0.7), probe("c", 0.04, 0.71)])
+    assert d.value == 0.02
+
+
+# ---------------------------------------------------------------- candidates
+def test_ladder_is_geometric_and_centred():
+    lrs = ladder(0.1, 5)
+    ratios = [b / a for a, b in itertools.pairwise(lrs)]
+    assert all(r == pytest.approx(10**0.5, rel=1e-3) for r in ratios)
+    assert lrs[2] == 0.1
+    with pytest.raises(ValueError, match="allowed"):
+        ladder(0.1, 0)
+
+
+def test_first_round_uses_a_usable_suggestion_else_the_default():
+    ok = first_round({"verdict": "ok", "suggestion": 0.02}, "adam", 3)
+    assert ok.value == ladder(0.02, 3) and "suggestion" in ok.reason
+    noisy = first_round({"verdict": "noisy", "suggestion": None}, "adam", 4)
+    assert noisy.value[0] == DEFAULT_LR["adam"] and noisy.value[-1] > 0.01
+    assert "noisy" in noisy.reason
+    sgd = first_round({}, "sgd", 4)
+    assert DEFAULT_LR["sgd"] in sgd.value
+    nan = first_round({"verdict": "ok", "suggestion": NAN}, "sgd", 3)
+    assert "no usable suggestion" in nan.reason
+
+
+def test_second_round_refines_or_extends():
+    r1 = [probe("a", 0.01, 1.0), probe("b", 0.03, 0.8), probe("c", 0.1, 0.9)]
+    mid = second_round(r1, choose_peak(r1))
+    assert mid.value == [
+        pytest.approx(0.03 / 10**0.25, rel=1e-3),
+        0.03,
+        pytest.approx(0.03 * 10**0.25, rel=1e-3),
+    ]
+    top = [probe("a", 0.01, 1.0), probe("b", 0.03, 0.8)]
+    assert second_round(top, choose_peak(top)).value[-1] == pytest.approx(0.03 * 10**0.5, rel=1e-3)
+    # the largest finite LR wins, but the next one up diverged: refine below it, not past it
+    capped = [probe("a", 0.01, 1.0), probe("b", 0.03, 0.8), probe("c", 0.1, NAN, diverged=True)]
+    refined = second_round(capped, choose_peak(capped))
+    assert max(refined.value) < 0.1 and "quarter decade" in refined.reason
+    low = [probe("a", 0.01, 0.5), probe("b", 0.03, 0.8)]
+    assert second_round(low, choose_peak(low)).value[0] == pytest.approx(0.01 / 10**0.5, rel=1e-3)
+    assert second_round([], choose_peak([])).value == []
+
+
+def test_shape_rule_and_a_fixed_shape_is_kept():
+    assert choose_shape(100, 30).value == "one_cycle"
+    assert choose_shape(100, 31).value == "cosine"
+    assert choose_shape(100, 10, user="wsd").value == "wsd"
+
+
+# ------------------------------------------------------------------- budget
+@pytest.mark.parametrize("n", [300, 1437, 4000, 10_000, 50_000])
+@pytest.mark.parametrize("budget", [1.0, 1.1, 1.3, 2.0])
+@pytest.mark.parametrize("epochs", [1, 3, 15])
+def test_plan_never_exceeds_its_budget(n, budget, epochs):
+    n_fit = n - min(max(256, min(2048, round(0.1 * n))), n // 4)
+    finder = n // 2
+    p = make_plan(n, n_fit, 64, epochs, budget, finder)
+    per_step = n_fit / p.steps_per_epoch
+    extra = (p.n1 - 1) * p.hold1 + p.n1 * p.cool1 + (p.n2 - 1) * p.hold2 + p.n2 * p.cool2
+    if p.n1 == 0:
+        extra = 0
+    total = p.total_steps * per_step + extra * per_step + (finder if p.finder else 0)
+    assert total / (epochs * n) == pytest.approx(p.expected_multiple)
+    assert p.expected_multiple <= budget + 1e-9
+    assert p.decided_at <= p.total_steps
+
+
+def test_plan_prefers_more_candidates_with_more_budget():
+    small = make_plan(4000, 3600, 64, 15, 1.1, 2000)
+    big = make_plan(4000, 3600, 64, 15, 2.0, 2000)
+    assert (big.n1, big.hold1) >= (small.n1, small.hold1)
+    assert (big.n1, round(big.hold1 / big.total_steps, 2)) == OPTIONS[0]
+
+
+@pytest.mark.parametrize("bad", [0.99, 0, -1, NAN, float("inf"), "1.3", True, 11])
+def test_impossible_budget_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"budget=.* out of range; allowed: \[1.0, 10\]"):
+        check_budget(bad)
+
+
+def test_compute_multiple_counts_every_branch_once():
+    ps = [
+        probe("a", 0.01, 1.0, samples=640),
+        probe("b", 0.03, 0.8, samples=640),
+        probe("c", 0.03, 0.7, round=2, samples=320),
+    ]
+    # recomputed by hand: 64 * 10 trunk + 3 probes + 64 * 50 tail + 500 finder over 6400
+    expected = (640 + 640 + 640 + 320 + 3200 + 500) / 6400
+    assert compute_multiple(ps, 640, 3200, 6400, extra_samples=500) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        compute_multiple(ps, 0, 0, 0)
+
+
+# ------------------------------------------------------------------ schedules
+def test_final_shapes_reach_zero_at_the_end_and_hold_the_peak_before():
+    total, at, lr = 100, 20, 0.5
+    history = shapes.trunk(0.1, 5) + shapes.hold(0.1, lr, 15, ramp=5)
+    for shape in shapes.SHAPES:
+        segs = history + shapes.final(lr, shape, at, total)
+        assert shapes.length(segs) == total
+        s = shapes.to_schedule(segs)
+        assert s(at) == pytest.approx(lr)
+        assert s(total) == pytest.approx(0.0, abs=1e-12)
+        assert s(total - 1) < lr / 10
+    oc = shapes.to_schedule(history + shapes.final(lr, "one_cycle", at, total))
+    assert oc(29) == pytest.approx(lr) and oc(31) < lr
+    wsd = shapes.to_schedule(history + shapes.final(lr, "wsd", at, total))
+    assert wsd(79) == pytest.approx(lr) and wsd(90) == pytest.approx(lr / 2)
+    with pytest.raises(ValueError, match="allowed"):
+        shapes.final(lr, "triangle", at, total)
+
+
+def test_cooldown_probe_schedule_is_linear_to_zero():
+    segs = shapes.trunk(0.01, 4) + shapes.hold(0.01, 0.02, 6, ramp=2) + shapes.cooldown(0.02, 4)
+    s = shapes.to_schedule(segs)
+    assert [s(t) for t in range(4)] == pytest.approx([0.0, 0.0025, 0.005, 0.0075])
+    assert s(5) == pytest.approx(0.015) and s(9) == pytest.approx(0.02)
+    assert [s(t) for t in range(10, 15)] == pytest.approx([0.02, 0.015, 0.01, 0.005, 0.0])
+
+
+def test_relative_tolerance_ties_a_slightly_worse_larger_lr():
+    a = probe("a", 0.05, 1.00, [1.0, 1.0, 1.0])
+    b = probe("b", 0.15, 1.08, [1.08, 1.08, 1.08])  # 8% worse, no scatter: not tied by SE
+    c = probe("c", 0.5, 2.30, [2.3, 2.3, 2.3])
+    assert choose_peak([a, b, c]).value == 0.05
+    d = choose_peak([a, b, c], tolerance=0.1)
+    assert d.value == 0.15 and d.evidence["tied"] == ["b"]
+    assert choose_peak([a, b, c], tolerance=0.05).value == 0.05
+
+
+def test_progress_tie_takes_the_largest_lr_with_half_the_best_progress():
+    # from 2.3 at the start: a made 0.8, b 0.5 (>= half of 0.8), c 0.1 (chance level)
+    a = probe("a", 0.05, 1.5, [1.5, 1.5])
+    b = probe("b", 0.15, 1.8, [1.8, 1.8])
+    c = probe("c", 0.5, 2.2, [2.2, 2.2])
+    d = choose_peak([a, b, c], initial=2.3, progress=0.5)
+    assert d.value == 0.15 and d.evidence["initial"] == 2.3 and "progress" in d.reason
+    assert choose_peak([a, b, c], initial=2.3, progress=0.3).value == 0.05
+    assert choose_peak([a, b, c]).value == 0.05  # no initial loss: no progress tie
+    # a best that made no progress (initial below it): the progress rule is off
+    assert choose_peak([a, b], initial=1.0, progress=0.5).value == 0.05
+
+
+# ------------------------------------------------------------- recorded probe data
+def _recorded():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "autopilot_probes_mnist1d_cnn.json"
+    return json.loads(path.read_text())
+
+
+def test_recorded_probes_replay_the_recorded_decisions_and_the_progress_tie():
+    for key, rec in _recorded().items():
+        probes = [Probe.from_dict(p) for p in rec["probes"]]
+        r1 = [p for p in probes if p.round == 1]
+        r2 = [p for p in probes if p.round == 2]
+        # version a1 decided with the paired-SE tie alone (losses rounded to 4 digits here)
+        assert choose_peak(r1, progress=None).value == rec["decisions"]["round1_pick"], key
+        assert choose_peak(r2, progress=None).value == rec["decisions"]["peak_lr"], key
+        # the progress tie (from ln 10, a 10-class network at initialisation) moves round 1
+        # to the finder's suggestion, a half-decade higher
+        moved = choose_peak(r1, initial=math.log(10), progress=0.5)
+        assert moved.value == pytest.approx(rec["prior"]["suggestion"], rel=1e-3), key
+        assert moved.value > rec["decisions"]["round1_pick"]
+
+
+def test_recorded_probes_with_nan_losses_and_divergence():
+    rec = _recorded()["mnist1d-cnn/sgd seed 1"]
+    probes = [Probe.from_dict(p) for p in rec["probes"] if p["round"] == 1]
+    # the best candidate's losses partly NaN: the pairs with a NaN are left out
+    broken = [
+        Probe.from_dict({**p.to_dict(), "losses": [None, *p.to_dict()["losses"][1:]]})
+        if p.lr == rec["decisions"]["round1_pick"]
+        else p
+        for p in probes
+    ]
+    assert choose_peak(broken, progress=None).value == rec["decisions"]["round1_pick"]
+    # the pick diverged: the next best finite candidate is chosen
+    gone = [
+        Probe(p.name, p.lr, NAN, p.losses, diverged=True)
+        if p.lr == rec["decisions"]["round1_pick"]
+        else p
+        for p in probes
+    ]
+    d = choose_peak(gone, progress=None)
+    assert d.value != rec["decisions"]["round1_pick"] and d.evidence["diverged"]
+    # too few points: a single recorded candidate still decides
+    assert choose_peak(probes[:1]).value == probes[0].lr

@@ -1,0 +1,166 @@
+"""``lrpilot auto`` end to end: the run directory, the compute accounting recomputed from
+the recorded candidates, bad input, and a resume after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lrpilot.autopilot.decide import Probe, choose_peak
+from lrpilot.cli import main
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _auto(out: Path, *extra: str) -> int:
+    return main(["auto", "--task", "mnist1d-mlp", "--epochs", "2", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "run"
+    assert _auto(out, "--json") == 0
+    return out
+
+
+def test_run_directory_holds_fit_outputs_and_the_report(run_dir, capsys):
+    for name in ("summary.json", "metrics.jsonl", "config.yaml", "autopilot.json", "autopilot.png"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "tensorboard").is_dir() and (run_dir / "checkpoints").is_dir()
+    info = json.loads((run_dir / "autopilot.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert summary["compute_multiple"] == info["compute"]["compute_multiple"]
+    names = [d["name"] for d in info["decisions"]]
+    assert "peak_lr" in names and "schedule" in names
+    # config.yaml holds the schedule that was trained with, and it peaks at the chosen LR
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["schedule"] == info["schedule"]
+    peak = next(d["value"] for d in info["decisions"] if d["name"] == "peak_lr")
+    from lrpilot.schedules import from_config
+
+    sched = from_config(cfg["schedule"])
+    assert max(sched(t) for t in range(summary["steps_planned"])) == pytest.approx(peak)
+    # every candidate carries its cost and its evidence
+    for c in info["candidates"]:
+        assert c["samples"] > 0 and c["hold"] > 0
+        assert c["diverged"] or len(c["losses"]) == info["decision_split"]["samples"]
+
+
+def test_compute_multiple_recomputed_from_the_recorded_candidates(run_dir):
+    info = json.loads((run_dir / "autopilot.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    n_full = info["decision_split"]["of"]
+    n_fit = n_full - info["decision_split"]["samples"]
+    batch, epochs = info["batch_size"], info["epochs"]
+    # the final trajectory is every batch of every epoch on the training part; each probe's
+    # hold and cooldown are extra, except the two holds the trajectory continued from
+    kept = info["plan"]["hold1"] + info["plan"]["hold2"]
+    steps = sum(c["hold"] + c["cooldown"] for c in info["candidates"]) - kept
+    expected = (epochs * n_fit + steps * batch + info["prior"].get("samples", 0)) / (
+        epochs * n_full
+    )
+    # a step at an epoch's end holds fewer than ``batch`` samples: a few batches' slack
+    assert info["compute"]["compute_multiple"] == pytest.approx(
+        expected, abs=4 * batch / (epochs * n_full)
+    )
+    assert summary["samples_seen"] == epochs * n_fit
+    assert info["compute"]["compute_multiple"] <= info["budget"] + 1e-9
+
+
+def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
+    info = json.loads((run_dir / "autopilot.json").read_text())
+    probes = [Probe.from_dict(c) for c in info["candidates"]]
+    recorded = {d["name"]: d["value"] for d in info["decisions"]}
+    r1 = [p for p in probes if p.round == 1]
+    r2 = [p for p in probes if p.round == 2]
+    initial = info["initial_score"]
+    assert initial > 0
+    assert choose_peak(r1, initial=initial).value == recorded["round1_pick"]
+    if r2:
+        assert choose_peak(r2, initial=initial).value == recorded["peak_lr"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--budget", "0.9"], "budget=0.9 is out of range; allowed: [1.0, 10]"),
+        (["--budget", "nan"], "budget=nan is out of range"),
+        (["--optimizer", "lion"], "optimizer='lion' is not one of sgd, adamw, adam"),
+        (["--epochs", "0"], "epochs"),
+        (["--batch-size", "100000"], "batch_size=100000 is larger than the training part"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, fragment):
+    out = tmp_path / "run"
+    assert _auto(out, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and err[0].startswith("lrpilot auto: error:")
+    assert not out.exists()
+
+
+def test_unknown_task_and_resume_without_a_run(tmp_path, capsys):
+    assert main(["auto", "--task", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    assert _auto(tmp_path / "r", "--resume") == 2
+    assert "cannot resume" in capsys.readouterr().err
+    assert main(["auto", "--task", "mnist1d-mlp", "--resume"]) == 2
+    assert not (tmp_path / "r").exists()
+
+
+def _spawn(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "lrpilot.cli",
+        "auto",
+        "--task",
+        "mnist1d-mlp",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    ]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_in_the_probe_phase_is_bit_identical(tmp_path, run_dir):
+    out = tmp_path / "killed"
+    proc = _spawn(out)
+    state = out / "autopilot" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and len(json.loads(state.read_text()).get("probes", {})) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = set(json.loads(state.read_text())["probes"])
+    assert len(done) >= 2 and not (out / "summary.json").exists()
+    assert _auto(out, "--resume", "--json") == 0
+    info = json.loads((out / "autopilot.json").read_text())
+    ref = json.loads((run_dir / "autopilot.json").read_text())
+    # finished probes were not redone (their records are the ones written before the kill)
+    assert [c["name"] for c in info["candidates"]] == [c["name"] for c in ref["candidates"]]
+    assert info["candidates"] == ref["candidates"] and info["decisions"] == ref["decisions"]
+    a = torch.load(out / "checkpoints" / "best.pt", weights_only=True)["model"]
+    b = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa = json.loads((out / "summary.json").read_text())["final"]
+    sb = json.loads((run_dir / "summary.json").read_text())["final"]
+    assert {k: v for k, v in sa.items() if k != "time"} == {
+        k: v for k, v in sb.items() if k != "time"
+    }
