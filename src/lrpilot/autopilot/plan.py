@@ -80,8 +80,12 @@ def check_budget(budget: object) -> float:
     ...
     lrpilot.errors.ConfigError: budget=0.9 is out of range; allowed: [1.0, 10] (multiples of one training run)
     """
-    ok = isinstance(budget, (int, float)) and not isinstance(budget, bool)
-    if not ok or not math.isfinite(float(budget)) or not MIN_BUDGET <= float(budget) <= 10:
+    if (
+        not isinstance(budget, (int, float))
+        or isinstance(budget, bool)
+        or not math.isfinite(float(budget))
+        or not MIN_BUDGET <= float(budget) <= 10
+    ):
         raise ConfigError(
             f"budget={budget!r} is out of range; allowed: [1.0, 10] (multiples of one training run)"
         )
