@@ -155,11 +155,16 @@ def rows_from_results(results: Any, spec: Any) -> list[TrialRow]:
         run_dir = spec.out / "trials" / f"ray-{trial_id}" if trial_id else None
         # compute: the epochs the child trained (it may finish one more after the report
         # that made ASHA stop it), as the Optuna backend counts them
-        epochs = len(EpochReader(run_dir / "metrics.jsonl").read()) if run_dir else reported
+        records = EpochReader(run_dir / "metrics.jsonl").read() if run_dir else []
+        epochs = len(records) if run_dir else reported
         if result.error is not None:
             state = "failed"
-        elif reported >= spec.full_epochs:
+        elif reported >= spec.full_epochs or epochs >= spec.full_epochs:
+            # a child told to stop at its next-to-last report may still finish the last
+            # epoch (and write summary.json): that trial is complete, valued at its end
             state = "complete"
+            if records and records[-1].get(spec.metric) is not None:
+                value = records[-1][spec.metric]
         else:
             state = "pruned"
         rows.append(
