@@ -45,11 +45,12 @@ import torch
 import yaml
 
 from lrpilot import _distributed as distributed
+from lrpilot._distributed import is_main_process
 from lrpilot._state import cpu_clone
 from lrpilot.errors import ConfigError, TrainingAborted
 from lrpilot.history import History
 from lrpilot.tasks import Task, get_task
-from lrpilot.train.builders import is_main_process, load_optimizer_state, resolve_device
+from lrpilot.train.builders import load_optimizer_state, resolve_device
 from lrpilot.train.builtin import (
     CHECKPOINT_SECONDS,
     BestCallback,

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 
 from lrpilot import _distributed as distributed
+from lrpilot._distributed import is_main_process
 from lrpilot.atomic_io import atomic_write_bytes
 from lrpilot.errors import ConfigError
-from lrpilot.train.builders import is_main_process
 
 try:
     import fcntl
