@@ -401,9 +401,9 @@ plain = make().to(dev)
 ddp_model = make().to(dev)
 ddp_model.load_state_dict(plain.state_dict())
 try:
-    from lrpilot.batch.distributed import current_env, wrap_ddp
+    from lrpilot._distributed import current_env, wrap_ddp
     ddp_model = wrap_ddp(ddp_model, dev, current_env())
-    how = "lrpilot.batch.distributed.wrap_ddp"
+    how = "lrpilot._distributed.wrap_ddp"
 except ImportError:
     from torch.nn.parallel import DistributedDataParallel
     if use_cuda:

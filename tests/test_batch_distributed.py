@@ -11,14 +11,13 @@ from torch.utils.data import DistributedSampler
 from lrpilot.batch import unbiased_estimates
 from lrpilot.batch.distributed import (
     NoiseMonitor,
-    ShardedOrder,
     lr_scale_factor,
     parse_lr_scaling,
     parse_noise_scale,
 )
 from lrpilot.errors import ConfigError
 from lrpilot.train.config import parse_config
-from lrpilot.train.data import DataOrder
+from lrpilot.train.data import DataOrder, ShardedOrder
 
 
 @pytest.mark.parametrize(("n", "world"), [(10, 4), (1437, 2), (16, 2), (7, 3), (3, 4)])

@@ -8,6 +8,9 @@ ran out of rescues); the CLI turns it into a one-line message and exit code 1.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class ConfigError(ValueError):
     """Invalid user input: the message names the field, the value and what is allowed."""
@@ -77,3 +80,19 @@ def check_int(name: str, value: object, *, low: int | None = None, high: int | N
         hi = "inf" if high is None else str(high)
         raise ConfigError(f"{name}={short_repr(value)} is out of range; allowed: [{lo}, {hi}]")
     return value
+
+
+def check_keys(section: str, raw: Mapping[str, Any], valid: tuple[str, ...]) -> None:
+    """Refuse a key of the config section ``section`` that is not in ``valid``.
+
+    >>> check_keys("noise_scale", {"beta": 0.9}, ("beta", "every"))
+    >>> check_keys("noise_scale", {"bta": 0.9}, ("beta", "every"))
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: unknown config key 'noise_scale.bta'; valid: beta, every
+    """
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(
+                f"unknown config key '{section}.{key}'; valid: {', '.join(sorted(valid))}"
+            )

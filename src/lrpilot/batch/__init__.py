@@ -10,8 +10,12 @@
   learning rate for a nominal batch on N processes.
 * :mod:`lrpilot.batch.recommend`: :func:`recommend_batch`, the three above together with
   the reasons in words (what ``lrpilot batch`` prints).
-* :mod:`lrpilot.batch.distributed`: helpers for ``torchrun`` (process group, sharding,
-  DDP, SyncBatchNorm).
+* :mod:`lrpilot.batch.scaling` also parses the run's ``lr_scaling`` config
+  (:func:`~lrpilot.batch.scaling.lr_scale_factor`), and :mod:`lrpilot.batch.noise` the
+  ``noise_scale`` config and its online :class:`~lrpilot.batch.noise.NoiseMonitor`.
+* :mod:`lrpilot.batch.distributed`: the former ``torchrun`` helpers, kept as re-exports;
+  the process group, DDP and the rank-0 test live in :mod:`lrpilot._distributed`, the
+  sharded data order in :mod:`lrpilot.train.data`.
 
 >>> from lrpilot import batch
 >>> batch.scale_lr(0.1, 64, 256)

@@ -41,14 +41,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, TensorDataset
 
-from lrpilot.errors import ConfigError, check_int, check_range
+from lrpilot.errors import ConfigError, check_int, check_keys, check_range
 
 STATE_VERSION = 1
 
@@ -286,3 +289,134 @@ def noise_scale(
         measurements=measurements,
         seconds=time.perf_counter() - start,
     )
+
+
+# ------------------------------------------------------ online noise scale in fit
+#: Keys of the ``noise_scale`` config section.
+NOISE_KEYS = ("beta", "every")
+
+
+def parse_noise_scale(raw: Any, accumulate: int, world_size: int) -> dict | None:
+    """Validate ``noise_scale``: ``true`` or ``{beta: 0.99, every: 1}``; needs several
+    processes or ``accumulate >= 2`` (see the module docstring)."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"noise_scale must be true, false or {{beta, every}}, got {raw!r}")
+    check_keys("noise_scale", raw, NOISE_KEYS)
+    if world_size < 2 and accumulate < 2:
+        raise ConfigError(
+            "noise_scale compares a small-batch and a big-batch gradient each step: it needs "
+            "accumulate >= 2 or several processes (torchrun); for a one-off estimate use "
+            "lrpilot batch / lrpilot.batch.noise_scale"
+        )
+    return {
+        "beta": check_range(
+            "noise_scale.beta", raw.get("beta", 0.99), low=0, high=1, high_inclusive=False
+        ),
+        "every": check_int("noise_scale.every", raw.get("every", 1), low=1),
+    }
+
+
+def _sq_norm(tensors) -> float:  # type: ignore[no-untyped-def]
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return 0.0
+    return float(sum(float(n) ** 2 for n in torch._foreach_norm(tensors)))
+
+
+class NoiseMonitor:
+    """Online ``B_simple`` inside the loop; state is the :class:`NoiseScale` record.
+
+    Per optimizer step: ``begin_step(step, n_local)``, then around each micro-batch backward
+    ``before_backward()`` / ``after_backward(weight, size)``, then ``end_step(grad_scale)``
+    before clipping; ``value`` is the current estimate. Cost on a measured step: in one
+    process a copy of the gradients per micro-batch; under DDP one squared norm per bucket
+    (kept on the device) and one extra all-reduce of a single number. ``every`` thins it.
+    """
+
+    def __init__(self, model: nn.Module, beta: float = 0.99, every: int = 1) -> None:
+        self.stats = NoiseScale(beta=beta)
+        self.every = every
+        self.ddp = isinstance(model, DistributedDataParallel)
+        self.world = dist.get_world_size() if self.ddp else 1
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._measure = False
+        self._local_sq: float | torch.Tensor = 0.0
+        self._micro_sq: list[float] = []
+        self._micro_sizes: list[int] = []
+        self._prev: list[torch.Tensor] | None = None
+        self._local_batch = 0
+        if self.ddp:
+            model.register_comm_hook(self, _noise_allreduce_hook)  # type: ignore[operator]
+
+    @property
+    def value(self) -> float:
+        return self.stats.value
+
+    def begin_step(self, step: int, n_local: int) -> None:
+        """Start optimizer step ``step`` (1-based) of ``n_local`` samples on this process."""
+        self._measure = step % self.every == 0
+        self._local_batch = n_local
+        self._local_sq = 0.0
+        self._micro_sq, self._micro_sizes = [], []
+
+    def before_backward(self) -> None:
+        if self._measure and not self.ddp:
+            self._prev = [
+                torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                for p in self.params
+            ]
+
+    def after_backward(self, weight: float, size: int) -> None:
+        if not (self._measure and not self.ddp and self._prev is not None):
+            return
+        deltas = [
+            (p.grad.detach() - prev) if p.grad is not None else prev
+            for p, prev in zip(self.params, self._prev, strict=True)
+        ]
+        self._micro_sq.append(_sq_norm(deltas) / (weight * weight))
+        self._micro_sizes.append(size)
+        self._prev = None
+
+    def end_step(self, grad_scale: float = 1.0) -> float:
+        """Add this step's measurement. Call it after the gradients are unscaled and before
+        clipping; ``grad_scale`` is the fp16 loss scale the micro-batch (or pre-all-reduce)
+        gradients were recorded under (1 without a ``GradScaler``)."""
+        if not self._measure:
+            return self.value
+        big_sq = _sq_norm([p.grad for p in self.params])  # already unscaled
+        if self.ddp:
+            local = torch.as_tensor(self._local_sq, dtype=torch.float32).reshape(1)
+            if dist.get_backend() == "nccl" and not local.is_cuda:
+                local = local.cuda()
+            dist.all_reduce(local)
+            small_sq = float(local[0]) / self.world / grad_scale**2
+            small, big = self._local_batch, self._local_batch * self.world
+        else:
+            if len(set(self._micro_sizes)) != 1 or len(self._micro_sizes) < 2:
+                return self.value  # unequal micro-batches (end of epoch): skip
+            small_sq = sum(self._micro_sq) / len(self._micro_sq) / grad_scale**2
+            small = self._micro_sizes[0]
+            big = small * len(self._micro_sizes)
+        if big > small:
+            self.stats.update(small_sq, small, big_sq, big)
+        return self.value
+
+    def state_dict(self) -> dict:
+        return self.stats.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state)
+
+
+def _noise_allreduce_hook(state: NoiseMonitor, bucket):  # type: ignore[no-untyped-def]
+    """DDP communication hook: record the local squared gradient norm, then all-reduce
+    (mean) exactly as DDP's default hook does."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    if state._measure:  # stays on the device: no synchronisation inside backward
+        state._local_sq = state._local_sq + bucket.buffer().detach().float().pow(2).sum()
+    return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]

@@ -31,8 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from torch import nn
-
+from lrpilot._distributed import has_batchnorm as has_batchnorm  # its home; re-exported
 from lrpilot.batch.scaling import get_rule, scale_lr
 from lrpilot.errors import check_int, check_range
 
@@ -64,11 +63,6 @@ class AccumulationPlan:
         d["reasons"] = list(self.reasons)
         d["warnings"] = list(self.warnings)
         return d
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    """True if ``model`` contains a BatchNorm layer (1d/2d/3d, lazy or synchronised)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _choose_accumulate(nominal: int, max_per_device: int, processes: int) -> int:

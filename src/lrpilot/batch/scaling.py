@@ -27,10 +27,13 @@ safe direction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from lrpilot.errors import ConfigError, check_int, check_range
+from lrpilot._distributed import effective_batch
+from lrpilot.errors import ConfigError, check_int, check_keys, check_range
 from lrpilot.optim import get_optimizer
+from lrpilot.schedules import scale
 
 ScalingRule = Callable[[float], float]
 
@@ -138,3 +141,71 @@ def scale_warmup(steps: int, from_batch: int, to_batch: int) -> int:
     if steps == 0:
         return 0
     return max(1, math.ceil(steps * from_batch / to_batch))
+
+
+# -------------------------------------------------- the run's lr_scaling config
+#: Keys of the ``lr_scaling`` config section.
+LR_SCALING_KEYS = ("rule", "base_batch", "conservative")
+
+
+def parse_lr_scaling(raw: Any) -> dict | None:
+    """Validate the ``lr_scaling`` config: ``{rule, base_batch, conservative}``.
+
+    >>> parse_lr_scaling({"rule": "sqrt", "base_batch": 64})
+    {'rule': 'sqrt', 'base_batch': 64, 'conservative': 0.0}
+    """
+    if raw is None or raw is False:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"lr_scaling must be a mapping {{rule, base_batch}}, got {raw!r}")
+    check_keys("lr_scaling", raw, LR_SCALING_KEYS)
+    if "base_batch" not in raw:
+        raise ConfigError("lr_scaling needs base_batch (the batch the learning rate was tuned at)")
+    rule = raw.get("rule", "linear")
+    if not isinstance(rule, str):
+        raise ConfigError(f"lr_scaling.rule must be a name, got {rule!r}")
+    try:
+        get_rule(rule)
+    except ConfigError as exc:
+        raise ConfigError(f"lr_scaling.rule: {exc}") from exc
+    return {
+        "rule": rule,
+        "base_batch": check_int("lr_scaling.base_batch", raw["base_batch"], low=1),
+        "conservative": check_range(
+            "lr_scaling.conservative",
+            raw.get("conservative", 0.0),
+            low=0,
+            high=1,
+            high_inclusive=False,
+        ),
+    }
+
+
+def lr_scale_factor(lr_scaling: Mapping[str, Any] | None, effective: int) -> float:
+    """Multiplier for the whole schedule: ``scale_lr(1, base_batch, effective, rule, conservative)``.
+
+    >>> lr_scale_factor({"rule": "linear", "base_batch": 64, "conservative": 0.0}, 256)
+    4.0
+    >>> lr_scale_factor(None, 256)
+    1.0
+    """
+    if not lr_scaling:
+        return 1.0
+    return scale_lr(
+        1.0,
+        lr_scaling["base_batch"],
+        effective,
+        rule=lr_scaling["rule"],
+        conservative=lr_scaling.get("conservative", 0.0),
+    )
+
+
+def scale_schedule(
+    schedule, lr_scaling: Mapping[str, Any] | None, batch_size: int, accumulate: int
+):  # type: ignore[no-untyped-def]
+    """``schedule`` multiplied by :func:`lr_scale_factor` for this run's effective batch
+    (``lrpilot.schedules.scale``); unchanged without ``lr_scaling`` or at factor 1."""
+    factor = lr_scale_factor(lr_scaling, effective_batch(batch_size, accumulate))
+    if factor == 1.0:
+        return schedule
+    return scale(schedule, factor)

@@ -110,7 +110,7 @@ def no_decay_supported() -> bool:
 
 def check_config(raw: Mapping[str, Any], *, gpus: int = 1) -> list[Finding]:
     """The findings for a raw fit config (module docstring); ``[]`` when clean."""
-    from lrpilot.batch.distributed import lr_scale_factor
+    from lrpilot.batch.scaling import lr_scale_factor
     from lrpilot.errors import check_int
     from lrpilot.schedules import from_config, scale
     from lrpilot.tasks import get_task

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lrpilot import _distributed as distributed
 from lrpilot import optim
-from lrpilot.batch import distributed as bdist
+from lrpilot._distributed import is_main_process as is_main_process  # its home; re-exported
+from lrpilot.batch.scaling import scale_schedule
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task
 from lrpilot.train.config import FitConfig
-from lrpilot.train.data import BatchFetcher, DataOrder
+from lrpilot.train.data import BatchFetcher, DataOrder, make_order
 from lrpilot.train.knobs import build_model as build_model  # the knobs' builders, re-exported
 from lrpilot.train.knobs import training_loss as training_loss
 
@@ -36,13 +38,6 @@ resolve_implementation = optim.resolve_implementation
 _MAIN_LR_PARAM = {"one_cycle": "max_lr", "linear": "start_lr"}
 
 
-def is_main_process() -> bool:
-    """Whether this process writes files and prints (rank 0, or no process group)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return True
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,10 +46,10 @@ def resolve_device(name: str) -> torch.device:
 
 def wrap_model(model: nn.Module, cfg: FitConfig, device: torch.device) -> nn.Module:
     """Place the model on ``device``; under torchrun wrap it in DDP (SyncBatchNorm on CUDA),
-    see :mod:`lrpilot.batch.distributed`."""
+    see :mod:`lrpilot._distributed`."""
     model = model.to(device)
-    env = bdist.current_env()
-    return bdist.wrap_ddp(model, device, env) if env.distributed else model
+    env = distributed.current_env()
+    return distributed.wrap_ddp(model, device, env) if env.distributed else model
 
 
 def schedule_mapping(cfg: FitConfig) -> dict:
@@ -86,7 +81,7 @@ def build_schedule(cfg: FitConfig, steps_per_epoch: int, total_steps: int):  # t
     mapping = schedule_mapping(cfg)
     try:
         schedule = from_config(mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-        schedule = bdist.scale_schedule(schedule, cfg.lr_scaling, cfg.batch_size, cfg.accumulate)
+        schedule = scale_schedule(schedule, cfg.lr_scaling, cfg.batch_size, cfg.accumulate)
         momentum = momentum_from_config(
             mapping, steps_per_epoch=steps_per_epoch, total_steps=total_steps
         )
@@ -124,7 +119,7 @@ def build_train_data(cfg: FitConfig, task: Task, device: torch.device) -> TrainD
     """Data order and batch fetchers (the single place a distributed sampler would go)."""
     n = len(task.train_set)
     return TrainData(
-        order=bdist.make_order(n, cfg.batch_size, cfg.accumulate, cfg.seed),
+        order=make_order(n, cfg.batch_size, cfg.accumulate, cfg.seed),
         fetch=BatchFetcher(task.train_set, device),
         val_fetch=BatchFetcher(task.val_set, device),
         val_batch_size=max(cfg.batch_size, 256),

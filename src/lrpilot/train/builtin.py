@@ -18,7 +18,7 @@ import math
 import time
 from typing import Any
 
-from lrpilot.batch import distributed as bdist
+from lrpilot import _distributed as distributed
 from lrpilot.errors import TrainingAborted
 from lrpilot.train.builders import params_finite
 from lrpilot.train.callbacks import Callback, Control, StepOutcome
@@ -212,7 +212,7 @@ class BestCallback(Callback):
             engine.state.best_record = dict(record)
             # copied from the epoch-end guard snapshot when there is one (the same weights;
             # not under DDP, whose snapshot keys carry the wrapper's "module." prefix)
-            model = bdist.unwrap(engine.model)
+            model = distributed.unwrap(engine.model)
             source = (
                 self.guard.snapshots[0]["model"]
                 if self.guard is not None and model is engine.model

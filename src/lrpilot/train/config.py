@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lrpilot.batch.noise import parse_noise_scale
+from lrpilot.batch.scaling import parse_lr_scaling
 from lrpilot.errors import ConfigError, check_int, check_range, short_repr
 from lrpilot.optim import IMPLEMENTATIONS, optimizer_defaults
 from lrpilot.safe_yaml import load_mapping, loads
@@ -186,7 +188,7 @@ class FitConfig:
     log_every: int = 10
     checkpoint_every: int | str = "auto"
     device: str = "auto"
-    # lrpilot.batch.distributed: {rule, base_batch, conservative} / {beta, every}
+    # lrpilot.batch.scaling / lrpilot.batch.noise: {rule, base_batch, conservative} / {beta, every}
     lr_scaling: dict | None = None
     noise_scale: dict | None = None
     loss: dict[str, float] = field(default_factory=dict)  # {label_smoothing}
@@ -443,8 +445,8 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
         log_every=check_int("log_every", cfg.get("log_every", 10), low=1),
         checkpoint_every=checkpoint_every,
         device=_device(cfg.get("device", "auto")),
-        lr_scaling=_batch_parsers()[0](cfg.get("lr_scaling")),
-        noise_scale=_batch_parsers()[1](
+        lr_scaling=parse_lr_scaling(cfg.get("lr_scaling")),
+        noise_scale=parse_noise_scale(
             cfg.get("noise_scale"), cfg.get("accumulate", 1), int(os.environ.get("WORLD_SIZE", "1"))
         ),
         loss=parse_loss(cfg.get("loss"), task),
@@ -470,12 +472,6 @@ def _accumulate(raw: Any, num_samples: int, batch_size: int) -> int:
             f"of {num_samples} samples holds {micro} micro-batches of batch_size={batch_size})"
         )
     return value
-
-
-def _batch_parsers():  # type: ignore[no-untyped-def]
-    from lrpilot.batch.distributed import parse_lr_scaling, parse_noise_scale
-
-    return parse_lr_scaling, parse_noise_scale
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -11,6 +11,14 @@ In-memory ``TensorDataset`` s are indexed directly (one gather per tensor per ba
 per-sample collate); any other map-style dataset goes through a ``DataLoader`` driven by
 the same index lists.
 
+Under ``torchrun`` :class:`ShardedOrder` deals the same seeded permutation out across
+processes: padded by wrapping around to a multiple of the world size and dealt out
+``perm[rank::world]``, exactly as ``torch.utils.data.DistributedSampler`` does with
+``drop_last=False``. Every process therefore runs the same number of micro-batches.
+Since ``ceil(ceil(N/W)/b) = ceil(N/(W*b))``, the optimizer steps per epoch equal those
+of a single process with batch ``W*b``: the schedule sees the same steps.
+:func:`make_order` picks the order for this process.
+
 >>> import torch
 >>> from torch.utils.data import TensorDataset
 >>> order = DataOrder(10, batch_size=4, accumulate=1, seed=0)
@@ -18,14 +26,21 @@ the same index lists.
 [4, 4, 2]
 >>> bool(torch.equal(torch.cat(order.micro_batches(0)).sort().values, torch.arange(10)))
 True
+>>> order = ShardedOrder(10, batch_size=2, accumulate=1, seed=0, rank=1, world_size=4)
+>>> [len(b) for b in order.micro_batches(0)], order.steps_per_epoch()
+([2, 1], 2)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lrpilot._distributed import current_env
+from lrpilot.errors import check_int
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -50,6 +65,49 @@ class DataOrder:
     def steps_per_epoch(self) -> int:
         micro = -(-self.num_samples // self.batch_size)
         return -(-micro // self.accumulate)
+
+
+class ShardedOrder(DataOrder):
+    """:class:`lrpilot.train.data.DataOrder` dealt out across processes (see the module docstring)."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        accumulate: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        super().__init__(num_samples, batch_size, accumulate, seed)
+        self.rank = check_int("rank", rank, low=0, high=world_size - 1)
+        self.world_size = check_int("world_size", world_size, low=1)
+
+    def shard_size(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
+
+    def shard(self, epoch: int) -> torch.Tensor:
+        perm = self.permutation(epoch)
+        total = self.shard_size() * self.world_size
+        if total > len(perm):  # wrap around, as DistributedSampler(drop_last=False)
+            reps = math.ceil(total / len(perm))
+            perm = torch.cat([perm] * reps)[:total]
+        return perm[self.rank : total : self.world_size]
+
+    def micro_batches(self, epoch: int) -> list[torch.Tensor]:
+        return list(torch.split(self.shard(epoch), self.batch_size))
+
+    def steps_per_epoch(self) -> int:
+        micro = -(-self.shard_size() // self.batch_size)
+        return -(-micro // self.accumulate)
+
+
+def make_order(num_samples: int, batch_size: int, accumulate: int, seed: int) -> DataOrder:
+    """The loop's data order for this process: sharded under a process group."""
+    env = current_env()
+    if env.distributed:
+        return ShardedOrder(num_samples, batch_size, accumulate, seed, env.rank, env.world_size)
+    return DataOrder(num_samples, batch_size, accumulate, seed)
 
 
 class BatchFetcher:

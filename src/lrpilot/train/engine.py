@@ -36,8 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrpilot import _distributed as distributed
 from lrpilot._state import restore_snapshot, take_snapshot
-from lrpilot.batch import distributed as bdist
+from lrpilot.batch.noise import NoiseMonitor
+from lrpilot.batch.scaling import lr_scale_factor
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task, get_task
 from lrpilot.train.builders import (
@@ -58,6 +60,7 @@ from lrpilot.train.builders import (
 )
 from lrpilot.train.callbacks import Callback, CallbackList, StepOutcome
 from lrpilot.train.config import FitConfig, parse_config
+from lrpilot.train.data import make_order
 from lrpilot.train.lagged import LaggedSteps, LateReader, PendingStep
 from lrpilot.train.rng import capture_rng, restore_rng, seed_everything
 
@@ -141,11 +144,11 @@ def plan_run(config: FitConfig | Mapping[str, Any], task: Task | None = None) ->
     """
     cfg = config if isinstance(config, FitConfig) else parse_config(dict(config), task=task)
     task = task if task is not None else get_task(cfg.task)
-    order = bdist.make_order(len(task.train_set), cfg.batch_size, cfg.accumulate, cfg.seed)
+    order = make_order(len(task.train_set), cfg.batch_size, cfg.accumulate, cfg.seed)
     spe = order.steps_per_epoch()
     total = spe * cfg.epochs
     schedule, momentum, plateau = build_schedule(cfg, spe, total)
-    effective = bdist.effective_batch(cfg.batch_size, cfg.accumulate)
+    effective = distributed.effective_batch(cfg.batch_size, cfg.accumulate)
     return RunPlan(
         schedule=schedule,
         momentum=momentum,
@@ -153,7 +156,7 @@ def plan_run(config: FitConfig | Mapping[str, Any], task: Task | None = None) ->
         steps_per_epoch=spe,
         total_steps=total,
         effective_batch=effective,
-        lr_scale_factor=bdist.lr_scale_factor(cfg.lr_scaling, effective),
+        lr_scale_factor=lr_scale_factor(cfg.lr_scaling, effective),
     )
 
 
@@ -208,7 +211,7 @@ class Engine(LaggedSteps):
         if cfg.amp and self.device.type == "cuda":
             self.scaler = torch.amp.GradScaler("cuda")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.noise = bdist.NoiseMonitor(self.model, **cfg.noise_scale) if cfg.noise_scale else None
+        self.noise = NoiseMonitor(self.model, **cfg.noise_scale) if cfg.noise_scale else None
         self.state = LoopState()
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         #: ``gate(loss, grad_norm) -> verdict`` before each update ("diverged": no update)
@@ -220,7 +223,7 @@ class Engine(LaggedSteps):
         self._batches: Iterator[Any] | None = None
         self._clear_grads = grad_clearer(self.optimizer)
         self._null = contextlib.nullcontext()
-        self._ddp = bdist.current_env().distributed
+        self._ddp = distributed.current_env().distributed
         self._t0 = time.perf_counter()
         self.lagged = self._choose_lagged(_lagged if _lagged is not None else _FORCE_LAGGED)
         self._reader = LateReader(self.device)
@@ -316,7 +319,7 @@ class Engine(LaggedSteps):
         for k, size in enumerate(sizes):
             inputs, targets = next(batches)
             # DDP: all-reduce once per optimizer step (no_sync before the last)
-            with bdist.sync_context(model, k == acc - 1) if self._ddp else self._null:
+            with distributed.sync_context(model, k == acc - 1) if self._ddp else self._null:
                 if amp:
                     with autocast_context(amp, self.device):
                         loss = loss_fn(model(inputs), targets)
@@ -342,7 +345,7 @@ class Engine(LaggedSteps):
             norm_t = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         elif log_now:
             norm_t = grad_norm(self.params)
-        return (bdist.mean_over_processes(loss_total) if self._ddp else loss_total), norm_t
+        return (distributed.mean_over_processes(loss_total) if self._ddp else loss_total), norm_t
 
     def _update(self) -> bool:
         """Apply the update and step the schedule; ``True`` if fp16 overflow skipped it."""
@@ -400,7 +403,7 @@ class Engine(LaggedSteps):
         t_eval = time.perf_counter()
         metrics = evaluate(self.model, self.task, self.data, self.cfg.amp, self.device)
         self.state.eval_time += time.perf_counter() - t_eval
-        return bdist.broadcast_object(metrics)  # every process decides alike
+        return distributed.broadcast_object(metrics)  # every process decides alike
 
     def end_epoch(self) -> dict:
         """Close the epoch in progress: validate, build its ``epoch`` record, move to the

@@ -44,12 +44,13 @@ from typing import Any
 import torch
 import yaml
 
+from lrpilot import _distributed as distributed
+from lrpilot._distributed import is_main_process
 from lrpilot._state import cpu_clone
-from lrpilot.batch import distributed as bdist
 from lrpilot.errors import ConfigError, TrainingAborted
 from lrpilot.history import History
 from lrpilot.tasks import Task, get_task
-from lrpilot.train.builders import is_main_process, load_optimizer_state, resolve_device
+from lrpilot.train.builders import load_optimizer_state, resolve_device
 from lrpilot.train.builtin import (
     CHECKPOINT_SECONDS,
     BestCallback,
@@ -151,9 +152,9 @@ def fit(
     task = task if task is not None and cfg.task == task.name else get_task(cfg.task)
     if resume and out_dir is None:
         raise ConfigError("resume needs the run directory (out_dir / --out DIR)")
-    env = bdist.init_from_env(cfg.device)  # torchrun: one process group, rank 0 writes
+    env = distributed.init_from_env(cfg.device)  # torchrun: one process group, rank 0 writes
     run_dir = Path(out_dir) if out_dir is not None else _default_run_dir(cfg.task)
-    run_dir = bdist.broadcast_object(run_dir)  # one run directory for all processes
+    run_dir = distributed.broadcast_object(run_dir)  # one run directory for all processes
     created = not run_dir.exists()
     lock = RunLock(run_dir)
     threads = torch.get_num_threads()
@@ -167,7 +168,7 @@ def fit(
             identity = read_identity(run_dir)
             notes = adopt_threads(identity, device)
         else:
-            identity = bdist.broadcast_object(new_identity(cfg.to_dict(), device))
+            identity = distributed.broadcast_object(new_identity(cfg.to_dict(), device))
             notes = []
         trainer = _Run(cfg, task, run_dir, progress, callbacks, identity, notes)
         result = trainer.run(resume)
@@ -187,7 +188,7 @@ def fit(
             # exception", seen once in about ten 2-process runs after a finished run).
             trainer = None
             gc.collect()
-            bdist.shutdown(synchronize=ended)
+            distributed.shutdown(synchronize=ended)
 
 
 def _check_run_dir(run_dir: Path, cfg: FitConfig, resume: bool) -> None:
@@ -271,7 +272,7 @@ class _Run:
         return {
             "step": engine.state.step,
             # unwrapped: the weights load into a bare model, whatever the world size
-            "model": cpu_clone(bdist.unwrap(engine.model).state_dict()),
+            "model": cpu_clone(distributed.unwrap(engine.model).state_dict()),
             "optimizer": cpu_clone(engine.optimizer.state_dict()),
             "schedule": engine.adapter.state_dict(),
             "guard": None if guard is None else guard.guard.state_dict(),
@@ -283,7 +284,7 @@ class _Run:
             "best_model": self.best.best_model,
             "metrics_bytes": metrics_bytes,
             "noise": None if engine.noise is None else engine.noise.state_dict(),
-            "world_size": bdist.current_env().world_size,
+            "world_size": distributed.current_env().world_size,
             "callbacks": [cpu_clone(cb.state_dict()) for cb in self.user],
             "identity": dict(self.identity),
             "outcomes": engine.outcomes_state(),  # read, not yet seen by the callbacks
@@ -291,8 +292,8 @@ class _Run:
 
     def load(self, ckpt: dict) -> None:
         engine = self.engine
-        bdist.check_resume_world_size(ckpt.get("world_size", 1))
-        bdist.unwrap(engine.model).load_state_dict(ckpt["model"])
+        distributed.check_resume_world_size(ckpt.get("world_size", 1))
+        distributed.unwrap(engine.model).load_state_dict(ckpt["model"])
         load_optimizer_state(engine.optimizer, ckpt["optimizer"])
         engine.adapter.load_state_dict(ckpt["schedule"])
         if self.guard is not None and ckpt["guard"] is not None:
@@ -348,9 +349,9 @@ class _Run:
             return None
         if summary.get("steps_run") != ckpt["step"]:
             return None
-        bdist.check_resume_world_size(ckpt.get("world_size", 1))
+        distributed.check_resume_world_size(ckpt.get("world_size", 1))
         best = ckpt["best_model"] if summary.get("restored_best_weights") else None
-        model = bdist.unwrap(self.engine.model)
+        model = distributed.unwrap(self.engine.model)
         model.load_state_dict(best if best is not None else ckpt["model"])
         if self.progress_mode != "none":
             print(
@@ -439,7 +440,10 @@ class _Run:
         if history is None:
             history = History.read_jsonl(self.run_dir / "metrics.jsonl") if self.main else History()
         return RunResult(
-            summary=summary, history=history, run_dir=self.run_dir, model=bdist.unwrap(engine.model)
+            summary=summary,
+            history=history,
+            run_dir=self.run_dir,
+            model=distributed.unwrap(engine.model),
         )
 
     def train(self) -> None:

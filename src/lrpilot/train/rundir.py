@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
+from lrpilot import _distributed as distributed
+from lrpilot._distributed import is_main_process
 from lrpilot.atomic_io import atomic_write_bytes
-from lrpilot.batch import distributed as bdist
 from lrpilot.errors import ConfigError
-from lrpilot.train.builders import is_main_process
 
 try:
     import fcntl
@@ -99,7 +99,7 @@ def lock_on_main(lock: RunLock) -> None:
             lock.acquire()
         except ConfigError as exc:
             error = str(exc)
-    error = bdist.broadcast_object(error)
+    error = distributed.broadcast_object(error)
     if error is not None:
         raise ConfigError(error)
 

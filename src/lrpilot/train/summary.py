@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from lrpilot import _distributed as distributed
 from lrpilot.atomic_io import atomic_write_bytes
-from lrpilot.batch import distributed as bdist
+from lrpilot.batch.scaling import lr_scale_factor
 from lrpilot.history import History
 from lrpilot.train.builders import implementation_of
 
@@ -82,7 +83,7 @@ def finish_run(trainer: Any, status: str) -> dict[str, Any]:
         and trainer.best.best_model is not None
         and status != "aborted"
     ):
-        bdist.unwrap(engine.model).load_state_dict(trainer.best.best_model)
+        distributed.unwrap(engine.model).load_state_dict(trainer.best.best_model)
         restored = True
     wall = engine.elapsed()
     final = {k: v for k, v in (state.last_epoch_record or {}).items() if k not in ("type",)}
@@ -108,11 +109,11 @@ def finish_run(trainer: Any, status: str) -> dict[str, Any]:
         "steps_per_epoch": engine.steps_per_epoch,
         "optimizer_steps_skipped": state.skipped_steps,
         "samples_seen": state.samples,
-        "effective_batch_size": bdist.effective_batch(cfg.batch_size, cfg.accumulate),
+        "effective_batch_size": distributed.effective_batch(cfg.batch_size, cfg.accumulate),
         "optimizer_implementation": implementation_of(engine.optimizer),
-        "world_size": bdist.current_env().world_size,
-        "lr_scale_factor": bdist.lr_scale_factor(
-            cfg.lr_scaling, bdist.effective_batch(cfg.batch_size, cfg.accumulate)
+        "world_size": distributed.current_env().world_size,
+        "lr_scale_factor": lr_scale_factor(
+            cfg.lr_scaling, distributed.effective_batch(cfg.batch_size, cfg.accumulate)
         ),
         "noise_scale": engine.noise.value
         if engine.noise is not None and math.isfinite(engine.noise.value)
