@@ -34,13 +34,23 @@ def ray_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     values = {k: config[k] for k in setup["keys"]}
     argv, _ = fit_argv(Path(setup["config"]), run_dir, values, setup["launcher"])
 
+    last: dict[str, Any] = {}
+
     def on_epoch(epoch: int, value: float) -> bool:
-        tune.report({setup["metric"]: value, "epoch": epoch + 1})
+        report = {setup["metric"]: value, "epoch": epoch + 1}
+        if epoch + 1 >= setup["full_epochs"]:
+            # the last epoch reaches ASHA's max_t, where Tune ends the trial at once: it is
+            # reported after the child has finished its run (summary.json and all)
+            last.update(report)
+        else:
+            tune.report(report)
         return False  # Ray's scheduler stops the trial itself
 
     outcome = run_trial(argv, run_dir, setup["metric"], on_epoch, env=setup["env"], fork=False)
     if outcome.state == "failed":
         raise RuntimeError(f"lrpilot fit failed: {outcome.message}")
+    if last:
+        tune.report(last)
 
 
 def _progress_callback(total: int, quiet: bool) -> Any:
@@ -108,6 +118,7 @@ def run_ray(spec: Any, address: str | None, quiet: bool = False) -> list[TrialRo
         "keys": [p.key for p in spec.params],
         "metric": spec.metric,
         "launcher": spec.launcher,
+        "full_epochs": spec.full_epochs,
         "env": dict(os.environ),
     }
     trainable = tune.with_resources(tune.with_parameters(ray_trial, setup=setup), {"cpu": 1})
@@ -159,9 +170,11 @@ def rows_from_results(results: Any, spec: Any) -> list[TrialRow]:
         epochs = len(records) if run_dir else reported
         if result.error is not None:
             state = "failed"
-        elif reported >= spec.full_epochs or epochs >= spec.full_epochs:
-            # a child told to stop at its next-to-last report may still finish the last
-            # epoch (and write summary.json): that trial is complete, valued at its end
+        elif reported >= spec.full_epochs or (
+            run_dir is not None and (run_dir / "summary.json").exists()
+        ):
+            # a child told to stop at its next-to-last report may still finish its run
+            # (summary.json written): that trial is complete, valued at its end
             state = "complete"
             if records and records[-1].get(spec.metric) is not None:
                 value = records[-1][spec.metric]
