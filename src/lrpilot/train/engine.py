@@ -261,25 +261,32 @@ class Engine(LaggedSteps):
     def epoch_done(self) -> bool:
         return self.state.micro >= len(self.micro_batches)
 
-    def train_step(self) -> StepOutcome:
-        """Exactly one optimizer step from the current data position (an epoch whose
-        micro-batches are used up is left for the next, without epoch-end work)."""
-        if self._launched:
-            self.resolve()  # a lagged step still open: its values first
+    def _next_gradients(self) -> tuple[int, int, int, torch.Tensor, torch.Tensor | None]:
+        """The gradients of the next optimizer step's micro-batches (a new epoch's data order
+        when the last one is used up): ``(step number, micro-batch index after the step,
+        samples, loss, grad norm or None)``. The counters are the caller's to move on."""
         state = self.state
         if self.epoch_done:
             self.next_epoch()
         micro = self.micro_batches
         if self._batches is None:
             self._batches = self.data.fetch.iterate(micro[state.micro :])
-        t_step = time.perf_counter()
-        begin = state.micro
-        group = micro[begin : begin + self.cfg.accumulate]
+        group = micro[state.micro : state.micro + self.cfg.accumulate]
         sizes = [idx.shape[0] for idx in group]
         n_step = sum(sizes)
         step_no = state.step + 1
         log_now = step_no % self.cfg.log_every == 0 or step_no == 1
         loss_t, norm_t = self._gradients(sizes, n_step, step_no, log_now)
+        return step_no, state.micro + len(group), n_step, loss_t, norm_t
+
+    def train_step(self) -> StepOutcome:
+        """Exactly one optimizer step from the current data position (an epoch whose
+        micro-batches are used up is left for the next, without epoch-end work)."""
+        if self._launched:
+            self.resolve()  # a lagged step still open: its values first
+        state = self.state
+        t_step = time.perf_counter()
+        step_no, next_micro, n_step, loss_t, norm_t = self._next_gradients()
         loss_value = float(loss_t)
         norm_value = float(norm_t) if norm_t is not None else None
         lr_used = self.optimizer.param_groups[0]["lr"]
@@ -294,7 +301,7 @@ class Engine(LaggedSteps):
         elif self.scaler is not None:
             self.scaler.update()  # close this step's unscale_ (the state is restored)
         state.step = step_no
-        state.micro = begin + len(group)
+        state.micro = next_micro
         state.samples += n_step
         if verdict != DIVERGED:
             state.epoch_loss_sum += loss_value * n_step

@@ -108,17 +108,13 @@ class LaggedSteps:
     params: list
     gate: Any
     last_lr: float
-    micro_batches: Any
     epoch_done: bool
-    data: Any
-    _batches: Any
     _reader: LateReader
     _launched: deque
     _ready: deque
     _zero: torch.Tensor
     _veto: torch.Tensor
-    next_epoch: Callable[[], None]
-    _gradients: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    _next_gradients: Callable[[], tuple[int, int, int, torch.Tensor, torch.Tensor | None]]
 
     def advance(self) -> None:
         """Lagged mode: queue one optimizer step without any host sync and read the values
@@ -178,18 +174,7 @@ class LaggedSteps:
     def _launch(self) -> None:
         """Queue one step (the data position and counters move on at once)."""
         state = self.state
-        if self.epoch_done:
-            self.next_epoch()
-        micro = self.micro_batches
-        if self._batches is None:
-            self._batches = self.data.fetch.iterate(micro[state.micro :])
-        begin = state.micro
-        group = micro[begin : begin + self.cfg.accumulate]
-        sizes = [idx.shape[0] for idx in group]
-        n_step = sum(sizes)
-        step_no = state.step + 1
-        log_now = step_no % self.cfg.log_every == 0 or step_no == 1
-        loss_t, norm_t = self._gradients(sizes, n_step, step_no, log_now)
+        step_no, next_micro, n_step, loss_t, norm_t = self._next_gradients()
         lr_used = self.optimizer.param_groups[0]["lr"]
         self.last_lr = lr_used
         check = loss_t if norm_t is None or self.scaler is not None else loss_t + norm_t
@@ -210,7 +195,7 @@ class LaggedSteps:
             PendingStep(step_no, state.epoch, lr_used, n_step, norm_t is not None, late)
         )
         state.step = step_no
-        state.micro = begin + len(group)
+        state.micro = next_micro
         state.samples += n_step
 
     def _update_on_device(self, check: torch.Tensor) -> torch.Tensor | None:
