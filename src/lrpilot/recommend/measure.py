@@ -57,16 +57,19 @@ def head_name(model: Any) -> str | None:
 
 
 def _optimizer(name: str, params: Any) -> Any:
-    import torch
+    """The registry's optimizer (:func:`lrpilot.optim.create_optimizer`, PyTorch's default
+    kernel) with the hyperparameters the recommended config writes."""
+    from lrpilot.optim import create_optimizer
 
     if name == "sgd":
-        return torch.optim.SGD(
+        return create_optimizer(
+            "sgd",
             params,
             lr=0.01,
             momentum=value("momentum.sgd"),
             weight_decay=value("weight_decay.sgd"),
         )
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=value("weight_decay.adamw"))
+    return create_optimizer("adamw", params, lr=1e-3, weight_decay=value("weight_decay.adamw"))
 
 
 def _sweep(task: Any, optimizer: str, total: int, seed: int) -> tuple[Any, int]:
