@@ -22,13 +22,23 @@ from lrpilot.batch.memory import MemoryProbe, probe_memory
 from lrpilot.batch.noise import NoiseScaleResult, noise_scale
 from lrpilot.batch.plan import AccumulationPlan, has_batchnorm, plan_accumulation
 from lrpilot.batch.scaling import get_rule, rule_for_optimizer
-from lrpilot.errors import ConfigError, check_int, check_range
+from lrpilot.errors import ConfigError, check_int, check_range, short_repr
 from lrpilot.tasks import Task, get_task
 from lrpilot.tasks.base import dataset_len
 
-__all__ = ["BatchRecommendation", "noise_scale_reasons", "recommend_batch"]
+__all__ = [
+    "MAX_BATCH_RATIO",
+    "BatchRecommendation",
+    "check_plausible",
+    "fit_config",
+    "noise_scale_reasons",
+    "recommend_batch",
+]
 
 GiB = 2**30
+#: The largest batch change (either way) a scaling rule is trusted for: Goyal et al. (2017)
+#: validated the linear rule from batch 256 to 8192 (32x) and saw it break beyond.
+MAX_BATCH_RATIO = 32
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class BatchRecommendation:
     plan: AccumulationPlan
     reasons: tuple[str, ...]
     warnings: tuple[str, ...]
+    config: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (``lrpilot batch --json``)."""
@@ -55,11 +66,16 @@ class BatchRecommendation:
             "plan": self.plan.to_dict(),
             "reasons": list(self.reasons),
             "warnings": list(self.warnings),
+            "config": self.config,
         }
 
 
-def noise_scale_reasons(noise: NoiseScaleResult, nominal: int, rule: str) -> list[str]:
-    """What the measured noise scale says about the nominal batch (pure).
+def noise_scale_reasons(
+    noise: NoiseScaleResult, nominal: int, rule: str, monitor: bool = True
+) -> list[str]:
+    """What the measured noise scale says about the nominal batch (pure). ``monitor``:
+    whether the plan can follow it during training (``noise_scale: true`` in ``lrpilot fit``
+    needs ``accumulate >= 2`` or several processes).
 
     >>> from lrpilot.batch.noise import NoiseScaleResult
     >>> r = NoiseScaleResult(b_simple=400.0, trace=400.0, g2=1.0, stderr=20.0,
@@ -70,12 +86,17 @@ def noise_scale_reasons(noise: NoiseScaleResult, nominal: int, rule: str) -> lis
     b_simple = noise.b_simple
     if not math.isfinite(b_simple):
         return ["the noise scale could not be estimated (|G|² estimate not positive)"]
+    follow = (
+        "so follow it with noise_scale: true in lrpilot fit"
+        if monitor
+        else "so re-measure it later with lrpilot batch (lrpilot fit follows it, with "
+        "noise_scale, only at accumulate >= 2 or on several processes; this plan has neither)"
+    )
     reasons = [
         f"gradient noise scale B_simple ≈ {b_simple:.0f} ± {noise.stderr:.0f} at initialisation "
         f"(small batch {noise.small_batch}, big batch {noise.big_batch}, "
         f"{noise.measurements} draws); it changes as training goes on (McCandlish et al. saw it "
-        "grow; bench/batch_noise.py shows it falling on the MNIST-1D tasks), so follow it "
-        "with noise_scale: true in lrpilot fit"
+        f"grow; bench/batch_noise.py shows it falling on the MNIST-1D tasks), {follow}"
     ]
     if nominal > 2 * b_simple:
         reasons.append(
@@ -91,6 +112,80 @@ def noise_scale_reasons(noise: NoiseScaleResult, nominal: int, rule: str) -> lis
     else:
         reasons.append(f"the nominal batch {nominal} is near B_simple: a balanced choice")
     return reasons
+
+
+def check_plausible(nominal: int | None, processes: int, num_samples: int) -> None:
+    """Refuse a plan no training set can feed: one optimizer step of more samples than the
+    training set holds (``nominal``), or more processes than samples. Raises ``ConfigError``
+    naming the value and the allowed range.
+
+    >>> check_plausible(10**12, 1, 4000)
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: nominal=1000000000000 is out of range; allowed: [1, 4000] (one optimizer step cannot use more samples than the training set holds)
+    """
+    why = {
+        "nominal": "one optimizer step cannot use more samples than the training set holds",
+        "processes": "each process needs at least one sample of the training set per step",
+    }
+    for name, value in (("nominal", nominal), ("processes", processes)):
+        if value is not None and value > num_samples:
+            raise ConfigError(
+                f"{name}={short_repr(value)} is out of range; allowed: [1, {num_samples}] "
+                f"({why[name]})"
+            )
+
+
+def ratio_warnings(plan: AccumulationPlan) -> list[str]:
+    """A warning when the effective batch is more than :data:`MAX_BATCH_RATIO` times larger
+    or smaller than the batch the learning rate was tuned at: the scaling rules are an
+    extrapolation there (pure).
+
+    >>> from lrpilot.batch.plan import plan_accumulation
+    >>> len(ratio_warnings(plan_accumulation(64, 4000, lr=0.1, base_batch=64)))
+    1
+    >>> ratio_warnings(plan_accumulation(64, 256, lr=0.1, base_batch=64))
+    []
+    """
+    k = plan.effective / plan.base_batch
+    if 1 / MAX_BATCH_RATIO <= k <= MAX_BATCH_RATIO:
+        return []
+    lr = "" if plan.lr is None else f" (lr {plan.lr:.3g} is a guess)"
+    return [
+        f"the effective batch {plan.effective} is {k:.3g}x the base batch {plan.base_batch}: "
+        f"beyond {MAX_BATCH_RATIO}x either way the {plan.rule!r} rule is an extrapolation "
+        f"(Goyal et al. 2017 validated the linear rule up to 32x){lr}; measure the learning "
+        f"rate at the new batch with lrpilot find"
+    ]
+
+
+def fit_config(
+    plan: AccumulationPlan, optimizer: str, lr: float | None, conservative: float = 0.0
+) -> dict[str, Any]:
+    """The plan as ``lrpilot fit`` config keys, every one accepted by ``parse_config``:
+    ``batch_size`` (per process), ``accumulate``, ``optimizer`` (only when ``lr`` is given
+    and differs from the task's), ``lr_scaling`` (when the effective batch differs from the
+    base batch) and ``noise_scale: true`` only where fit can follow it (``accumulate >= 2``
+    or several processes).
+
+    >>> from lrpilot.batch.plan import plan_accumulation
+    >>> fit_config(plan_accumulation(64, 256, lr=0.1, base_batch=64), "sgd", None)
+    {'batch_size': 64, 'accumulate': 4, 'lr_scaling': {'rule': 'linear', 'base_batch': 64}, 'noise_scale': True}
+    >>> fit_config(plan_accumulation(512, 256, lr=0.1, base_batch=256), "sgd", None)
+    {'batch_size': 256}
+    """
+    cfg: dict[str, Any] = {"batch_size": plan.per_device}
+    if plan.accumulate > 1:
+        cfg["accumulate"] = plan.accumulate
+    if lr is not None:
+        cfg["optimizer"] = {"name": optimizer, "lr": lr}
+    if plan.effective != plan.base_batch:
+        cfg["lr_scaling"] = {"rule": plan.rule, "base_batch": plan.base_batch}
+        if conservative:
+            cfg["lr_scaling"]["conservative"] = conservative
+    if plan.accumulate >= 2 or plan.processes >= 2:
+        cfg["noise_scale"] = True
+    return cfg
 
 
 def _validate(
@@ -154,6 +249,8 @@ def recommend_batch(
     nominal = nominal or base_batch
     lr = lr if lr is not None else opt.get("lr")
     rule = rule or rule_for_optimizer(opt_name)
+    n = dataset_len(task.train_set)
+    check_plausible(nominal, processes, n)  # before any probe: a second, not a minute
 
     note("probing memory")
     mem = probe_memory(
@@ -172,7 +269,6 @@ def recommend_batch(
             else None
         ),
     )
-    n = dataset_len(task.train_set)
     big = min(noise_big, n - n % noise_small)
     if big <= noise_small:
         raise ConfigError(f"the training set ({n}) is too small for the noise probe")
@@ -187,7 +283,10 @@ def recommend_batch(
         mem.batch_size, nominal, processes, lr=lr, base_batch=base_batch, rule=rule,
         conservative=conservative, batchnorm=bn, device=device,
     )  # fmt: skip
-    reasons = [*mem.reasons, *noise_scale_reasons(noise, nominal, rule), *plan.reasons]
+    config = fit_config(plan, opt_name, None if lr == opt.get("lr") else lr, conservative)
+    monitor = "noise_scale" in config
+    reasons = [*mem.reasons, *noise_scale_reasons(noise, nominal, rule, monitor), *plan.reasons]
+    warnings = (*plan.warnings, *ratio_warnings(plan))
     return BatchRecommendation(
-        task.name, device, opt_name, mem, noise, plan, tuple(reasons), tuple(plan.warnings)
+        task.name, device, opt_name, mem, noise, plan, tuple(reasons), warnings, config
     )

@@ -91,4 +91,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print("why:")
     print("\n".join([*(f"  - {r}" for r in rec.reasons), *(f"  ! {w}" for w in rec.warnings)]))
+    if rec.config:
+        import yaml
+
+        print("lrpilot fit config (add to your YAML; every key is one fit accepts):")
+        text = yaml.safe_dump(rec.config, sort_keys=False, default_flow_style=False)
+        print("\n".join(f"  {line}" for line in text.splitlines()))
+    if plan.processes > 1:
+        print(f"  (run it with torchrun --nproc_per_node {plan.processes})")
     return 0
