@@ -32,6 +32,7 @@ from lrpilot.finder.protocol import (
     default_probe_batch,
     probe_plan,
 )
+from lrpilot.finder.report import explain_peak, next_steps
 from lrpilot.finder.result import FinderResult
 from lrpilot.optim import (
     create_optimizer,
@@ -152,6 +153,7 @@ class TaskFinding:
     train_size: int
     device: str
     amp: bool
+    seed: int = 0
 
     @property
     def epochs_of_compute(self) -> float:
@@ -198,7 +200,8 @@ class TaskFinding:
                 f"{res.schedule}: {res.suggestion:.3g} (interval {lo:.3g}..{hi:.3g}, "
                 f"confidence {res.confidence}; {compute})"
             )
-            return lines
+            why = explain_peak(res, plan.batch_size, self.batch_size)
+            return [*lines, *([why] if why else []), *next_steps(res, self.task, self.seed)]
         lines.append(
             f"{self.task}: no suggestion, verdict {res.verdict}: {res.message} ({compute})"
         )
@@ -270,4 +273,5 @@ def find_for_task(
         train_size=dataset_len(setup.task.train_set),
         device=str(setup.device),
         amp=amp,
+        seed=seed,
     )
