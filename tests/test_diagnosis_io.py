@@ -166,7 +166,7 @@ def test_cli_words_json_and_png(tmp_path, capsys):
     png = tmp_path / "diag.png"
     assert main(["diagnose", str(tmp_path), "--png", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "nan at epoch 7, step 150" in out
+    assert "nan at epoch 8, step 150" in out  # step 150 is in the 8th epoch (index 7)
     assert "lower the peak learning rate from 0.1 to about 0.01" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["diagnose", str(tmp_path / "metrics.jsonl"), "--json"]) == 0

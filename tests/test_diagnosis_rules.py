@@ -383,7 +383,8 @@ def test_overfitting_names_best_epoch():
     best = findings[0].evidence["best_epoch"]
     val = [r["val_loss"] for r in h.epochs]
     assert best == int(np.argmin(val))
-    assert f"stop at epoch {best} where validation loss was lowest" in findings[0].advice
+    # text counts epochs from 1; the evidence keeps the records' 0-based index
+    assert f"stop after epoch {best + 1} where validation loss was lowest" in findings[0].advice
 
 
 def test_underfitting_still_falling_at_the_end():
@@ -409,7 +410,7 @@ def test_plateau_at_constant_lr_names_the_epoch():
     f = diagnose(h)[0]
     assert f.kind == "plateau"
     assert 1 <= f.epoch <= 6
-    assert f"start decay or reduce on plateau at epoch {f.epoch}" in f.advice
+    assert f"start decay or reduce on plateau at epoch {f.epoch + 1}" in f.advice  # from 1
 
 
 def test_flat_end_with_decaying_lr_is_not_a_plateau():

@@ -157,6 +157,8 @@ class Curves:
     epoch_lr: np.ndarray
     epoch_nonfinite: np.ndarray
     events: list[dict] = field(default_factory=list)
+    #: per-epoch validation accuracy (``val_accuracy``; ``nan`` where not logged)
+    epoch_acc: np.ndarray = field(default_factory=lambda: np.array([]))
 
     @classmethod
     def from_history(cls, history: History) -> Curves:
@@ -181,6 +183,7 @@ class Curves:
                 dtype=bool,
             ),
             events=list(history.events),
+            epoch_acc=np.array([_value(r, "val_accuracy") for r in epochs]),
         )
 
     # ----------------------------------------------------------------- lookups

@@ -22,7 +22,10 @@ The result is deterministic: a pure function of the recorded history.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lrpilot.diagnosis import rules as _builtin_rules  # noqa: F401  (registers them)
+from lrpilot.diagnosis.chance import chance_epochs, describe
 from lrpilot.diagnosis.context import Context
 from lrpilot.diagnosis.curves import Curves
 from lrpilot.diagnosis.finding import Finding
@@ -75,10 +78,40 @@ def diagnose(history: History) -> list[Finding]:
     if all(kind in skipped for kind in SHAPE_RULES):
         if not findings:
             findings.append(_not_enough(ctx, skipped))
-        return findings
+        return _with_chance(findings, ctx)
     if not findings:
         findings.append(_healthy(ctx, skipped))
-    return findings
+    return _with_chance(findings, ctx)
+
+
+#: Added to the advice of ``too_slow`` for a run at chance level in every epoch: the curve
+#: cannot tell a learning rate far too low from one so high that the network died between
+#: two logged steps (a divergence the log saw, or a guard rescue, is ``diverged`` instead).
+AT_CHANCE_CAVEAT = (
+    "; but the model predicted at chance level in every epoch, which a learning rate so "
+    "high that the network died before the first logged steps (dead units, a constant "
+    "prediction) also gives: if lrpilot find puts the unstable LR below the current one, "
+    "lower it instead"
+)
+
+
+def _with_chance(findings: list[Finding], ctx: Context) -> list[Finding]:
+    """Each finding with the epochs at chance level (:mod:`lrpilot.diagnosis.chance`) in
+    its evidence and summary; ``too_slow`` on a run at chance throughout gets
+    :data:`AT_CHANCE_CAVEAT` after its "raise the learning rate"."""
+    k, epochs = chance_epochs(ctx.curves)
+    if not epochs or k is None:
+        return findings
+    total = int(ctx.curves.epoch_x.size)
+    note = describe(k, epochs, total)
+    out = []
+    for f in findings:
+        advice = f.advice
+        if f.kind == "too_slow" and len(epochs) == total:
+            advice += AT_CHANCE_CAVEAT
+        evidence = {**f.evidence, "chance_classes": k, "chance_epochs": list(epochs)}
+        out.append(replace(f, evidence=evidence, summary=f"{f.summary}; {note}", advice=advice))
+    return out
 
 
 def _not_enough(ctx: Context, skipped: dict[str, str]) -> Finding:

@@ -1,7 +1,7 @@
 """The ``Finding`` record: one thing the diagnosis says about a run.
 
 >>> f = Finding("plateau", "info", step=700, epoch=11, evidence={"lr": 0.1},
-...             advice="start decay or reduce on plateau at epoch 11")
+...             advice="start decay or reduce on plateau at epoch 12")
 >>> f.to_dict()["kind"], f.to_dict()["epoch"]
 ('plateau', 11)
 """
@@ -63,7 +63,9 @@ class Finding:
             :data:`KINDS` and the kinds of rules registered since).
         severity: one of :data:`SEVERITIES`.
         step: optimizer step where the symptom starts (``None`` when it has no place).
-        epoch: 0-based epoch where the symptom starts (``None`` when unknown).
+        epoch: epoch where the symptom starts, the 0-based index of the run's records
+            (``metrics.jsonl``, ``summary.json``); text (``describe``, ``summary``,
+            ``advice``) counts epochs from 1, like the progress lines (``None`` when unknown).
         evidence: the measured numbers the verdict rests on.
         advice: what to change, with concrete values taken from the run.
         summary: the symptom in one sentence.
@@ -102,10 +104,15 @@ class Finding:
         }
 
     def describe(self) -> str:
-        """One human line: ``[severity] kind at epoch E (step S): summary -> advice``."""
+        """One human line: ``[severity] kind at epoch E (step S): summary -> advice``, with
+        ``E = epoch + 1`` (counted from 1).
+
+        >>> Finding("plateau", "info", step=700, epoch=0).describe()
+        '[info] plateau at epoch 1, step 700: '
+        """
         where = []
         if self.epoch is not None:
-            where.append(f"epoch {self.epoch}")
+            where.append(f"epoch {self.epoch + 1}")  # counted from 1 in text
         if self.step is not None:
             where.append(f"step {self.step}")
         place = f" at {', '.join(where)}" if where else ""

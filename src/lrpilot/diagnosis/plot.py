@@ -3,7 +3,9 @@
 Top panel: raw training loss per logged step (light), its running median, and the
 per-epoch training and validation losses at the step where each epoch ended; the y axis
 is logarithmic when every loss is positive. Bottom panel: the learning rate. Each finding
-is a labelled vertical line at its step (at the last step for findings without one).
+is a labelled vertical line at its step (at the last step for findings without one); each
+divergence-guard rescue is a dotted black line with a triangle at its step, labelled
+"guard rescue" in the legend.
 Kept apart from the decisions: this module only draws.
 """
 
@@ -25,6 +27,20 @@ _COLORS = {"critical": "tab:red", "warning": "tab:orange", "info": "tab:green"}
 def _running_median(y: np.ndarray, width: int) -> np.ndarray:
     half = max(1, width // 2)
     return np.array([np.median(y[max(0, i - half) : i + half + 1]) for i in range(y.size)])
+
+
+def mark_rescues(ax, ax_lr, curves: Curves) -> list[float]:  # type: ignore[no-untyped-def]
+    """Draw each divergence-guard rescue of ``curves`` (a dotted line on both panels and a
+    triangle at the top of the loss panel); return the steps marked."""
+    steps = [float(e["step"]) for e in curves.guard_rescues() if e.get("step") is not None]
+    for i, step in enumerate(steps):
+        for axis in (ax, ax_lr):
+            axis.axvline(step, color="black", ls=":", lw=1.0)
+        ax.plot(
+            [step], [1.0], marker="v", color="black", ms=7, ls="none", clip_on=False,
+            transform=ax.get_xaxis_transform(), label="guard rescue" if i == 0 else None,
+        )  # fmt: skip
+    return steps
 
 
 def plot_diagnosis(
@@ -92,6 +108,7 @@ def plot_diagnosis(
             va="top",
             rotation=0,
         )
+    mark_rescues(ax, ax_lr, c)
     kinds = ", ".join(f.kind for f in findings)
     ax.set_title(title or f"diagnosis: {kinds}")
     ax.legend(loc="lower left", fontsize=8)

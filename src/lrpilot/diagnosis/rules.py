@@ -47,6 +47,7 @@ from lrpilot.diagnosis.stability import (
     ABOVE_START_Z,
     BLOWUP_Z,
     MIN_OSC_EPOCHS,
+    _epoch_text,
     _fmt,
     rule_diverged,
     rule_nan,
@@ -234,13 +235,14 @@ def rule_overfitting(ctx: Context) -> Finding | None:
         epoch=best_epoch + 1,
         evidence=evidence,
         advice=(
-            f"stop at epoch {best_epoch} where validation loss was lowest "
+            f"stop after epoch {_epoch_text(best_epoch)} where validation loss was lowest "
             f"({_fmt(float(v[val.best_i]))}; early_stopping with patience 3), or add "
             "regularisation: weight decay 5e-4 (SGD) / 0.05 (AdamW), data augmentation, "
             "more training data"
         ),
         summary=(
-            f"validation loss rose from {_fmt(float(v[val.best_i]))} at epoch {best_epoch} "
+            f"validation loss rose from {_fmt(float(v[val.best_i]))} at epoch "
+            f"{_epoch_text(best_epoch)} "
             f"to {_fmt(float(v[-1]))} while training loss kept falling"
         ),
     )
@@ -371,7 +373,7 @@ def rule_plateau(ctx: Context) -> Finding | None:
         return None
     window = lrs[xs >= start_x]
     lr = float(window[0]) if window.size else math.nan
-    where = f"epoch {epoch}" if epoch is not None else f"step {int(start_x)}"
+    where = f"epoch {_epoch_text(epoch)}" if epoch is not None else f"step {int(start_x)}"
     return Finding(
         "plateau",
         "info",

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from lrpilot.diagnosis.chance import chance_epochs
 from lrpilot.diagnosis.context import (
     NOISE_Z,
     Context,
@@ -35,6 +36,14 @@ REBOUND_SUSTAIN = 0.25
 #: the corpus, oscillating runs end at most 0.46 of their drop above the best, divergent
 #: warmups at least 1.06 above it, runs that collapse to chance level about 1.0.
 REBOUND_LOST = 0.8
+
+#: A smaller rebound still counts when the loss jumped to a higher level and stayed there:
+#: from the first smoothed point clearly above the best to the end (at least
+#: REBOUND_SUSTAIN of the run) every point stays above the best by the margin, and the end
+#: is at least this fraction of the drop above the best (seen on a small transformer at 4x
+#: its best LR: 2.3 -> 3.0-3.4, never recovered; a swing that comes back down is
+#: oscillation).
+JUMP_FRACTION = 0.25
 
 #: Divergence-guard rescues that make a divergence on their own (a single rescue after
 #: which the loss kept falling is a transient spike the guard handled).
@@ -71,6 +80,11 @@ SWING_NOISE = 0.41
 DIVERGED_FACTOR = 10.0
 #: Divide it by this when it rebounded or needed guard rescues but recovered.
 REBOUND_FACTOR = 3.0
+
+
+def _epoch_text(epoch: int | None) -> str:
+    """An epoch index (0-based in records) as text, counted from 1 like the progress lines."""
+    return "?" if epoch is None else str(epoch + 1)
 
 
 def _fmt(value: float) -> str:
@@ -126,6 +140,28 @@ def rule_nan(ctx: Context) -> Finding | None:
     )
 
 
+def _ends_at_chance(c) -> bool:  # type: ignore[no-untyped-def]
+    """The last logged epoch is at chance level (:mod:`lrpilot.diagnosis.chance`)."""
+    _, at = chance_epochs(c)
+    return bool(at) and c.epoch_x.size > 0 and at[-1] == int(c.epoch_x[-1])
+
+
+def _jumped(t: TrainProfile, margin: float) -> bool:
+    """The loss rose to a higher level and stayed there (see ``JUMP_FRACTION``): every
+    smoothed point from the first one after the best that is more than ``margin`` above it
+    to the end stays above it by ``margin``, that stretch covers at least
+    ``REBOUND_SUSTAIN`` of the run, and the end is ``JUMP_FRACTION`` of the drop above."""
+    if t.end - t.best <= JUMP_FRACTION * t.unit:
+        return False
+    after = np.where((t.xb > t.best_x) & (t.mb - t.best > margin))[0]
+    if after.size == 0:
+        return False
+    span = float(t.xb[-1] - t.x[0]) or 1.0
+    stretch = t.mb[after[0] :]
+    long_enough = float(t.xb[-1] - t.xb[after[0]]) >= REBOUND_SUSTAIN * span
+    return long_enough and bool(np.all(stretch - t.best > margin))
+
+
 def _sustained(t: TrainProfile, margin: float) -> bool:
     """Every smoothed point in the last ``REBOUND_SUSTAIN`` of the run (at least two
     groups) lies more than ``margin`` above the best: the rise has lasted."""
@@ -165,6 +201,10 @@ def rule_diverged(ctx: Context) -> Finding | None:
             # where the rise starts: the first group after the best clearly above it
             after = np.where((t.xb > t.best_x) & (t.mb - t.best > margin))[0]
             start_x = float(t.xb[after[0]]) if after.size else t.best_x
+        elif t.drop > 0 and tail_low > NOISE_Z * t.noise_bin and _jumped(t, margin):
+            reason = "jump"
+            after = np.where((t.xb > t.best_x) & (t.mb - t.best > margin))[0]
+            start_x = float(t.xb[after[0]])
         elif blowup > BLOWUP_Z * spread and t.init - t.end < NOISE_Z * t.noise_bin:
             reason = "blowup"
             start_x = float(t.x[int(np.argmax(t.y > t.init + BLOWUP_Z * spread))])
@@ -174,6 +214,9 @@ def rule_diverged(ctx: Context) -> Finding | None:
         ):
             reason = "above_start"
             start_x = float(t.x[0])
+    if reason is None and rescues and _ends_at_chance(c):
+        reason = "chance"  # the guard saw a divergence, and the run never left chance after it
+        start_x = float(rescues[0].get("step", c.step_x[0] if c.step_x.size else 1))
     if reason is None and len(rescues) < GUARD_MIN_RESCUES:
         return None
     if reason is None:
@@ -181,7 +224,11 @@ def rule_diverged(ctx: Context) -> Finding | None:
         start_x = float(rescues[0].get("step", c.step_x[0] if c.step_x.size else 1))
     step = int(start_x) if start_x is not None else None
     peak = c.peak_lr(until=step) if step is not None else c.peak_lr()
-    recovered = t is not None and reason != "blowup" and t.init - t.end > NOISE_Z * t.noise_bin
+    recovered = (
+        t is not None
+        and reason not in ("blowup", "chance")
+        and t.init - t.end > NOISE_Z * t.noise_bin
+    )
     factor = REBOUND_FACTOR if recovered else DIVERGED_FACTOR
     evidence: dict = {"reason": reason, "guard_rescues": len(rescues), "peak_lr": peak}
     if t is not None:
@@ -193,9 +240,14 @@ def rule_diverged(ctx: Context) -> Finding | None:
         )
     summaries = {
         "rebound": "the training loss rose back well above its best level",
+        "jump": "the training loss jumped to a higher level and stayed there",
         "blowup": "the training loss blew up and never got back below its start",
         "above_start": "the training loss never fell below its start and ran above it",
         "guard": f"the divergence guard had to rescue the run {len(rescues)} time(s)",
+        "chance": (
+            f"the divergence guard rescued the run {len(rescues)} time(s) and it ended at "
+            "chance level (a constant prediction: the rescue did not save it)"
+        ),
     }
     lr_text = (
         f"lower the peak learning rate from {_fmt(peak)} to about {_fmt(peak / factor)}"
@@ -207,7 +259,7 @@ def rule_diverged(ctx: Context) -> Finding | None:
         # still warming up when it broke: the configured peak is higher still
         lr_text += f" (it broke at {_fmt(peak)} on the way to the configured peak {_fmt(run_peak)})"
         evidence["run_peak_lr"] = run_peak
-    if reason == "rebound":
+    if reason in ("rebound", "jump"):
         lr_text += " (or decay it earlier), and consider warmup or grad_clip 1.0"
     return Finding(
         "diverged",
@@ -277,11 +329,16 @@ def rule_oscillating(ctx: Context) -> Finding | None:
     own noise makes, so this is instability of the weights, not the sampling noise of
     small batches. Every term is a ratio of differences of the same loss (scale- and
     shift-free). The boundary with ``diverged``: a rise that lasts to the end of the run
-    is a divergence (see :func:`rule_diverged`), which then hides this finding."""
+    is a divergence (see :func:`rule_diverged`), which then hides this finding. The
+    training means of epochs with a divergence-guard rescue are left out: the spike the
+    guard undid is not a swing of the weights."""
     c, t, val = ctx.curves, ctx.train, ctx.val
     if t is None or t.drop <= NOISE_Z * t.noise_bin:
         return None  # no real progress: rises cannot be compared with a drop
-    ok = np.isfinite(c.epoch_train)
+    # an epoch the divergence guard rescued holds a spike the guard already handled (and
+    # steps it ran twice): its training mean is not evidence of oscillation
+    rescued = [e["epoch"] for e in c.guard_rescues() if isinstance(e.get("epoch"), int)]
+    ok = np.isfinite(c.epoch_train) & ~np.isin(c.epoch_x, rescued)
     train_epochs, train_series = c.epoch_x[ok], c.epoch_train[ok]
     n = max(train_series.size, 0 if val is None else val.v.size)
     if n < MIN_OSC_EPOCHS:
@@ -348,5 +405,7 @@ def rule_oscillating(ctx: Context) -> Finding | None:
             f"lower the learning rate {lr_text}, or use a 4x larger batch with the same "
             "learning rate, and decay the learning rate towards the end"
         ),
-        summary=(f"the loss keeps swinging up and back down: from epoch {epoch} {how}"),
+        summary=(
+            f"the loss keeps swinging up and back down: from epoch {_epoch_text(epoch)} {how}"
+        ),
     )
