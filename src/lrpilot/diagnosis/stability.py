@@ -172,6 +172,35 @@ def _sustained(t: TrainProfile, margin: float) -> bool:
     return bool(np.all(tail - t.best > margin))
 
 
+def _curve_divergence(t: TrainProfile) -> tuple[str | None, float | None]:
+    """``(reason, where it starts)`` when the training curve alone shows a divergence
+    (``rebound``, ``jump``, ``blowup``, ``above_start``; see :func:`rule_diverged`), else
+    ``(None, None)``."""
+    rebound = t.end - t.best
+    tail_low = float(np.min(t.mb[-2:])) - t.best
+    late = t.y[t.y.size // 2 :]
+    spread = max(t.noise, mad_sigma(late), 1e-12 * max(1.0, abs(t.init)))
+    blowup = float(np.max(t.y)) - t.init
+    margin = max(NOISE_Z * t.noise_bin, 0.1 * rebound)
+    # where a rise starts: the first group after the best clearly above it
+    after = np.where((t.xb > t.best_x) & (t.mb - t.best > margin))[0]
+    rise_x = float(t.xb[after[0]]) if after.size else t.best_x
+    rose = t.drop > 0 and tail_low > NOISE_Z * t.noise_bin
+    if (
+        rose
+        and rebound > REBOUND_FRACTION * t.unit
+        and (rebound >= REBOUND_LOST * t.unit or _sustained(t, margin))
+    ):
+        return "rebound", rise_x
+    if rose and _jumped(t, margin):
+        return "jump", rise_x
+    if blowup > BLOWUP_Z * spread and t.init - t.end < NOISE_Z * t.noise_bin:
+        return "blowup", float(t.x[int(np.argmax(t.y > t.init + BLOWUP_Z * spread))])
+    if t.drop <= NOISE_Z * t.noise_bin and float(np.median(t.y)) - t.init > ABOVE_START_Z * t.noise:
+        return "above_start", float(t.x[0])
+    return None, None
+
+
 def rule_diverged(ctx: Context) -> Finding | None:
     """The loss blew up without recovering, rose back well above its best and stayed
     there, or the divergence guard had to rescue the run.
@@ -182,45 +211,14 @@ def rule_diverged(ctx: Context) -> Finding | None:
     bounded swings that come back down are oscillation (:func:`rule_oscillating`)."""
     c, t = ctx.curves, ctx.train
     rescues = c.guard_rescues()
-    reason = None
-    start_x = None
-    if t is not None:
-        rebound = t.end - t.best
-        tail_low = float(np.min(t.mb[-2:])) - t.best
-        late = t.y[t.y.size // 2 :]
-        spread = max(t.noise, mad_sigma(late), 1e-12 * max(1.0, abs(t.init)))
-        blowup = float(np.max(t.y)) - t.init
-        margin = max(NOISE_Z * t.noise_bin, 0.1 * rebound)
-        if (
-            t.drop > 0
-            and rebound > REBOUND_FRACTION * t.unit
-            and tail_low > NOISE_Z * t.noise_bin
-            and (rebound >= REBOUND_LOST * t.unit or _sustained(t, margin))
-        ):
-            reason = "rebound"
-            # where the rise starts: the first group after the best clearly above it
-            after = np.where((t.xb > t.best_x) & (t.mb - t.best > margin))[0]
-            start_x = float(t.xb[after[0]]) if after.size else t.best_x
-        elif t.drop > 0 and tail_low > NOISE_Z * t.noise_bin and _jumped(t, margin):
-            reason = "jump"
-            after = np.where((t.xb > t.best_x) & (t.mb - t.best > margin))[0]
-            start_x = float(t.xb[after[0]])
-        elif blowup > BLOWUP_Z * spread and t.init - t.end < NOISE_Z * t.noise_bin:
-            reason = "blowup"
-            start_x = float(t.x[int(np.argmax(t.y > t.init + BLOWUP_Z * spread))])
-        elif (
-            t.drop <= NOISE_Z * t.noise_bin
-            and float(np.median(t.y)) - t.init > ABOVE_START_Z * t.noise
-        ):
-            reason = "above_start"
-            start_x = float(t.x[0])
+    reason, start_x = _curve_divergence(t) if t is not None else (None, None)
     if reason is None and rescues and _ends_at_chance(c):
         reason = "chance"  # the guard saw a divergence, and the run never left chance after it
-        start_x = float(rescues[0].get("step", c.step_x[0] if c.step_x.size else 1))
-    if reason is None and len(rescues) < GUARD_MIN_RESCUES:
-        return None
-    if reason is None:
+    elif reason is None and len(rescues) >= GUARD_MIN_RESCUES:
         reason = "guard"
+    elif reason is None:
+        return None
+    if reason in ("chance", "guard"):
         start_x = float(rescues[0].get("step", c.step_x[0] if c.step_x.size else 1))
     step = int(start_x) if start_x is not None else None
     peak = c.peak_lr(until=step) if step is not None else c.peak_lr()
