@@ -77,6 +77,7 @@ from lrpilot.train.rundir import (
     remove_if_untouched,
     repair_metrics,
     resume_message,
+    resume_mismatch,
     write_identity,
 )
 from lrpilot.train.runlog import Progress, RunLogger
@@ -200,7 +201,7 @@ def _check_run_dir(run_dir: Path, cfg: FitConfig, resume: bool) -> None:
         saved = load_yaml(saved_path)
         diff = _config_diff(cfg.to_dict(), saved)
         if diff:
-            raise ConfigError("cannot resume with a different config; changed: " + "; ".join(diff))
+            raise ConfigError(resume_mismatch(diff))
     elif any((run_dir / name).exists() for name in ("metrics.jsonl", "checkpoints", "run.json")):
         raise ConfigError(
             f"run directory {run_dir} already holds a run; use --resume or another --out"

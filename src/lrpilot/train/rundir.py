@@ -268,3 +268,24 @@ def resume_message(state: Any, epochs: int) -> str:
             f"epoch {state.epoch + 1} next)"
         )
     return f"resuming from step {state.step} (in epoch {state.epoch + 1} of {epochs})"
+
+
+def resume_mismatch(diff: list[str]) -> str:
+    """The one-line refusal of a resume whose config differs from the run's (``diff``:
+    ``"key: old -> new"`` items). A changed ``epochs`` (or schedule) says why a run cannot
+    be extended and what to do instead.
+
+    >>> resume_mismatch(["epochs: 3 -> 5"])[:62]
+    'cannot resume with a different config; changed: epochs: 3 -> 5'
+    >>> "another --out" in resume_mismatch(["epochs: 3 -> 5"])
+    True
+    """
+    text = "cannot resume with a different config; changed: " + "; ".join(diff)
+    if any(d.startswith(("epochs:", "schedule")) for d in diff):
+        text += (
+            "; a run cannot be extended: its schedule is a pure function of the step and "
+            "the run's total steps, so other epochs would change the learning rate of the "
+            "steps already taken; to train longer, start a new run with the new epochs "
+            "(another --out)"
+        )
+    return text
