@@ -71,6 +71,8 @@ def test_summary_lines_carry_both(tmp_path):
     assert lines[0].startswith("digits-cnn (sgd, batch 64): training becomes unstable")
     assert lines[1].startswith("why the peak is above the unstable LR")
     assert lines[2].startswith("next:") and "--seed 3" in lines[3]
+    payload = finding.to_dict()  # lrpilot find --json carries the same text
+    assert payload["peak_explanation"] == lines[1] and payload["next_steps"] == lines[2:]
 
 
 @pytest.mark.slow

@@ -160,8 +160,10 @@ class TaskFinding:
         return self.result.samples / self.train_size
 
     def to_dict(self) -> dict[str, Any]:
-        """The result's dict plus the set-up (what ``lrpilot find --json`` prints)."""
-        payload = self.result.to_dict()
+        """The result's dict plus the set-up and the text report's explanation and next
+        steps (what ``lrpilot find --json`` prints)."""
+        res = self.result
+        payload = res.to_dict()
         payload.update(
             {
                 "task": self.task,
@@ -172,6 +174,8 @@ class TaskFinding:
                 "budget_raised": self.plan.raised,
                 "device": self.device,
                 "amp": self.amp,
+                "peak_explanation": explain_peak(res, self.plan.batch_size, self.batch_size),
+                "next_steps": next_steps(res, self.task, self.seed),
             }
         )
         return payload
