@@ -171,3 +171,24 @@ def test_png_marks_guard_rescues(tmp_path):
         plt.close(fig)
     png = plot_diagnosis(h, diagnose(h), tmp_path / "d.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recorded_run_that_died_at_chance_gets_lower_not_raise():
+    """Recorded: mnist1d-mlp, AdamW at LR 0.3, guard off, logged every 10 steps (step 10's
+    loss 2.95 above the start 2.34, then six epochs at chance). It used to get "raise the
+    learning rate from 0.3 to about 3"."""
+    path = Path(__file__).resolve().parent / "data" / "diverged_to_chance_mnist1d_mlp.jsonl"
+    h = History.read_jsonl(path)
+    findings = diagnose(h)
+    assert [f.kind for f in findings] == ["diverged"]
+    f = findings[0]
+    assert f.evidence["reason"] == "dead" and f.step == 10 and f.severity == "critical"
+    assert "lower the peak learning rate from 0.3 to about 0.03" in f.advice
+    assert "raise" not in f.advice and "6 of 6 epochs at chance level" in f.summary
+    # the control: without the rise above the start it is the ambiguous stuck case
+    recs = _records(h)
+    for r in recs:
+        if r["type"] == "step" and r["step"] == 10:
+            r["train_loss"] = 2.33
+    stuck = diagnose(History.from_records(recs))
+    assert [x.kind for x in stuck] == ["too_slow"] and "lower it instead" in stuck[0].advice

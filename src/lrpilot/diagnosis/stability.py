@@ -45,6 +45,13 @@ REBOUND_LOST = 0.8
 #: oscillation).
 JUMP_FRACTION = 0.25
 
+#: A run that made no progress but first rose above its start by this many noise deviations
+#: and ended at chance level died (a constant prediction): its learning rate was too high,
+#: not too low. A run at too low a learning rate never rises clearly above its start (seen:
+#: mnist1d-mlp, AdamW at LR 0.3 logged every 10 steps, 18 deviations at step 10, then 6
+#: epochs at chance; a Gaussian series' maximum over a few hundred points is about 3).
+DEAD_RISE_Z = 10.0
+
 #: Divergence-guard rescues that make a divergence on their own (a single rescue after
 #: which the loss kept falling is a transient spike the guard handled).
 GUARD_MIN_RESCUES = 2
@@ -146,6 +153,15 @@ def _ends_at_chance(c) -> bool:  # type: ignore[no-untyped-def]
     return bool(at) and c.epoch_x.size > 0 and at[-1] == int(c.epoch_x[-1])
 
 
+def _died(t: TrainProfile, c) -> bool:  # type: ignore[no-untyped-def]
+    """No real progress, a rise above the start by ``DEAD_RISE_Z`` noise deviations, and
+    the run ends at chance level (see ``DEAD_RISE_Z``)."""
+    if t.drop > NOISE_Z * t.noise_bin:
+        return False
+    spread = max(t.noise, mad_sigma(t.y[t.y.size // 2 :]), 1e-12 * max(1.0, abs(t.init)))
+    return float(np.max(t.y)) - t.init > DEAD_RISE_Z * spread and _ends_at_chance(c)
+
+
 def _jumped(t: TrainProfile, margin: float) -> bool:
     """The loss rose to a higher level and stayed there (see ``JUMP_FRACTION``): every
     smoothed point from the first one after the best that is more than ``margin`` above it
@@ -212,7 +228,11 @@ def rule_diverged(ctx: Context) -> Finding | None:
     c, t = ctx.curves, ctx.train
     rescues = c.guard_rescues()
     reason, start_x = _curve_divergence(t) if t is not None else (None, None)
-    if reason is None and rescues and _ends_at_chance(c):
+    if reason is None and t is not None and _died(t, c):
+        reason = "dead"
+        spread = max(t.noise, mad_sigma(t.y[t.y.size // 2 :]), 1e-12 * max(1.0, abs(t.init)))
+        start_x = float(t.x[int(np.argmax(t.y > t.init + DEAD_RISE_Z * spread))])
+    elif reason is None and rescues and _ends_at_chance(c):
         reason = "chance"  # the guard saw a divergence, and the run never left chance after it
     elif reason is None and len(rescues) >= GUARD_MIN_RESCUES:
         reason = "guard"
@@ -224,7 +244,7 @@ def rule_diverged(ctx: Context) -> Finding | None:
     peak = c.peak_lr(until=step) if step is not None else c.peak_lr()
     recovered = (
         t is not None
-        and reason not in ("blowup", "chance")
+        and reason not in ("blowup", "chance", "dead")
         and t.init - t.end > NOISE_Z * t.noise_bin
     )
     factor = REBOUND_FACTOR if recovered else DIVERGED_FACTOR
@@ -239,6 +259,10 @@ def rule_diverged(ctx: Context) -> Finding | None:
     summaries = {
         "rebound": "the training loss rose back well above its best level",
         "jump": "the training loss jumped to a higher level and stayed there",
+        "dead": (
+            "the training loss rose above its start, then sat at chance level: the network "
+            "died (a constant prediction)"
+        ),
         "blowup": "the training loss blew up and never got back below its start",
         "above_start": "the training loss never fell below its start and ran above it",
         "guard": f"the divergence guard had to rescue the run {len(rescues)} time(s)",
