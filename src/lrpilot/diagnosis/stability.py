@@ -217,6 +217,25 @@ def _curve_divergence(t: TrainProfile) -> tuple[str | None, float | None]:
     return None, None
 
 
+def _divergence(c, t: TrainProfile | None, rescues: list[dict]):  # type: ignore[no-untyped-def]
+    """``(reason, where it starts)`` of a divergence (:func:`rule_diverged`), or
+    ``(None, None)``: the curve's own reasons first, then a run that died at chance
+    (``dead``), one the guard rescued that ended at chance (``chance``), and repeated
+    rescues (``guard``)."""
+    reason, start_x = _curve_divergence(t) if t is not None else (None, None)
+    if reason is not None:
+        return reason, start_x
+    if t is not None and _died(t, c):
+        spread = max(t.noise, mad_sigma(t.y[t.y.size // 2 :]), 1e-12 * max(1.0, abs(t.init)))
+        return "dead", float(t.x[int(np.argmax(t.y > t.init + DEAD_RISE_Z * spread))])
+    first = float(rescues[0].get("step", c.step_x[0] if c.step_x.size else 1)) if rescues else None
+    if rescues and _ends_at_chance(c):
+        return "chance", first  # the guard saw a divergence, and the run never left chance
+    if len(rescues) >= GUARD_MIN_RESCUES:
+        return "guard", first
+    return None, None
+
+
 def rule_diverged(ctx: Context) -> Finding | None:
     """The loss blew up without recovering, rose back well above its best and stayed
     there, or the divergence guard had to rescue the run.
@@ -227,19 +246,9 @@ def rule_diverged(ctx: Context) -> Finding | None:
     bounded swings that come back down are oscillation (:func:`rule_oscillating`)."""
     c, t = ctx.curves, ctx.train
     rescues = c.guard_rescues()
-    reason, start_x = _curve_divergence(t) if t is not None else (None, None)
-    if reason is None and t is not None and _died(t, c):
-        reason = "dead"
-        spread = max(t.noise, mad_sigma(t.y[t.y.size // 2 :]), 1e-12 * max(1.0, abs(t.init)))
-        start_x = float(t.x[int(np.argmax(t.y > t.init + DEAD_RISE_Z * spread))])
-    elif reason is None and rescues and _ends_at_chance(c):
-        reason = "chance"  # the guard saw a divergence, and the run never left chance after it
-    elif reason is None and len(rescues) >= GUARD_MIN_RESCUES:
-        reason = "guard"
-    elif reason is None:
+    reason, start_x = _divergence(c, t, rescues)
+    if reason is None:
         return None
-    if reason in ("chance", "guard"):
-        start_x = float(rescues[0].get("step", c.step_x[0] if c.step_x.size else 1))
     step = int(start_x) if start_x is not None else None
     peak = c.peak_lr(until=step) if step is not None else c.peak_lr()
     recovered = (
