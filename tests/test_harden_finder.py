@@ -12,7 +12,7 @@ from lrpilot.finder.policy import (
     suggestion_interval,
 )
 from lrpilot.finder.protocol import probe_plan
-from lrpilot.finder.report import explain_peak, next_steps
+from lrpilot.finder.report import consistency, explain_peak, next_steps
 from lrpilot.finder.result import FinderResult, confidence_label
 from lrpilot.finder.task_probe import TaskFinding
 
@@ -82,3 +82,52 @@ def test_cli_find_prints_the_next_step(capsys):
     assert main(["find", "--task", "digits-cnn"]) == 0
     out = capsys.readouterr().out
     assert "confidence low" in out and "next:" in out and "why the peak" in out
+
+
+def test_repeats_that_disagree_are_a_verdict_not_a_number():
+    res = _result(0.02)
+    res.repeat_lr_unstable = [1.85e-5, 0.02, 0.09]  # the regression MLP's spread
+    finding = TaskFinding(res, "reg-mlp", "adamw", 64, probe_plan(4000, 64), 4000, "cpu", False)
+    lines = finding.summary_lines()
+    assert lines[0].startswith("reg-mlp: no reliable suggestion, verdict inconsistent")
+    assert "from 1.85e-05 to 0.09 (4.86e+03x, more than 3x)" in lines[0]
+    assert "suggested peak" not in "\n".join(lines) and lines[1].startswith("next:")
+    assert finding.to_dict()["repeats"]["verdict"] == "inconsistent"
+
+
+def test_repeats_that_agree_and_a_failed_repeat():
+    res = _result(0.02)
+    res.repeat_lr_unstable = [0.018, 0.02, 0.03]
+    assert consistency(res) == ("consistent", "the 3 repeats agree within 1.67x")
+    lines = TaskFinding(
+        res, "t", "sgd", 64, probe_plan(4000, 64), 4000, "cpu", False
+    ).summary_lines()
+    assert "suggested peak LR for one_cycle" in lines[0]
+    assert lines[1] == "repeats: the 3 repeats agree within 1.67x"
+    res.repeat_lr_unstable = [0.02, None]
+    assert (
+        consistency(res)[0] == "inconsistent"
+        and "1 of 2 repeats gave no usable" in consistency(res)[1]
+    )
+    res.repeat_lr_unstable = [0.02]
+    assert consistency(res) is None
+
+
+def test_cli_repeats_flag_is_validated_and_reaches_the_sweep(capsys, monkeypatch):
+    from lrpilot.cli import main
+
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it: exit 2
+        main(["find", "--task", "digits-cnn", "--repeats", "11"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--repeats" in err and "[1, 10]" in err and len(err.strip().splitlines()) == 1
+    seen = {}
+
+    def fake_find_lr(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("lrpilot.finder.task_probe.find_lr", fake_find_lr)
+    with pytest.raises(SystemExit):
+        main(["find", "--task", "digits-cnn", "--repeats", "3"])
+    assert seen["repeats"] == 3

@@ -21,7 +21,7 @@ from lrpilot.cli._flags import as_flags, dashed
 from lrpilot.cli.checks import check_png, int_flag
 from lrpilot.errors import ConfigError
 
-_FLAGS = dashed("batch_size", "probe_batch", "budget_epochs", "seed", "device")
+_FLAGS = dashed("batch_size", "probe_batch", "budget_epochs", "seed", "device", "repeats")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
     p.add_argument("--seed", type=int_flag("--seed"), default=0, help="seed (model, batches)")
+    p.add_argument(
+        "--repeats",
+        type=int_flag("--repeats", low=1, high=10),
+        default=1,
+        metavar="N",
+        help="sweeps on later batches, pooled; says whether they agree (default 1, max 10)",
+    )
     p.add_argument("--png", default=None, help="write the plot to this PNG file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             amp=args.amp,
+            repeats=args.repeats,
         )
     except ConfigError as exc:  # name the flags, not the function's arguments
         raise ConfigError(as_flags(str(exc), _FLAGS)) from None

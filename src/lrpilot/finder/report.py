@@ -15,6 +15,9 @@ P. Goyal et al. 2017, linear rule; S. Malladi et al. 2022, square-root rule for 
 'peak = 0.207 (one_cycle) x 8 x 0.1 = 0.166'
 >>> next_steps(res, "mnist1d-cnn", seed=0)[0][:40]
 'next: the interval spans 8.9x, 5.9x of i'
+>>> res.repeat_lr_unstable = [1.85e-5, 0.09]
+>>> consistency(res)[0]
+'inconsistent'
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 from lrpilot.finder.policy import CALIBRATION_RATIOS, SCHEDULE_FRACTIONS, family_exponent
 from lrpilot.finder.result import FinderResult
 
-__all__ = ["SEED_SPREAD_LIMIT", "explain_peak", "next_steps"]
+__all__ = ["SEED_SPREAD_LIMIT", "consistency", "explain_peak", "next_steps"]
 
 #: Seeds whose ``lr_unstable`` differ by more than this factor make any single suggestion
 #: unreliable (wider than the calibration spread of the one-cycle rule, 5.9x).
@@ -67,3 +70,32 @@ def next_steps(res: FinderResult, task: str, seed: int) -> list[str]:
         f"more than {SEED_SPREAD_LIMIT:g}x between seeds, no single suggestion is reliable on "
         "this task (use the short runs above)",
     ]
+
+
+def consistency(res: FinderResult) -> tuple[str, str] | None:
+    """``(verdict, message)`` on the agreement of a sweep's repeats (``find_lr(...,
+    repeats=N)``, ``lrpilot find --repeats N``); ``None`` with a single repeat. The verdict
+    is ``"inconsistent"`` when a repeat gave no usable curve while another did, or when the
+    repeats' ``lr_unstable`` differ by more than :data:`SEED_SPREAD_LIMIT`; then no single
+    suggestion is reliable (the pooled curve's number would hide that). Else
+    ``"consistent"``."""
+    values = res.repeat_lr_unstable
+    if len(values) < 2:
+        return None
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    if len(known) < len(values):
+        return (
+            "inconsistent",
+            f"{len(values) - len(known)} of {len(values)} repeats gave no usable curve while "
+            f"the others put lr_unstable at {min(known):.3g}..{max(known):.3g}",
+        )
+    spread = max(known) / min(known)
+    if spread > SEED_SPREAD_LIMIT:
+        return (
+            "inconsistent",
+            f"the {len(values)} repeats put lr_unstable from {min(known):.3g} to "
+            f"{max(known):.3g} ({spread:.3g}x, more than {SEED_SPREAD_LIMIT:g}x)",
+        )
+    return "consistent", f"the {len(values)} repeats agree within {spread:.3g}x"

@@ -32,7 +32,7 @@ from lrpilot.finder.protocol import (
     default_probe_batch,
     probe_plan,
 )
-from lrpilot.finder.report import explain_peak, next_steps
+from lrpilot.finder.report import consistency, explain_peak, next_steps
 from lrpilot.finder.result import FinderResult
 from lrpilot.optim import (
     create_optimizer,
@@ -43,6 +43,9 @@ from lrpilot.optim import (
 )
 from lrpilot.tasks import Task, get_task
 from lrpilot.tasks.base import dataset_len
+
+#: The most repeats ``find_for_task`` runs (each costs one sweep).
+MAX_REPEATS = 10
 
 __all__ = ["ProbeSetup", "TaskFinding", "find_for_task", "prepare_probe", "resolve_device"]
 
@@ -176,6 +179,9 @@ class TaskFinding:
                 "amp": self.amp,
                 "peak_explanation": explain_peak(res, self.plan.batch_size, self.batch_size),
                 "next_steps": next_steps(res, self.task, self.seed),
+                "repeats": dict(
+                    zip(("verdict", "message"), consistency(res) or (None, None), strict=True)
+                ),
             }
         )
         return payload
@@ -196,6 +202,14 @@ class TaskFinding:
             f"{res.samples} samples = {self.epochs_of_compute:.2f} epoch at probe batch "
             f"{plan.batch_size}"
         )
+        agreement = consistency(res)
+        if res.verdict == "ok" and agreement is not None and agreement[0] == "inconsistent":
+            return [
+                *lines,
+                f"{self.task}: no reliable suggestion, verdict inconsistent: {agreement[1]}; "
+                f"the pooled curve says unstable at lr ~ {res.lr_unstable:.3g} ({compute})",
+                *next_steps(res, self.task, self.seed),
+            ]
         if res.verdict == "ok":
             lo, hi = res.suggestion_interval or (math.nan, math.nan)
             lines.append(
@@ -205,6 +219,7 @@ class TaskFinding:
                 f"confidence {res.confidence}; {compute})"
             )
             why = explain_peak(res, plan.batch_size, self.batch_size)
+            lines += [f"repeats: {agreement[1]}"] if agreement else []
             return [*lines, *([why] if why else []), *next_steps(res, self.task, self.seed)]
         lines.append(
             f"{self.task}: no suggestion, verdict {res.verdict}: {res.message} ({compute})"
@@ -232,18 +247,23 @@ def find_for_task(
     seed: int = 0,
     device: str = "cpu",
     amp: bool = False,
+    repeats: int = 1,
 ) -> TaskFinding:
     """Run the LR range test on ``task`` with the calibrated protocol and suggest the peak
     LR for ``schedule`` at the training batch (module doc). ``probe_batch`` and
     ``budget_epochs`` override the protocol (the suggestion then uses the ratio training
     batch / probe batch, with which the rule was not calibrated). ``amp`` runs the sweep's
     forward passes under autocast (bfloat16 on CPU, float16 with a gradient scaler on CUDA).
+    ``repeats`` (1 in the calibrated protocol) runs the sweep that many times on later
+    batches and pools the curves; the text then says whether the repeats agree
+    (:func:`lrpilot.finder.report.consistency`).
 
     >>> found = find_for_task("mnist1d-mlp", batch_size=256, budget_epochs=0.5)
     >>> found.result.verdict, found.plan.batch_size, found.optimizer
     ('ok', 32, 'adamw')
     """
     schedule_fraction(schedule)  # validate before any work
+    check_int("repeats", repeats, low=1, high=MAX_REPEATS)
     if not isinstance(amp, bool):
         raise ConfigError(f"amp must be True or False, got {amp!r}")
     setup = prepare_probe(
@@ -267,6 +287,7 @@ def find_for_task(
         schedule=schedule,
         amp=amp,
         batch_ratio=setup.batch_size / plan.batch_size,
+        repeats=repeats,
     )
     return TaskFinding(
         result=result,
