@@ -210,6 +210,23 @@ def _validate(
     check_range("conservative", reals["conservative"], low=0, high=1, high_inclusive=False)
 
 
+def _probe_memory(task, device, budget_gib, max_batch, opt_name, note) -> MemoryProbe:  # type: ignore[no-untyped-def]
+    """:func:`probe_memory` with progress messages (on CPU, where it measures batch by batch)."""
+    note("probing memory")
+
+    def progress(b: int, added: float) -> None:
+        note(f"probing memory: batch {b} adds {added / 2**20:.0f} MiB at its peak")
+
+    return probe_memory(
+        task,
+        device=device,
+        budget=None if budget_gib is None else budget_gib * GiB,
+        max_batch=max_batch,
+        optimizer=opt_name,
+        progress=progress if device == "cpu" else None,
+    )
+
+
 def recommend_batch(
     task: Task | str,
     *,
@@ -252,23 +269,7 @@ def recommend_batch(
     n = dataset_len(task.train_set)
     check_plausible(nominal, processes, n)  # before any probe: a second, not a minute
 
-    note("probing memory")
-    mem = probe_memory(
-        task,
-        device=device,
-        budget=None if budget_gib is None else budget_gib * GiB,
-        max_batch=max_batch,
-        optimizer=opt_name,
-        progress=(
-            (
-                lambda b, added: note(
-                    f"probing memory: batch {b} adds {added / 2**20:.0f} MiB at its peak"
-                )
-            )
-            if device == "cpu"
-            else None
-        ),
-    )
+    mem = _probe_memory(task, device, budget_gib, max_batch, opt_name, note)
     big = min(noise_big, n - n % noise_small)
     if big <= noise_small:
         raise ConfigError(f"the training set ({n}) is too small for the noise probe")
