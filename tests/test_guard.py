@@ -21,6 +21,7 @@ from lrpilot.train.guard import (
     classify,
     rebound_level,
     robust_level,
+    spike_floor,
 )
 
 
@@ -366,10 +367,12 @@ def test_incremental_guard_agrees_with_the_pure_rule() -> None:
         base = 2.0 * math.exp(-i / 1000)
         loss = base + rng.gauss(0, 0.05) + (rng.random() < 0.1) * rng.uniform(0, 3)
         window = list(guard.window)
+        initial = loss if guard.initial_level is None else guard.initial_level
         if i % 7 == 0 and len(window) >= 4:  # exactly at the limit, or just above it
             med, scale = robust_level(window)
+            scale = max(scale, spike_floor(initial))
             loss = (med + 3.0 * scale) * (1.0 if i % 14 else 1.0 + 1e-12)
-        expected = classify(loss, window, threshold=3.0, min_history=4)
+        expected = classify(loss, window, threshold=3.0, min_history=4, initial=initial)
         verdict = guard.observe(loss)
         assert (verdict != "ok") == (expected != "ok"), (i, loss, window)
         assert sorted(guard.window) == guard._sorted

@@ -6,9 +6,15 @@ The rule (a pure function of the recorded losses, :func:`classify`):
   (and no GradScaler is in charge of overflow), is a **divergence at once**;
 * otherwise let ``W`` be the last ``window`` accepted step losses (at least ``min_history``
   of them; before that only non-finite values count), ``m = median(W)`` and
-  ``s = max(1.4826 * median(|W - m|), 0.01 * |m|, 1e-8)`` (the MAD, a robust standard
-  deviation, with a floor for nearly constant curves). A loss with
-  ``loss > m + threshold * s`` is **suspect**; it is not added to ``W``;
+  ``s = max(1.4826 * median(|W - m|), 0.01 * |m|, SPIKE_FLOOR * |initial|, 1e-8)`` (the
+  MAD, a robust standard deviation, with a floor for nearly constant curves and one tied
+  to the loss scale: ``initial`` is the first step's loss). A loss with
+  ``loss > m + threshold * s`` is **suspect**; it is not added to ``W``. The loss-scale
+  floor keeps a run that has fallen far below its start from counting ordinary batch
+  noise as spikes (synth-mlp-ln/AdamW at a loss of ~0.05: batches at 0.05-0.06 were
+  "far above" a window whose MAD had shrunk with the loss, and 8 rescues aborted a
+  healthy run); with the defaults a spike must exceed the level by at least 6% of the
+  initial loss;
 * ``patience`` suspect steps among the last ``horizon`` steps are a **divergence**
   (isolated spikes are ignored);
 * **rebound** (a gradual climb the rule above lets into ``W``, e.g. back to chance level):
@@ -85,6 +91,8 @@ from lrpilot._state import restore_snapshot as restore_snapshot
 from lrpilot._state import take_snapshot as take_snapshot
 
 STATE_VERSION = 3
+#: spike rule: the robust scale is at least this fraction of ``|initial loss|``
+SPIKE_FLOOR = 0.01
 
 OK, SUSPECT, DIVERGED = "ok", "suspect", "diverged"
 #: rebound rule: the progress is measured in the smallest within-block noise of this many
@@ -194,21 +202,40 @@ def classify(
     threshold: float,
     min_history: int,
     grad_norm: float | None = None,
+    initial: float | None = None,
 ) -> str:
     """``"diverged"`` for a non-finite loss/gradient norm, ``"suspect"`` for a loss far
-    above the recent level (rule in the module docstring), else ``"ok"``.
+    above the recent level (rule in the module docstring), else ``"ok"``. ``initial``: the
+    run's first loss (its ``SPIKE_FLOOR`` fraction floors the scale; ``None``: no floor).
 
     >>> classify(float("inf"), [], threshold=6, min_history=5)
     'diverged'
     >>> classify(9.0, [1.0, 1.1, 0.9, 1.0, 1.05], threshold=6, min_history=5)
     'suspect'
+    >>> classify(0.07, [0.05, 0.051, 0.049, 0.05, 0.05], threshold=6, min_history=5)
+    'suspect'
+    >>> classify(0.07, [0.05, 0.051, 0.049, 0.05, 0.05], threshold=6, min_history=5, initial=2.3)
+    'ok'
     """
     if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
         return DIVERGED
     if len(window) < min_history:
         return OK
     med, scale = robust_level(window)
+    scale = max(scale, spike_floor(initial))
     return SUSPECT if loss > med + threshold * scale else OK
+
+
+def spike_floor(initial: float | None) -> float:
+    """``SPIKE_FLOOR * |initial|``, the spike rule's scale floor tied to the loss scale
+    (0 when the initial loss is unknown).
+
+    >>> spike_floor(2.3), spike_floor(None), spike_floor(float("nan"))
+    (0.023, 0.0, 0.0)
+    """
+    if initial is None or not math.isfinite(initial):
+        return 0.0
+    return SPIKE_FLOOR * abs(initial)
 
 
 class DivergenceGuard:
@@ -301,9 +328,11 @@ class DivergenceGuard:
         if len(ordered) >= self.min_history:
             med = _median_sorted(ordered)
             # necessary for a suspect: above the level with a cheap lower bound of the scale
-            low = max(1.4826 * _mad_lower_bound(ordered, med), 0.01 * abs(med), 1e-8)
+            floor = spike_floor(self.initial_level)
+            low = max(1.4826 * _mad_lower_bound(ordered, med), 0.01 * abs(med), 1e-8, floor)
             if loss > med + self.threshold * low:
-                suspect = loss > med + self.threshold * _scale_about_sorted(ordered, med)
+                scale = max(_scale_about_sorted(ordered, med), floor)
+                suspect = loss > med + self.threshold * scale
         self.recent.append(suspect)
         if not suspect:
             if len(self.window) == self.window_size:
