@@ -52,8 +52,11 @@ def decision_rows(info: dict) -> list[tuple[str, str, str]]:
         else:
             shown = str(value)
         rows.append((d["name"], shown, d["reason"]))
-    plan = info["plan"]
-    rows.append(("warmup", f"{plan['warmup']} steps", "5% of the run (shared trunk of the probes)"))
+    plan = info.get("plan")
+    if plan and info.get("mode", "search") == "search":
+        rows.append(
+            ("warmup", f"{plan['warmup']} steps", "5% of the run (shared trunk of the probes)")
+        )
     comp = info.get("compute")
     if comp:
         rows.append(
