@@ -175,7 +175,9 @@ class Settings:
         schedule: dict[str, Any] = shapes.to_config(outcome.history)
         if self.mode == "restart":
             decisions = [d for d in decisions if d["name"] != "schedule"]
-            schedule = {**(self.fixed_schedule or {}), "peak_lr": outcome.peak}
+            from lrpilot.train.builders import schedule_mapping
+
+            schedule = schedule_mapping(self.final_config(outcome))  # the peak filled in
             why = "fixed by the user; the final run trains from step 0 under it at the chosen peak"
             decisions.append(Decision("schedule", self.fixed_schedule, why).to_dict())
         if self.choice is not None:

@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from lrpilot.autopilot import shapes
 from lrpilot.autopilot.batch import measure_and_choose
 from lrpilot.autopilot.decide import compute_multiple
 from lrpilot.autopilot.probe import Outcome, Prober, ProbeStore
@@ -116,6 +117,8 @@ def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks,
         store = ProbeStore(rd / "autopilot")
         outcome = _probe(st, engine, store, say)
         if st.mode == "restart":  # only the peak was free: train from step 0 under the user's
+            taken = store.state["segments"]["start"]  # the schedule "start" was taken under
+            engine.set_schedule(shapes.to_schedule([(int(n), p) for n, p in taken]))
             engine.restore(store.get_snapshot("start"))
         held.update(outcome=outcome, at=engine.state.samples, info=st.report(outcome, store))
         write_plan_report(rd, held["info"], outcome)
