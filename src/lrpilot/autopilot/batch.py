@@ -13,10 +13,11 @@ Decision (:func:`choose_batch`, a pure function of the measurements):
   batch, the one its LR is known at; the scaling rules are only trusted within a factor
   ``SPAN``; an epoch keeps at least ``MIN_STEPS_PER_EPOCH`` steps). A noise scale that is
   not finite and positive keeps the reference batch (said so).
-* The micro-batch is ``min(batch, memory limit)`` (:func:`lrpilot.batch.probe_memory`,
-  capped at the upper clamp, so the probe stays small); ``accumulate = ceil(batch /
-  micro)`` micro-batches make one optimizer step, the micro-batch is then evened out to
-  ``ceil(batch / accumulate)`` (the effective batch is ``micro x accumulate``).
+* The micro-batch fits the memory limit (:func:`lrpilot.batch.probe_memory`, capped at
+  the upper clamp, so the probe stays small): :func:`lrpilot.batch.plan_accumulation`
+  splits the batch into ``accumulate`` micro-batches per optimizer step (at least
+  ``ceil(batch / limit)``, an exact split preferred; the effective batch is ``micro x
+  accumulate``).
 * The LR follows the effective batch by the optimizer family's rule
   (:func:`lrpilot.batch.scaling.rule_for_optimizer`: ``linear`` for SGD, ``sqrt`` for the
   Adam family): ``lr = lr_ref x rule(effective / reference)``.
@@ -120,6 +121,7 @@ def choose_batch(
     optimizer: str,
 ) -> BatchChoice:
     """The decision of the module doc from recorded measurements (pure)."""
+    from lrpilot.batch.plan import plan_accumulation
     from lrpilot.batch.scaling import get_rule, rule_for_optimizer
 
     check_possible(reference, n_fit)
@@ -135,10 +137,8 @@ def choose_batch(
     effective_goal = min(max(target, low), high)
     if effective_goal != target:
         why += f", clamped to [{low}, {high}]"
-    micro = max(1, min(effective_goal, memory_limit))
-    accumulate = math.ceil(effective_goal / micro)
-    micro = math.ceil(effective_goal / accumulate)
-    effective = micro * accumulate
+    split = plan_accumulation(max(1, memory_limit), effective_goal)
+    micro, accumulate, effective = split.per_device, split.accumulate, split.effective
     rule = rule_for_optimizer(optimizer)
     factor = float(get_rule(rule)(effective / reference))
     if accumulate > 1:
