@@ -113,10 +113,13 @@ def test_measurement_is_deterministic_by_seed_and_stored(tmp_path: Path, monkeyp
     a = ab.measure_and_choose(task, "adamw", 64, seed=3, device="cpu", root=None)
     b = ab.measure_and_choose(task, "adamw", 64, seed=3, device="cpu", root=tmp_path)
     assert a.evidence["b_simple"] == b.evidence["b_simple"] and a.effective == b.effective
-    strip = lambda c: {
-        **c.to_dict(),
-        "evidence": {k: v for k, v in c.evidence.items() if k != "noise_probe"},
-    }  # noqa: E731
+
+    def strip(c: ab.BatchChoice) -> dict:
+        return {
+            **c.to_dict(),
+            "evidence": {k: v for k, v in c.evidence.items() if k != "noise_probe"},
+        }
+
     assert strip(a) == strip(b)
     assert calls[0]["max_batch"] == bounds(64, len(task.train_set))[1]
     # cost: the noise probe's draws and each tried memory batch x its training steps

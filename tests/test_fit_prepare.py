@@ -80,6 +80,8 @@ def test_prepare_may_change_only_the_lr_and_the_schedule(tmp_path: Path) -> None
     def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
         return parse_config({**FAST, "epochs": 2})
 
-    with pytest.raises(ValueError, match="only optimizer.lr and schedule; changed: epochs: 1 -> 2"):
+    with pytest.raises(
+        ValueError, match=r"only optimizer\.lr and schedule; changed: epochs: 1 -> 2"
+    ):
         fit(FAST, tmp_path / "run", progress="none", prepare=prepare)
     assert not (tmp_path / "run").exists()
