@@ -130,7 +130,9 @@ def fit(
     if prepare is None and any_auto(raw):
         from lrpilot.autopilot.run import fit_auto
 
-        return fit_auto(raw, out_dir, resume=resume, progress=progress, task=task)
+        return fit_auto(
+            raw, out_dir, resume=resume, progress=progress, task=task, callbacks=callbacks
+        )
     if task is not None and "task" not in raw:
         raw["task"] = task.name
     cfg = parse_config(raw, task=task)
