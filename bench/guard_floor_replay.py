@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import heldout_tasks
-
 import lrpilot.train.guard as guard
 from lrpilot import TrainingAborted, fit
 
