@@ -165,3 +165,35 @@ def test_batch_only_run_end_to_end(tmp_path: Path, monkeypatch) -> None:
     n = result.summary["samples_seen"]
     assert n == 4000  # no decision split when nothing is scored
     assert result.summary["compute_multiple"] == pytest.approx((n + choice["samples"]) / 4000)
+
+
+def test_cli_auto_with_batch_size_auto_counts_the_batch_probes(tmp_path, monkeypatch, capsys):
+    """``lrpilot auto --batch-size auto``: the batch decision comes first, the LR search runs
+    at the chosen batch, and compute_multiple adds the batch probes' samples."""
+    from lrpilot.cli import main
+
+    probe, _ = _fake_memory(64)
+    monkeypatch.setattr("lrpilot.batch.memory.probe_memory", probe)
+    out = tmp_path / "run"
+    args = ["auto", "--task", "mnist1d-mlp", "--epochs", "1", "--batch-size", "auto"]
+    assert main([*args, "--out", str(out), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    info = json.loads((out / "autopilot.json").read_text())
+    assert payload["decisions"][0]["name"] == "batch_size"
+    assert info["free"] == ["lr", "schedule", "batch_size"] and info["mode"] == "search"
+    c = info["batch"]
+    assert c["batch"] * c["accumulate"] == c["effective"] == payload["decisions"][0]["value"]
+    assert c["batch"] <= 64  # the recorded memory limit
+    assert "searched at batch" in payload["decisions"][0]["evidence"]["lr"]
+    comp = info["compute"]
+    spent = (
+        comp["batch_samples"]
+        + comp["finder_samples"]
+        + comp["trunk_samples"]
+        + comp["probe_samples"]
+        + comp["tail_samples"]
+    )
+    assert comp["batch_samples"] == c["samples"] > 0
+    assert payload["compute_multiple"] == pytest.approx(spent / comp["one_run_samples"], abs=1e-3)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["batch_size"], saved["accumulate"]) == (c["batch"], c["accumulate"])

@@ -201,6 +201,11 @@ def test_fit_with_lr_auto_keeps_a_fixed_schedule_from_step_0(tmp_path: Path) -> 
     )
     if summary["steps_run"] == summary["steps_planned"]:
         assert comp["compute_multiple"] <= 1.3 + 1e-9
+    # a resume with the same config finds every probe done and the run complete
+    cfg = tmp_path / "run.yaml"
+    assert main(["fit", str(cfg), "--out", str(out), "--resume", "--progress", "none"]) == 0
+    again = json.loads((out / "autopilot.json").read_text())
+    assert again["decisions"] == info["decisions"] and again["compute"] == info["compute"]
 
 
 def test_fit_with_schedule_auto_keeps_the_fixed_lr(tmp_path: Path) -> None:
