@@ -201,9 +201,11 @@ def test_fit_with_lr_auto_keeps_a_fixed_schedule_from_step_0(tmp_path: Path) -> 
     )
     if summary["steps_run"] == summary["steps_planned"]:
         assert comp["compute_multiple"] <= 1.3 + 1e-9
-    # a resume with the same config finds every probe done and the run complete
-    cfg = tmp_path / "run.yaml"
-    assert main(["fit", str(cfg), "--out", str(out), "--resume", "--progress", "none"]) == 0
+    # a resume (without the config: autopilot/request.yaml holds it, auto values included)
+    # finds every probe done and the run complete
+    request = yaml.safe_load((out / "autopilot" / "request.yaml").read_text())
+    assert request["optimizer"] == {"lr": "auto"} and request["schedule"] == schedule
+    assert main(["fit", "--out", str(out), "--resume", "--progress", "none"]) == 0
     again = json.loads((out / "autopilot.json").read_text())
     assert again["decisions"] == info["decisions"] and again["compute"] == info["compute"]
 

@@ -89,8 +89,25 @@ def auto(
         get_task(task), optimizer, epochs, batch_size, budget, seed, lr, schedule,
         dict(fit_config or {}),
     )  # fmt: skip
+    return _drive(req, out_dir, resume, progress, say, callbacks)
+
+
+def _drive(  # type: ignore[no-untyped-def]
+    req: Request, out_dir, resume: bool, progress: str, say, callbacks, request=None
+) -> RunResult:
+    """:func:`auto` once its arguments are gathered; ``request``: the ``lrpilot fit`` config
+    with its ``auto`` values, kept as ``autopilot/request.yaml`` (``lrpilot fit --resume``
+    without a config reads it)."""
     st = settings(req)
     run_dir = _run_dir(st, out_dir, resume)
+    if request is not None and not resume:
+        import yaml
+
+        from lrpilot.atomic_io import atomic_write_bytes
+
+        (run_dir / "autopilot").mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(dict(request), sort_keys=False)
+        atomic_write_bytes(text.encode(), run_dir / "autopilot" / REQUEST_FILE)
     loud = say if say is not None else (print if progress != "none" else (lambda _m: None))
     if "batch_size" in st.free:
         from lrpilot.train.builders import resolve_device
@@ -164,6 +181,10 @@ def _batch_only(st: Settings, run_dir: Path, resume: bool, progress: str, callba
         "compute_multiple": (samples + st.batch_samples) / st.one_run,
     }
     return replace(result, summary=finish_report(run_dir, info, result.summary))
+
+
+#: the ``lrpilot fit`` config of an auto fit, in the run's ``autopilot/`` directory
+REQUEST_FILE = "request.yaml"
 
 
 def _run_dir(st: Settings, out_dir: str | Path | None, resume: bool) -> Path:
@@ -267,17 +288,11 @@ def fit_auto(
     if "schedule" not in req.free:
         schedule = fixed.get("schedule") or {"name": "constant"}  # fit's default: constant
     own = ("task", "epochs", "batch_size", "seed", "optimizer", "schedule")
-    return auto(
-        the_task,
-        optimizer=opt,
-        epochs=cfg.epochs,
-        batch_size=AUTO if "batch_size" in req.free else cfg.batch_size,
-        seed=cfg.seed,
-        lr=None if "lr" in req.free else cfg.optimizer.lr,
-        schedule=schedule,
-        out_dir=out_dir,
-        resume=resume,
-        progress=progress,
-        fit_config={k: v for k, v in fixed.items() if k not in own},
-        callbacks=callbacks,
-    )
+    request = Request(
+        the_task, opt, cfg.epochs, AUTO if "batch_size" in req.free else cfg.batch_size, 1.3,
+        cfg.seed, None if "lr" in req.free else cfg.optimizer.lr, schedule,
+        {k: v for k, v in fixed.items() if k not in own},
+    )  # fmt: skip
+    loud = print if progress != "none" else (lambda _m: None)
+    keep = dict(raw) if isinstance(raw.get("task"), str) else None  # a Task object: no file
+    return _drive(request, out_dir, resume, progress, loud, callbacks, keep)
