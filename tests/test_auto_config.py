@@ -50,6 +50,21 @@ def test_each_auto_key_is_free_and_the_rest_fixed(raw, free, fixed) -> None:
     assert req.raw["task"] == "mnist1d-mlp"
 
 
+def test_fit_s_own_auto_values_stay_valid_next_to_autopilot_ones() -> None:
+    from lrpilot.train.config import parse_config
+
+    raw = {
+        "task": "mnist1d-mlp",
+        "optimizer": {"lr": "auto", "implementation": "auto", "no_decay": "auto"},
+        "device": "auto",
+        "checkpoint_every": "auto",
+    }
+    req = auto_request(raw)
+    assert req.free == ("lr", "schedule")
+    cfg = parse_config(req.raw)
+    assert (cfg.device, cfg.checkpoint_every, cfg.optimizer.no_decay) == ("auto", "auto", "auto")
+
+
 def test_a_config_without_auto_is_fit_as_before() -> None:
     assert not any_auto({"task": "t", "optimizer": {"lr": 0.1}, "schedule": {"name": "cosine"}})
     assert not any_auto({"task": "t", "optimizer": "auto"})  # not where auto is allowed
@@ -81,7 +96,7 @@ CONTRADICTIONS = [
         {"batch_size": "auto", "lr_scaling": {"base_batch": 64}},
         "lr_scaling contradicts auto values",
     ),
-    ({"schedule": "auto", "grad_clip": "auto"}, "grad_clip=auto is not allowed; auto is allowed"),
+    ({"schedule": "auto", "grad_clip": "auto"}, "grad_clip"),
     ({"schedule": "auto", "epoch": 2}, "unknown config key 'epoch'"),
     ({"schedule": "auto", "optimizer": {"lr": "fast"}}, "optimizer.lr"),
     ({"optimizer": {"lr": "auto", "name": "lion"}}, "optimizer.name='lion'"),

@@ -16,7 +16,9 @@ Contradictions raise ``ConfigError`` (CLI: exit 2, nothing written): ``schedule:
 with schedule parameters; ``lr: auto`` with a schedule that states its own LR (or a
 ``join``/``piecewise`` of several); ``plateau`` with an ``auto`` LR or schedule (the
 autopilot owns the LR over time); ``accumulate`` with ``batch_size: auto``; ``lr_scaling``
-with any ``auto`` (the autopilot applies and records its rule); any other value ``auto``.
+with any ``auto`` (the autopilot applies and records its rule). Other keys keep fit's own
+meaning of ``auto`` (``device``, ``checkpoint_every``, ``optimizer.implementation``,
+``optimizer.no_decay``) and fit's validation (``grad_clip: auto`` is refused there).
 
 >>> r = auto_request({"task": "mnist1d-mlp", "optimizer": {"lr": "auto"}})
 >>> r.free, r.fixed_schedule, r.raw["optimizer"]
@@ -84,18 +86,6 @@ def any_auto(raw: Mapping[str, Any]) -> bool:
     )
 
 
-def _no_other_auto(raw: Mapping[str, Any], where: str = "") -> None:
-    """Every ``auto`` outside ``AUTO_KEYS`` is refused, naming the key."""
-    for key, value in raw.items():
-        name = f"{where}{key}"
-        if isinstance(value, Mapping):
-            _no_other_auto(value, f"{name}.")
-        elif _is_auto(value) and name not in AUTO_KEYS and name != "schedule.name":
-            raise ConfigError(
-                f"{name}=auto is not allowed; auto is allowed for: {', '.join(AUTO_KEYS)}"
-            )
-
-
 def _check_schedule(schedule: Any, lr_free: bool) -> dict | None:
     """The fixed schedule (a copy) checked against a free LR; ``None`` when absent."""
     if schedule is None:
@@ -123,7 +113,6 @@ def _check_schedule(schedule: Any, lr_free: bool) -> dict | None:
 def auto_request(raw: Mapping[str, Any]) -> AutoRequest:
     """Split a config with ``auto`` values into what is free and what is fixed (module
     doc); contradictions raise ``ConfigError`` naming the value."""
-    _no_other_auto(raw)
     out = copy.deepcopy(dict(raw))
     opt = out.get("optimizer")
     lr_free = isinstance(opt, Mapping) and _is_auto(opt.get("lr"))
