@@ -105,26 +105,19 @@ def fit(
 ) -> RunResult:
     """Train a task as configured; write the run directory; return a :class:`RunResult`.
 
-    ``config`` is a mapping, a :class:`FitConfig` or a YAML path; ``overrides`` are
-    ``key=value`` strings (``--set``). ``task`` may pass a ``Task`` object directly
-    (``config["task"]`` may then be omitted). With ``resume=True`` the run continues in
-    ``out_dir`` from its newest valid checkpoint (bit-identical to never stopping).
-    ``progress``: ``auto`` (rich bar on a terminal, plain lines otherwise), ``rich``,
-    ``plain`` or ``none``. ``callbacks``: :class:`~lrpilot.train.Callback` objects, run
-    after lrpilot's own (their ``state_dict()`` goes into the checkpoints).
-
-    A config holding ``auto`` (``optimizer: {lr: auto}``, ``schedule: auto``,
-    ``batch_size: auto``) is the autopilot's: :func:`lrpilot.autopilot.run.fit_auto`.
-
-    ``prepare(engine, run_dir)``: the seam the autopilot drives the engine through. It is
-    called once the engine is built and the run directory locked, before anything of the
-    loop is written; it may train the engine (probes, branches: ``engine.run_steps``,
-    ``snapshot``/``restore``, ``set_schedule``) and leave it where the loop must start,
-    returning the config the loop runs under (only ``optimizer.lr`` and ``schedule`` may
-    differ from ``config``; ``None``: unchanged). An engine left at step 0 is built afresh
-    for the returned config (momentum cycle included). ``prepare`` keeps its own progress
-    on disk, so ``resume`` continues the loop only once the loop had started
-    (``config.yaml``); before that the loop starts at step 0.
+    ``config``: a mapping, a :class:`FitConfig` or a YAML path; ``overrides``: ``key=value``
+    strings (``--set``); ``task``: a ``Task`` object (``config["task"]`` may be omitted);
+    ``resume=True``: continue in ``out_dir`` from its newest valid checkpoint, bit-identical
+    to never stopping; ``progress``: ``auto``, ``rich``, ``plain`` or ``none``;
+    ``callbacks``: :class:`~lrpilot.train.Callback` objects after lrpilot's own (their
+    ``state_dict()`` is checkpointed). A config with ``auto`` values is the autopilot's
+    (:func:`lrpilot.autopilot.run.fit_auto`). ``prepare(engine, run_dir)``, the autopilot's
+    seam: called once the engine is built and the directory locked, before the loop writes
+    anything; it may train the engine (``run_steps``, ``snapshot``/``restore``,
+    ``set_schedule``) and returns the config the loop runs under (only ``optimizer.lr`` and
+    ``schedule`` may differ; ``None``: unchanged); an engine it leaves at step 0 is built
+    afresh for that config. It keeps its own progress, so ``resume`` continues the loop
+    once the loop had started (``config.yaml``), else starts it at step 0.
     """
     raw = apply_overrides(resolve_raw(config), list(overrides))
     if prepare is None and any_auto(raw):
