@@ -52,8 +52,11 @@ def decision_rows(info: dict) -> list[tuple[str, str, str]]:
         else:
             shown = str(value)
         rows.append((d["name"], shown, d["reason"]))
-    plan = info["plan"]
-    rows.append(("warmup", f"{plan['warmup']} steps", "5% of the run (shared trunk of the probes)"))
+    plan = info.get("plan")
+    if plan and info.get("mode", "search") == "search":
+        rows.append(
+            ("warmup", f"{plan['warmup']} steps", "5% of the run (shared trunk of the probes)")
+        )
     comp = info.get("compute")
     if comp:
         rows.append(
@@ -88,8 +91,9 @@ def plot(path: Path, info: dict) -> None:
     ax1.set_xlabel("peak LR")
     ax1.set_ylabel("decision-split loss after cooldown")
     ax1.legend(fontsize=8)
-    sched = from_config(info["schedule"])
     total = info["plan"]["total_steps"]
+    spe = info["plan"]["steps_per_epoch"]
+    sched = from_config(info["schedule"], total_steps=total, steps_per_epoch=spe)
     ax2.plot(range(total), [sched(t) for t in range(total)])
     ax2.axvline(info["decided_at_step"], color="grey", ls=":", label="decision")
     ax2.set_xlabel("optimizer step")

@@ -17,9 +17,8 @@ size); it is in ``summary.json`` and ``autopilot.json``.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,54 +26,19 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lrpilot.autopilot import shapes
+from lrpilot.autopilot.batch import measure_and_choose
 from lrpilot.autopilot.decide import compute_multiple
-from lrpilot.autopilot.plan import ProbePlan, check_budget, make_plan
 from lrpilot.autopilot.probe import Outcome, Prober, ProbeStore
-from lrpilot.autopilot.split import decision_size, sample_losses, split_task
-from lrpilot.errors import ConfigError, check_int
+from lrpilot.autopilot.request import OPTIMIZER_FAMILY, Request, Settings, settings, user_task
+from lrpilot.autopilot.split import sample_losses
+from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task, get_task
+from lrpilot.train.auto_config import AUTO
+from lrpilot.train.callbacks import Callback
 from lrpilot.train.result import RunResult
 
+
 #: optimizers the autopilot knows the family of (``sgd``: linear LR scaling, else Adam)
-OPTIMIZER_FAMILY = {"sgd": "sgd", "adamw": "adam", "adam": "adam"}
-AUTOPILOT_VERSION = 1
-
-
-def _user_task(model, loss_fn, train_set, val_set, metrics) -> Task:  # type: ignore[no-untyped-def]
-    missing = [
-        n
-        for n, v in (
-            ("model", model),
-            ("loss_fn", loss_fn),
-            ("train_set", train_set),
-            ("val_set", val_set),
-        )
-        if v is None
-    ]
-    if missing:
-        raise ConfigError(
-            f"auto needs a task or model, loss_fn, train_set and val_set; "
-            f"missing: {', '.join(missing)}"
-        )
-    return Task("user-model", model, train_set, val_set, loss_fn, dict(metrics or {}))
-
-
-def _optimizer(task: Task, optimizer: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The optimizer mapping: ``optimizer`` (a name or a mapping without a fixed ``lr``),
-    with the task's own optimizer settings when it names the same optimizer."""
-    own = dict(task.defaults.get("optimizer", {}))
-    spec = dict(optimizer) if isinstance(optimizer, Mapping) else {}
-    name = spec.get("name", optimizer if isinstance(optimizer, str) else own.get("name", "adamw"))
-    name = str(name).lower()
-    if name not in OPTIMIZER_FAMILY:
-        raise ConfigError(f"optimizer={name!r} is not one of {', '.join(OPTIMIZER_FAMILY)}")
-    out = {k: v for k, v in own.items() if str(own.get("name", "")).lower() == name}
-    out.update(spec)
-    out["name"] = name
-    out.pop("lr", None)
-    return out
-
-
 def auto(
     task: Task | str | None = None,
     *,
@@ -85,174 +49,145 @@ def auto(
     metrics: Mapping[str, Callable[..., float]] | None = None,
     optimizer: str | Mapping[str, Any] | None = None,
     epochs: int | None = None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     budget: float = 1.3,
     seed: int = 0,
     lr: float | None = None,
-    schedule: str | None = None,
+    schedule: str | Mapping[str, Any] | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: str = "auto",
     say: Callable[[str], None] | None = None,
+    fit_config: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
-    """Choose the peak LR, warmup and schedule shape within ``budget`` x one run's compute,
-    train, and return the :class:`~lrpilot.train.RunResult` of the run directory.
+    """Choose what is free (the peak LR, warmup and schedule shape; the batch size when
+    ``batch_size="auto"``) within ``budget`` x one run's compute, train, and return the
+    :class:`~lrpilot.train.RunResult` of the run directory.
 
     ``task``: a :class:`~lrpilot.Task`, a built-in name or ``"module:function"``; or give
     ``model`` (a factory), ``loss_fn``, ``train_set``, ``val_set`` (and ``metrics``).
     ``optimizer``: ``"sgd"``, ``"adamw"``, ``"adam"`` or a mapping of its settings (no
-    ``lr``); ``lr``/``schedule`` fix what the user wants fixed (``schedule`` one of
-    ``one_cycle``, ``cosine``, ``wsd``). Example (a few seconds)::
+    ``lr``). What the user fixes stays: ``lr`` (the peak; with ``batch_size="auto"`` the
+    LR at the reference batch, scaled by the rule), ``schedule`` (a shape name, one of
+    ``one_cycle``, ``cosine``, ``wsd``: the warmup is still chosen; or a ``lrpilot fit``
+    schedule mapping without its LR: only the peak is chosen and the final run trains from
+    step 0 under that schedule), ``fit_config`` (any other ``lrpilot fit`` keys, e.g.
+    ``grad_clip``, ``amp``, ``guard``, kept as written). ``autopilot.json`` records what
+    was free, what was fixed, and each decision with its evidence. Example (seconds)::
 
         import lrpilot
         result = lrpilot.auto("mnist1d-mlp", epochs=3, out_dir="runs/auto-demo")
         result.summary["autopilot"]["compute_multiple"]
 
-    Method and references: :mod:`lrpilot.autopilot.probe`, :mod:`lrpilot.autopilot.decide`.
+    Method and references: :mod:`lrpilot.autopilot.probe`, :mod:`lrpilot.autopilot.decide`,
+    :mod:`lrpilot.autopilot.batch`.
     """
-    from lrpilot.train.loop import _Run
-
     if task is None:
-        task = _user_task(model, loss_fn, train_set, val_set, metrics)
-    st = _settings(get_task(task), optimizer, epochs, batch_size, budget, seed, lr, schedule)
-    run_dir = _run_dir(st, out_dir, resume)
-    run = _Run(st.cfg, st.fit_task, run_dir, progress)
-    loud = say if say is not None else (print if progress != "none" else (lambda _m: None))
-    store = ProbeStore(run_dir / "autopilot")
-    outcome = _probe(st, run.engine, store, lambda msg: loud(f"lrpilot auto: {msg}"))
-    at_decision = run.engine.state.samples
-    # the run directory's config.yaml holds the schedule trained with
-    run.cfg = st.final_config(outcome)
-    info = st.report(outcome, store)
-    from lrpilot.autopilot.report import finish_report, write_plan_report
+        task = user_task(model, loss_fn, train_set, val_set, metrics)
+    req = Request(
+        get_task(task), optimizer, epochs, batch_size, budget, seed, lr, schedule,
+        dict(fit_config or {}),
+    )  # fmt: skip
+    return _drive(req, out_dir, resume, progress, say, callbacks)
 
-    write_plan_report(run_dir, info, outcome)
-    ckpts = run_dir / "checkpoints"
-    result = run.run(resume and ckpts.is_dir() and any(ckpts.iterdir()))
-    tail = result.summary["samples_seen"] - at_decision
-    one_run = st.epochs * st.n_full
+
+def _drive(  # type: ignore[no-untyped-def]
+    req: Request, out_dir, resume: bool, progress: str, say, callbacks, request=None
+) -> RunResult:
+    """:func:`auto` once its arguments are gathered; ``request``: the ``lrpilot fit`` config
+    with its ``auto`` values, kept as ``autopilot/request.yaml`` (``lrpilot fit --resume``
+    without a config reads it)."""
+    st = settings(req)
+    run_dir = _run_dir(st, out_dir, resume)
+    if request is not None and not resume:
+        import yaml
+
+        from lrpilot.atomic_io import atomic_write_bytes
+
+        (run_dir / "autopilot").mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(dict(request), sort_keys=False)
+        atomic_write_bytes(text.encode(), run_dir / "autopilot" / REQUEST_FILE)
+    loud = say if say is not None else (print if progress != "none" else (lambda _m: None))
+    if "batch_size" in st.free:
+        from lrpilot.train.builders import resolve_device
+
+        device = str(resolve_device(st.cfg.device))
+        loud("lrpilot auto: measuring the memory limit and the gradient noise scale")
+        choice = measure_and_choose(
+            st.fit_task, st.opt["name"], st.reference_batch, st.seed, device, run_dir / "autopilot"
+        )
+        st = settings(req, choice)
+    if st.mode == "batch":
+        return _batch_only(st, run_dir, resume, progress, callbacks)
+    return _search(st, run_dir, resume, progress, callbacks, lambda m: loud(f"lrpilot auto: {m}"))
+
+
+def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks, say) -> RunResult:  # type: ignore[no-untyped-def]
+    """The probe phase through fit's ``prepare`` seam, then fit's loop on the same engine."""
+    from lrpilot.autopilot.report import finish_report, write_plan_report
+    from lrpilot.train import fit
+
+    held: dict[str, Any] = {}
+
+    def prepare(engine: Any, rd: Path) -> Any:
+        store = ProbeStore(rd / "autopilot")
+        outcome = _probe(st, engine, store, say)
+        if st.mode == "restart":  # only the peak was free: train from step 0 under the user's
+            taken = store.state["segments"]["start"]  # the schedule "start" was taken under
+            engine.set_schedule(shapes.to_schedule([(int(n), p) for n, p in taken]))
+            engine.restore(store.get_snapshot("start"))
+        held.update(outcome=outcome, at=engine.state.samples, info=st.report(outcome, store))
+        write_plan_report(rd, held["info"], outcome)
+        return st.final_config(outcome)
+
+    result = fit(
+        st.cfg, run_dir, resume=resume, progress=progress, task=st.fit_task,
+        callbacks=callbacks, prepare=prepare,
+    )  # fmt: skip
+    outcome, info = held["outcome"], held["info"]
+    tail = result.summary["samples_seen"] - held["at"]
+    extra = outcome.finder_samples + st.batch_samples
     info["compute"] = {
+        "batch_samples": st.batch_samples,
         "finder_samples": outcome.finder_samples,
         "trunk_samples": outcome.trunk_samples,
         "probe_samples": sum(p.samples for p in outcome.probes),
         "tail_samples": tail,
-        "one_run_samples": one_run,
+        "one_run_samples": st.one_run,
         "compute_multiple": compute_multiple(
-            outcome.probes, outcome.trunk_samples, tail, one_run, outcome.finder_samples
+            outcome.probes, outcome.trunk_samples, tail, st.one_run, extra
         ),
     }
     return replace(result, summary=finish_report(run_dir, info, result.summary))
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """Everything ``auto`` validated before any file is written."""
+def _batch_only(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks) -> RunResult:  # type: ignore[no-untyped-def]
+    """Only the batch size was free: fit at the chosen batch, the LR by the rule."""
+    from lrpilot.autopilot.report import finish_report
+    from lrpilot.train import fit
 
-    task: Task
-    fit_task: Task
-    decision_set: Dataset
-    opt: dict[str, Any]
-    epochs: int
-    batch: int
-    budget: float
-    seed: int
-    lr: float | None
-    schedule: str | None
-    n_full: int
-    n_fit: int
-    base: dict[str, Any]
-    cfg: Any
-    plan: ProbePlan
-
-    def final_config(self, outcome: Outcome) -> Any:
-        from lrpilot.train.config import parse_config
-
-        raw = {**self.base, "optimizer": {**self.opt, "lr": outcome.peak}}
-        raw["schedule"] = shapes.to_config(outcome.history)
-        return parse_config(raw, task=self.fit_task)
-
-    def report(self, outcome: Outcome, store: ProbeStore) -> dict[str, Any]:
-        """``autopilot.json`` before the final run (the compute is added after it)."""
-        return {
-            "version": AUTOPILOT_VERSION,
-            "task": self.task.name,
-            "optimizer": self.opt,
-            "epochs": self.epochs,
-            "batch_size": self.batch,
-            "budget": self.budget,
-            "seed": self.seed,
-            "decision_split": {"samples": self.n_full - self.n_fit, "of": self.n_full},
-            "plan": self.plan.to_dict(),
-            "prior": outcome.prior,
-            "candidates": [p.to_dict() for p in outcome.probes],
-            "decisions": [d.to_dict() for d in outcome.decisions],
-            "schedule": shapes.to_config(outcome.history),
-            "decided_at_step": outcome.decided_at,
-            "initial_score": store.state.get("initial_score"),
-        }
-
-
-def _settings(task, optimizer, epochs, batch_size, budget, seed, lr, schedule) -> _Settings:  # type: ignore[no-untyped-def]
-    """Validate the arguments (``ConfigError`` naming the value and the allowed range)."""
-    from lrpilot.finder.protocol import probe_plan
-    from lrpilot.train.config import parse_config
-
-    budget = check_budget(budget)
-    opt = _optimizer(task, optimizer)
-    epochs = check_int(
-        "epochs", task.defaults.get("epochs", 15) if epochs is None else epochs, low=1
-    )
-    batch = check_int(
-        "batch_size",
-        task.defaults.get("batch_size", 64) if batch_size is None else batch_size,
-        low=1,
-    )
-    check_int("seed", seed, low=0)
-    if lr is not None and (not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
-        raise ConfigError(f"lr={lr!r} is out of range; allowed: (0, inf) or None (auto)")
-    if schedule is not None and schedule not in shapes.SHAPES:
-        raise ConfigError(
-            f"schedule={schedule!r} is not valid; allowed: "
-            f"{', '.join(shapes.SHAPES)} or None (auto)"
-        )
-    n_full = len(task.train_set)
-    n_fit = n_full - decision_size(n_full)
-    if batch > n_fit:
-        raise ConfigError(
-            f"batch_size={batch} is larger than the training part ({n_fit} of "
-            f"{n_full} samples; {n_full - n_fit} are the decision split)"
-        )
-    fit_task, decision_set = split_task(task, seed)
-    base = {
-        "task": task.name,
-        "epochs": epochs,
-        "batch_size": batch,
-        "seed": seed,
-        "optimizer": {**opt, "lr": 1e-3},
-        "schedule": {"name": "constant", "lr": 1e-3},
+    result = fit(
+        st.cfg, run_dir, resume=resume, progress=progress, task=st.fit_task,
+        callbacks=callbacks, prepare=lambda _engine, _rd: None,
+    )  # fmt: skip
+    info = st.header()
+    info["decisions"] = [st.batch_decision().to_dict()]
+    samples = result.summary["samples_seen"]
+    info["compute"] = {
+        "batch_samples": st.batch_samples,
+        "tail_samples": samples,
+        "one_run_samples": st.one_run,
+        "compute_multiple": (samples + st.batch_samples) / st.one_run,
     }
-    cfg = parse_config(base, task=fit_task)  # validates the rest before any file
-    plan = make_plan(n_full, n_fit, batch, epochs, budget, probe_plan(n_fit, batch).samples_budget)
-    return _Settings(
-        task,
-        fit_task,
-        decision_set,
-        opt,
-        epochs,
-        batch,
-        budget,
-        seed,
-        lr,
-        schedule,
-        n_full,
-        n_fit,
-        base,
-        cfg,
-        plan,
-    )
+    return replace(result, summary=finish_report(run_dir, info, result.summary))
 
 
-def _run_dir(st: _Settings, out_dir: str | Path | None, resume: bool) -> Path:
+#: the ``lrpilot fit`` config of an auto fit, in the run's ``autopilot/`` directory
+REQUEST_FILE = "request.yaml"
+
+
+def _run_dir(st: Settings, out_dir: str | Path | None, resume: bool) -> Path:
     from lrpilot.train.loop import _default_run_dir
 
     run_dir = Path(out_dir) if out_dir is not None else _default_run_dir(st.task.name)
@@ -260,24 +195,25 @@ def _run_dir(st: _Settings, out_dir: str | Path | None, resume: bool) -> Path:
         raise ConfigError(
             f"run directory {run_dir} already holds files; use --resume or another --out"
         )
-    if resume and not (run_dir / "autopilot" / "state.json").is_file():
-        raise ConfigError(f"cannot resume: {run_dir / 'autopilot' / 'state.json'} does not exist")
+    if resume and not (run_dir / "autopilot").is_dir():
+        raise ConfigError(f"cannot resume: {run_dir / 'autopilot'} does not exist")
     return run_dir
 
 
-def _probe(st: _Settings, engine: Any, store: ProbeStore, say: Callable[[str], None]) -> Outcome:
+def _probe(st: Settings, engine: Any, store: ProbeStore, say: Callable[[str], None]) -> Outcome:
     """The probe phase on the engine (:class:`~lrpilot.autopilot.probe.Prober`)."""
-    task = st.task
+    task, held_out = st.task, st.decision_set
+    assert st.plan is not None and held_out is not None
     metric_fns = {"accuracy": task.metrics["accuracy"]} if "accuracy" in task.metrics else {}
 
     def scorer(m: nn.Module) -> tuple[list[float], dict[str, float]]:
-        return sample_losses(m, task.loss_fn, st.decision_set, engine.device, metric_fns)
+        return sample_losses(m, task.loss_fn, held_out, engine.device, metric_fns)
 
     def prior(eng: Any) -> dict:
-        return finder_prior(eng, st.fit_task, st.batch, st.seed)
+        return finder_prior(eng, st.fit_task, st.batch * st.accumulate, st.seed)
 
     family = OPTIMIZER_FAMILY[st.opt["name"]]
-    prober = Prober(engine, st.plan, scorer, family, store, prior, st.schedule, st.lr, say=say)
+    prober = Prober(engine, st.plan, scorer, family, store, prior, st.shape, st.lr, say=say)
     return prober.run()
 
 
@@ -323,3 +259,40 @@ def finder_prior(engine: Any, fit_task: Task, batch: int, seed: int) -> dict:
 def load_report(run_dir: str | Path) -> dict:
     """``autopilot.json`` of a run directory."""
     return json.loads((Path(run_dir) / "autopilot.json").read_text())
+
+
+def fit_auto(
+    raw: Mapping[str, Any],
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: str = "auto",
+    task: Task | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
+    """``lrpilot fit`` of a config with ``auto`` values (:mod:`lrpilot.train.auto_config`):
+    the fixed part is validated as fit validates it, then :func:`auto` chooses what is free
+    (default budget) and trains. Resume with the same config and ``resume=True``."""
+    from lrpilot.train.auto_config import auto_request
+    from lrpilot.train.config import parse_config
+
+    req = auto_request(raw)
+    fixed = dict(req.raw)
+    if task is not None and "task" not in fixed:
+        fixed["task"] = task.name
+    cfg = parse_config(fixed, task=task)  # unknown keys, ranges: before anything is written
+    the_task = task if task is not None and cfg.task == task.name else get_task(cfg.task)
+    opt = {k: v for k, v in dict(fixed.get("optimizer") or {}).items() if k != "lr"}
+    opt["name"] = cfg.optimizer.name
+    schedule = None
+    if "schedule" not in req.free:
+        schedule = fixed.get("schedule") or {"name": "constant"}  # fit's default: constant
+    own = ("task", "epochs", "batch_size", "seed", "optimizer", "schedule")
+    request = Request(
+        the_task, opt, cfg.epochs, AUTO if "batch_size" in req.free else cfg.batch_size, 1.3,
+        cfg.seed, None if "lr" in req.free else cfg.optimizer.lr, schedule,
+        {k: v for k, v in fixed.items() if k not in own},
+    )  # fmt: skip
+    loud = print if progress != "none" else (lambda _m: None)
+    keep = dict(raw) if isinstance(raw.get("task"), str) else None  # a Task object: no file
+    return _drive(request, out_dir, resume, progress, loud, callbacks, keep)

@@ -2,7 +2,7 @@
 then train (:func:`lrpilot.autopilot.auto`).
 
     lrpilot auto --task mnist1d-cnn [--optimizer sgd|adamw|adam] [--epochs N]
-                 [--batch-size B] [--budget X] [--seed S] [--out DIR] [--json] [--resume]
+                 [--batch-size B|auto] [--budget X] [--seed S] [--out DIR] [--json] [--resume]
 
 Prints a short table of the decisions (or, with ``--json``, ``{"decisions",
 "compute_multiple", "summary"}``). Bad input exits with code 2 and one line, before
@@ -25,7 +25,12 @@ def register(subparsers) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--task", required=True, help="built-in task name or module:function")
     p.add_argument("--optimizer", default=None, help="sgd, adamw or adam (default: the task's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the task's)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the task's)")
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=None,
+        help="batch size, or auto (memory probe + gradient noise scale; default: the task's)",
+    )
     p.add_argument(
         "--budget",
         type=float,
@@ -37,6 +42,23 @@ def register(subparsers) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--json", action="store_true", help="print decisions, compute and summary")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.set_defaults(func=run)
+
+
+def _batch_size(text: str) -> int | str:
+    """``auto`` or a positive integer (argparse reports anything else, exit 2)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"batch size {text!r} is not valid; allowed: a positive integer or auto"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"batch size {value} is out of range; allowed: >= 1 or auto"
+        )
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

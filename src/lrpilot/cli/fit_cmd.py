@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         raw = load_yaml(args.config)
     elif args.resume and args.out:
-        raw = load_yaml(Path(args.out) / "config.yaml")
+        # an auto fit resumes from the config it was started with (its auto values)
+        request = Path(args.out) / "autopilot" / "request.yaml"
+        raw = load_yaml(request if request.is_file() else Path(args.out) / "config.yaml")
     elif args.task or any(item.startswith("task=") for item in args.overrides):
         raw = {}
     else:

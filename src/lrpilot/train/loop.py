@@ -33,11 +33,10 @@ and the outcomes reach the callbacks one step behind (:meth:`_Run.train_lagged`)
 
 from __future__ import annotations
 
-import datetime as _dt
 import gc
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from lrpilot._state import cpu_clone
 from lrpilot.errors import ConfigError, TrainingAborted
 from lrpilot.history import History
 from lrpilot.tasks import Task, get_task
+from lrpilot.train.auto_config import any_auto
 from lrpilot.train.builders import load_optimizer_state, resolve_device
 from lrpilot.train.builtin import (
     CHECKPOINT_SECONDS,
@@ -61,9 +61,11 @@ from lrpilot.train.builtin import (
 )
 from lrpilot.train.callbacks import Callback, CallbackList, Control
 from lrpilot.train.checkpoint import CheckpointManager
-from lrpilot.train.config import FitConfig, apply_overrides, default_mode, load_yaml, parse_config
+from lrpilot.train.config import FitConfig, apply_overrides, default_mode, parse_config
 from lrpilot.train.early_stop import BestTracker
 from lrpilot.train.engine import LOOP_STATE_VERSION, Engine, LoopState
+from lrpilot.train.fitcheck import check_prepared, check_run_dir, resolve_raw
+from lrpilot.train.fitcheck import default_run_dir as _default_run_dir
 from lrpilot.train.guard import DivergenceGuard
 from lrpilot.train.result import RunResult
 from lrpilot.train.rng import capture_rng, restore_rng
@@ -77,55 +79,19 @@ from lrpilot.train.rundir import (
     remove_if_untouched,
     repair_metrics,
     resume_message,
-    resume_mismatch,
     write_identity,
 )
 from lrpilot.train.runlog import Progress, RunLogger
 from lrpilot.train.summary import atomic_json, diagnose_run, finish_run
 
-__all__ = ["CHECKPOINT_SECONDS", "LOOP_STATE_VERSION", "LoopState", "fit"]
-
-
-def _resolve_raw(config: FitConfig | Mapping[str, Any] | str | Path) -> dict[str, Any]:
-    if isinstance(config, FitConfig):
-        return config.to_dict()
-    if isinstance(config, (str, Path)):
-        return load_yaml(config)
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise ConfigError(f"config must be a mapping, a FitConfig or a YAML path, got {config!r}")
-
-
-def _default_run_dir(task_name: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe = task_name.replace(":", "_").replace("/", "_")
-    base = Path("runs") / f"{safe}-{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Settings of the resolved config ``a`` that differ from the saved config ``b``. A
-    setting ``b`` does not have (its run started under an lrpilot without that setting,
-    e.g. ``guard.rebound``) takes its value from ``a``.
-
-    >>> _config_diff({"seed": 1, "guard": {"rebound": 0.8}}, {"seed": 2, "guard": {}})
-    ['seed: 2 -> 1']
-    """
-    out = []
-    for key in sorted(b):
-        va, vb = a.get(key), b[key]
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {vb!r} -> {va!r}")
-    return out
+__all__ = ["CHECKPOINT_SECONDS", "LOOP_STATE_VERSION", "LoopState", "Prepare", "fit"]
 
 
 # ------------------------------------------------------------------------------- fit
+#: ``prepare(engine, run_dir) -> FitConfig | None``: see :func:`fit`
+Prepare = Callable[[Engine, Path], "FitConfig | None"]
+
+
 def fit(
     config: FitConfig | Mapping[str, Any] | str | Path,
     out_dir: str | Path | None = None,
@@ -135,18 +101,31 @@ def fit(
     progress: str = "auto",
     task: Task | None = None,
     callbacks: Sequence[Callback] = (),
+    prepare: Prepare | None = None,
 ) -> RunResult:
     """Train a task as configured; write the run directory; return a :class:`RunResult`.
 
-    ``config`` is a mapping, a :class:`FitConfig` or a YAML path; ``overrides`` are
-    ``key=value`` strings (``--set``). ``task`` may pass a ``Task`` object directly
-    (``config["task"]`` may then be omitted). With ``resume=True`` the run continues in
-    ``out_dir`` from its newest valid checkpoint (bit-identical to never stopping).
-    ``progress``: ``auto`` (rich bar on a terminal, plain lines otherwise), ``rich``,
-    ``plain`` or ``none``. ``callbacks``: :class:`~lrpilot.train.Callback` objects, run
-    after lrpilot's own (their ``state_dict()`` goes into the checkpoints).
+    ``config``: a mapping, a :class:`FitConfig` or a YAML path; ``overrides``: ``key=value``
+    strings (``--set``); ``task``: a ``Task`` object (``config["task"]`` may be omitted);
+    ``resume=True``: continue in ``out_dir`` from its newest valid checkpoint, bit-identical
+    to never stopping; ``progress``: ``auto``, ``rich``, ``plain`` or ``none``;
+    ``callbacks``: :class:`~lrpilot.train.Callback` objects after lrpilot's own (their
+    ``state_dict()`` is checkpointed). A config with ``auto`` values is the autopilot's
+    (:func:`lrpilot.autopilot.run.fit_auto`). ``prepare(engine, run_dir)``, the autopilot's
+    seam: called once the engine is built and the directory locked, before the loop writes
+    anything; it may train the engine (``run_steps``, ``snapshot``/``restore``,
+    ``set_schedule``) and returns the config the loop runs under (only ``optimizer.lr`` and
+    ``schedule`` may differ; ``None``: unchanged); an engine it leaves at step 0 is built
+    afresh for that config. It keeps its own progress, so ``resume`` continues the loop
+    once the loop had started (``config.yaml``), else starts it at step 0.
     """
-    raw = apply_overrides(_resolve_raw(config), list(overrides))
+    raw = apply_overrides(resolve_raw(config), list(overrides))
+    if prepare is None and any_auto(raw):
+        from lrpilot.autopilot.run import fit_auto
+
+        return fit_auto(
+            raw, out_dir, resume=resume, progress=progress, task=task, callbacks=callbacks
+        )
     if task is not None and "task" not in raw:
         raw["task"] = task.name
     cfg = parse_config(raw, task=task)
@@ -163,16 +142,8 @@ def fit(
     trainer: _Run | None = None
     try:
         lock_on_main(lock)
-        _check_run_dir(run_dir, cfg, resume)  # under the lock: no other process writes
-        device = device_label(resolve_device(cfg.device))
-        if resume:
-            identity = read_identity(run_dir)
-            notes = adopt_threads(identity, device)
-        else:
-            identity = distributed.broadcast_object(new_identity(cfg.to_dict(), device))
-            notes = []
-        trainer = _Run(cfg, task, run_dir, progress, callbacks, identity, notes)
-        result = trainer.run(resume)
+        trainer = _start(cfg, task, run_dir, progress, callbacks, resume, prepare)
+        result = trainer.run(trainer.resuming)
         ended = True
         return result
     except BaseException:
@@ -192,20 +163,39 @@ def fit(
             distributed.shutdown(synchronize=ended)
 
 
-def _check_run_dir(run_dir: Path, cfg: FitConfig, resume: bool) -> None:
-    """A resume needs the run's config.yaml (unchanged); a fresh run an unused directory."""
+def _start(
+    cfg: FitConfig,
+    task: Task,
+    run_dir: Path,
+    progress: str,
+    callbacks: Sequence[Callback],
+    resume: bool,
+    prepare: Prepare | None,
+) -> _Run:
+    """The run, built under the lock: the run directory checked, ``prepare`` applied, the
+    identity read (resume) or made (fresh run)."""
+    if prepare is None:
+        check_run_dir(run_dir, cfg, resume)  # under the lock: no other process writes
+    trainer = _Run(cfg, task, run_dir, progress, callbacks)
+    if prepare is not None:
+        prepared = prepare(trainer.engine, run_dir)
+        if prepared is not None:
+            check_prepared(cfg, prepared)
+            cfg = prepared
+            if trainer.engine.state.step == 0:  # nothing kept: built afresh for the config
+                trainer = _Run(cfg, task, run_dir, progress, callbacks)
+            trainer.cfg = cfg
+        # the prepare step keeps its own record; the loop resumes once it had started
+        resume = resume and (run_dir / "config.yaml").is_file()
+        check_run_dir(run_dir, cfg, resume)
+    device = device_label(resolve_device(cfg.device))
     if resume:
-        saved_path = run_dir / "config.yaml"
-        if not saved_path.is_file():
-            raise ConfigError(f"cannot resume: {saved_path} does not exist")
-        saved = load_yaml(saved_path)
-        diff = _config_diff(cfg.to_dict(), saved)
-        if diff:
-            raise ConfigError(resume_mismatch(diff))
-    elif any((run_dir / name).exists() for name in ("metrics.jsonl", "checkpoints", "run.json")):
-        raise ConfigError(
-            f"run directory {run_dir} already holds a run; use --resume or another --out"
-        )
+        trainer.identity = read_identity(run_dir)
+        trainer.notes = adopt_threads(trainer.identity, device)
+    else:
+        trainer.identity = distributed.broadcast_object(new_identity(cfg.to_dict(), device))
+    trainer.resuming = resume
+    return trainer
 
 
 class _Run:
@@ -258,6 +248,7 @@ class _Run:
             self.best,
         )
         self.progress_mode = progress if self.main else "none"
+        self.resuming = False  # whether run() continues from a checkpoint (set by _start)
         self.history: History | None = None  # metrics.jsonl as read for the diagnosis
         self.log: RunLogger | None = None
         self.stop_reason = ""

@@ -1,0 +1,87 @@
+"""``fit(..., prepare=...)``: the seam the autopilot drives fit's engine through."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrpilot.train import fit, parse_config
+
+FAST = {"task": "mnist1d-mlp", "epochs": 1, "batch_size": 128, "log_every": 1, "device": "cpu"}
+
+
+def _steps(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["type"] == "step"]
+
+
+def _with_lr(lr: float):  # type: ignore[no-untyped-def]
+    cfg = parse_config(FAST)
+    return replace(cfg, optimizer=replace(cfg.optimizer, lr=lr))
+
+
+def test_prepare_runs_once_before_the_loop_writes_anything(tmp_path: Path) -> None:
+    seen: list[tuple] = []
+
+    def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
+        seen.append((engine.state.step, sorted(p.name for p in run_dir.iterdir())))
+        return None
+
+    result = fit(FAST, tmp_path / "run", progress="none", prepare=prepare)
+    assert len(seen) == 1
+    step, files = seen[0]
+    assert step == 0 and not {"config.yaml", "metrics.jsonl", "run.json"} & set(files)
+    assert result.summary["status"] == "completed"
+
+
+def test_an_engine_left_at_step_0_is_built_afresh_for_the_returned_config(tmp_path: Path):
+    """The prepare trains and goes back to its start snapshot, then returns another LR: the
+    run is bit-identical to a plain fit of that config."""
+
+    def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
+        start = engine.snapshot()
+        engine.run_steps(5)
+        engine.restore(start)
+        return _with_lr(0.003)
+
+    a = fit(FAST, tmp_path / "a", progress="none", prepare=prepare)
+    b = fit(_with_lr(0.003), tmp_path / "b", progress="none")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [r["train_loss"] for r in _steps(a.run_dir)] == [
+        r["train_loss"] for r in _steps(b.run_dir)
+    ]
+
+
+def test_the_loop_continues_where_prepare_left_the_engine(tmp_path: Path) -> None:
+    """Steps the prepare ran (here 7, at a constant LR it set) are the run's: the loop
+    starts at step 7 under the returned schedule and ends where the run ends."""
+    from lrpilot.schedules import constant
+
+    def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
+        engine.set_schedule(constant(0.004))
+        engine.run_steps(7)
+        cfg = parse_config({**FAST, "schedule": {"name": "constant", "lr": 0.004}})
+        return cfg
+
+    result = fit(FAST, tmp_path / "run", progress="none", prepare=prepare)
+    steps = _steps(result.run_dir)
+    total = result.summary["steps_planned"]
+    assert [r["step"] for r in steps] == list(range(8, total + 1))
+    assert all(r["lr"] == pytest.approx(0.004) for r in steps)
+    assert result.summary["samples_seen"] == 4000  # every sample of the epoch, once
+
+
+def test_prepare_may_change_only_the_lr_and_the_schedule(tmp_path: Path) -> None:
+    def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
+        return parse_config({**FAST, "epochs": 2})
+
+    with pytest.raises(
+        ValueError, match=r"only optimizer\.lr and schedule; changed: epochs: 1 -> 2"
+    ):
+        fit(FAST, tmp_path / "run", progress="none", prepare=prepare)
+    assert not (tmp_path / "run").exists()
