@@ -42,6 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pruner", choices=PRUNERS, default=None, help="Optuna pruner (default median)"
     )
+    parser.add_argument(
+        "--prune-warmup",
+        type=int,
+        default=None,
+        help="epochs every trial trains before it may be pruned (median: n_warmup_steps; "
+        "hyperband: min_resource); 1..epochs-1, default 0 (median) / 1 (hyperband)",
+    )
+    parser.add_argument(
+        "--prune-startup",
+        type=int,
+        default=None,
+        help="median pruner: completed trials before any pruning (default: 5, or a quarter "
+        "of --trials when smaller, at least 1)",
+    )
     parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)"
@@ -82,6 +96,8 @@ def build_spec(args: argparse.Namespace) -> Any:
         "--sampler": args.sampler,
         "--pruner": args.pruner,
         "--heartbeat": args.heartbeat,
+        "--prune-warmup": args.prune_warmup,
+        "--prune-startup": args.prune_startup,
     }
     if args.backend == "ray":
         given = [name for name, value in optuna_only.items() if value is not None]
@@ -99,14 +115,23 @@ def build_spec(args: argparse.Namespace) -> Any:
     check_int("--workers", args.workers, low=1)
     check_int("--heartbeat", args.heartbeat, low=1)
     check_int("--seed", args.seed, low=0)
+    if args.pruner == "none" and args.prune_warmup is not None:
+        raise ConfigError("--prune-warmup applies to --pruner median or hyperband")
+    if args.pruner != "median" and args.prune_startup is not None:
+        raise ConfigError(f"--prune-startup applies to --pruner median, not {args.pruner}")
+    if args.prune_startup is not None:
+        check_int("--prune-startup", args.prune_startup, low=0)
     config = Path(args.config).resolve()
     base = load_yaml(config)
     cfg = parse_config(base)
-    names = monitor_names(get_task(cfg.task))
+    if args.prune_warmup is not None:
+        check_int("--prune-warmup", args.prune_warmup, low=1, high=cfg.epochs - 1)
+    task = get_task(cfg.task)
+    names = monitor_names(task)
     if args.metric not in names:
         raise ConfigError(f"--metric {args.metric!r} is not recorded; valid: {', '.join(names)}")
     params = parse_space(load_space_yaml(args.space))
-    validate_space(params, base)
+    validate_space(params, base, n_train=len(task.train_set))
     study = args.study or config.stem
     if not study.strip():
         raise ConfigError("--study must not be empty")
@@ -125,6 +150,8 @@ def build_spec(args: argparse.Namespace) -> Any:
         workers=args.workers,
         sampler=args.sampler,
         pruner=args.pruner,
+        prune_warmup=args.prune_warmup,
+        prune_startup=args.prune_startup,
         seed=args.seed,
         heartbeat=args.heartbeat,
         launcher=args.launcher,
@@ -167,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             from lrpilot.search.study import count_finished
 
             work(study, spec, on_trial=lambda t: advance(count_finished(study.trials)))
-    return finish(spec, rows_from_optuna(study), storage=storage, as_json=args.json)
+    return finish(spec, rows_from_optuna(study, spec.params), storage=storage, as_json=args.json)
 
 
 def run_workers_for(spec: Any, space: str, study: Any, advance: Any) -> list[int]:

@@ -22,7 +22,7 @@ from typing import Any
 from lrpilot.errors import ConfigError
 from lrpilot.search.report import TrialRow
 from lrpilot.search.runner import EpochReader, fit_argv, run_trial
-from lrpilot.search.space import to_ray
+from lrpilot.search.space import decode_values, space_from_dicts, to_ray
 
 
 def ray_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
@@ -31,7 +31,8 @@ def ray_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(setup["out"]) / "trials" / f"ray-{trial_id}"
-    values = {k: config[k] for k in setup["keys"]}
+    space = space_from_dicts(setup["space"])
+    values = decode_values(space, {k: config[k] for k in setup["keys"]})
     argv, _ = fit_argv(Path(setup["config"]), run_dir, values, setup["launcher"])
 
     last: dict[str, Any] = {}
@@ -116,6 +117,7 @@ def run_ray(spec: Any, address: str | None, quiet: bool = False) -> list[TrialRo
         "out": str(spec.out),
         "config": str(spec.config),
         "keys": [p.key for p in spec.params],
+        "space": [p.to_dict() for p in spec.params],
         "metric": spec.metric,
         "launcher": spec.launcher,
         "full_epochs": spec.full_epochs,
@@ -186,7 +188,9 @@ def rows_from_results(results: Any, spec: Any) -> list[TrialRow]:
                 state=state,
                 value=float(value) if value is not None else None,
                 compute=epochs / spec.full_epochs,
-                params={p.key: result.config[p.key] for p in spec.params},
+                params=decode_values(
+                    spec.params, {p.key: result.config[p.key] for p in spec.params}
+                ),
                 run_dir=str(run_dir) if run_dir else None,
                 error=str(result.error).splitlines()[0][:200] if result.error else None,
             )

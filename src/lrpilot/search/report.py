@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrpilot.search.space import Param, overrides_for, to_optuna
+from lrpilot.search.space import Param, decode_values, encode_choice, overrides_for, to_optuna
 
 MIN_IMPORTANCE_TRIALS = 3
 
@@ -45,7 +45,9 @@ class TrialRow:
         return out
 
 
-def rows_from_optuna(study: Any) -> list[TrialRow]:
+def rows_from_optuna(study: Any, params: Sequence[Param] = ()) -> list[TrialRow]:
+    """One row per trial; ``params`` (the space) turns mapping/list choices back from their
+    JSON text (:func:`lrpilot.search.space.decode_values`)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         value = t.value
@@ -59,7 +61,7 @@ def rows_from_optuna(study: Any) -> list[TrialRow]:
                 state=t.state.name.lower(),
                 value=value,
                 compute=float(t.user_attrs.get("compute", 0.0)),
-                params=dict(t.params),
+                params=decode_values(list(params), t.params),
                 run_dir=t.user_attrs.get("run_dir"),
                 error=t.user_attrs.get("error"),
                 retry_of=t.system_attrs.get("failed_trial"),
@@ -119,7 +121,7 @@ def importances(
     for r in done:
         study.add_trial(
             optuna.trial.create_trial(
-                params={k: r.params[k] for k in dists if k in r.params},
+                params={k: encode_choice(r.params[k]) for k in dists if k in r.params},
                 distributions={k: d for k, d in dists.items() if k in r.params},
                 value=float(r.value),  # type: ignore[arg-type]
             )

@@ -6,6 +6,7 @@ Each entry maps a dotted key of the config to one distribution::
     optimizer.momentum: {uniform: [0.8, 0.99]}
     epochs: {int: [2, 6]}                           # inclusive integer range
     schedule.name: {choice: [one_cycle, cosine]}
+    schedule: {choice: [{name: one_cycle}, {name: cosine, warmup: {epochs: 1}}]}
     batch_size: {choice: [32, 64, 128]}
     optimizer.lr: auto_range                        # log range around the finder's interval
 
@@ -14,6 +15,12 @@ unknown key, an empty or reversed range, a non-positive log range, a wrong type 
 the config rejects raises :class:`lrpilot.errors.ConfigError` naming the key. Every bound
 and every choice is applied to the base config and checked with
 :func:`lrpilot.train.parse_config`.
+
+A choice may be a mapping or a list (a whole sub-config, such as a schedule family with its
+own keys): the chosen value replaces the config's value at that key. Optuna's categorical
+distribution holds scalars only, so such a choice travels through the study as its JSON
+text (:func:`encode_choice`) and is turned back by :func:`decode_values` before it reaches
+a config.
 
 ``auto_range`` (``optimizer.lr`` only) is resolved once per study by :func:`auto_lr_range`
 (the one function the autopilot can replace): the LR range test's ``suggestion_interval``
@@ -99,9 +106,12 @@ def _param(key: Any, spec: Any) -> Param:
         if not isinstance(args, list) or not args:
             raise ConfigError(f"space {key}: choice needs a non-empty list, got {args!r}")
         for value in args:
-            if not (value is None or isinstance(value, (bool, int, float, str))):
-                raise ConfigError(f"space {key}: choice {value!r} must be a scalar")
-        if len({json.dumps(v) for v in args}) != len(args):
+            if not _plain(value):
+                raise ConfigError(
+                    f"space {key}: choice {value!r} must be a scalar, a list or a mapping "
+                    "with string keys"
+                )
+        if len({json.dumps(encode_choice(v)) for v in args}) != len(args):
             raise ConfigError(f"space {key}: choice list {args!r} repeats a value")
         return Param(key, kind, tuple(args))
     if not isinstance(args, list) or len(args) != 2:
@@ -114,6 +124,47 @@ def _param(key: Any, spec: Any) -> Param:
     if kind == "log_uniform" and low <= 0:
         raise ConfigError(f"space {key}: log_uniform needs low > 0, got {low:g}")
     return Param(key, kind, (low, high))
+
+
+def _plain(value: Any) -> bool:
+    """A YAML/JSON value: a scalar, or a list or string-keyed mapping of such values."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return not isinstance(value, float) or math.isfinite(value)
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def encode_choice(value: Any) -> Any:
+    """A choice as Optuna stores it: a scalar as is, a mapping or list as its JSON text.
+
+    >>> encode_choice({"name": "cosine", "warmup": {"epochs": 1}})
+    '{"name": "cosine", "warmup": {"epochs": 1}}'
+    >>> encode_choice(0.1)
+    0.1
+    """
+    if isinstance(value, (Mapping, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def decode_values(params: list[Param], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's values as the config takes them: a mapping or list choice back from its
+    JSON text (:func:`encode_choice`); everything else unchanged.
+
+    >>> space = parse_space({"schedule": {"choice": [{"name": "one_cycle"}, "x"]}})
+    >>> decode_values(space, {"schedule": '{"name": "one_cycle"}'})
+    {'schedule': {'name': 'one_cycle'}}
+    """
+    out = dict(values)
+    for p in params:
+        if p.kind == "choice" and p.key in out:
+            for choice in p.args:
+                if isinstance(choice, (Mapping, list)) and encode_choice(choice) == out[p.key]:
+                    out[p.key] = json.loads(json.dumps(choice))  # a fresh copy
+    return out
 
 
 def parse_space(raw: Mapping[str, Any]) -> list[Param]:
@@ -144,9 +195,13 @@ def overrides_for(values: Mapping[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
-def validate_space(params: list[Param], base: Mapping[str, Any]) -> None:
+def validate_space(
+    params: list[Param], base: Mapping[str, Any], n_train: int | None = None
+) -> None:
     """Apply every bound and choice to the base config and parse it; an unknown key or a
-    value the config does not accept raises ``ConfigError`` naming the space key."""
+    value the config does not accept raises ``ConfigError`` naming the space key. With
+    ``n_train`` (the task's training-set size) the schedule is also built, as ``lrpilot
+    fit`` builds it, so an unknown schedule name or key is caught before any trial."""
     from lrpilot.train import apply_overrides, parse_config
 
     for param in params:
@@ -154,9 +209,19 @@ def validate_space(params: list[Param], base: Mapping[str, Any]) -> None:
             continue
         for value in corner_values(param):
             try:
-                parse_config(apply_overrides(base, overrides_for({param.key: value})))
+                cfg = parse_config(apply_overrides(base, overrides_for({param.key: value})))
+                if n_train is not None:
+                    _build_schedule(cfg, n_train)
             except ConfigError as exc:
                 raise ConfigError(f"space {param.key}={value!r}: {exc}") from None
+
+
+def _build_schedule(cfg: Any, n_train: int) -> None:
+    from lrpilot.train.builders import build_schedule
+    from lrpilot.train.config import steps_per_epoch
+
+    per_epoch = steps_per_epoch(n_train, cfg.batch_size, cfg.accumulate)
+    build_schedule(cfg, per_epoch, per_epoch * cfg.epochs)
 
 
 def resolve_auto(params: list[Param], base: Mapping[str, Any]) -> list[Param]:
@@ -224,7 +289,7 @@ def to_optuna(params: list[Param]) -> dict[str, Any]:
         elif p.kind == "int":
             dists[p.key] = IntDistribution(p.args[0], p.args[1])
         elif p.kind == "choice":
-            dists[p.key] = CategoricalDistribution(list(p.args))
+            dists[p.key] = CategoricalDistribution([encode_choice(v) for v in p.args])
         else:
             raise ConfigError(f"space {p.key}: {p.kind} is not resolved")
     return dists
@@ -243,7 +308,7 @@ def to_ray(params: list[Param]) -> dict[str, Any]:
         elif p.kind == "int":
             out[p.key] = tune.randint(p.args[0], p.args[1] + 1)  # randint excludes high
         elif p.kind == "choice":
-            out[p.key] = tune.choice(list(p.args))
+            out[p.key] = tune.choice([encode_choice(v) for v in p.args])
         else:
             raise ConfigError(f"space {p.key}: {p.kind} is not resolved")
     return out

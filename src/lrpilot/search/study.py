@@ -20,6 +20,14 @@ last checkpoint (``lrpilot fit --resume``). The journal file has no heartbeats: 
 RUNNING by a killed ``lrpilot tune`` are failed and queued again when the command starts
 (:func:`reclaim_orphans`; one command per journal file). A trial whose child fails on its
 own (a crash, a diverged run) is failed and not retried: it would fail again.
+
+Pruning (:func:`make_pruner`): a trial reports its metric after every epoch at step
+``epochs trained`` (1, 2, ..., as the Ray backend does). ``--prune-warmup E``: no trial is
+pruned before it has trained ``E`` epochs (median: ``n_warmup_steps = E``; Hyperband: the
+first rung at ``min_resource = E`` epochs, then ``E * 3``, ``E * 9``, ... up to the full
+run); ``--prune-startup N`` (median): the median pruner waits for ``N`` completed trials.
+Defaults: median, warm-up 0 and :func:`median_startup` trials; Hyperband, ``min_resource``
+1; reduction factor 3.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import Any
 from lrpilot.errors import ConfigError
 from lrpilot.search import require
 from lrpilot.search.runner import fit_argv, run_trial
-from lrpilot.search.space import Param, space_from_dicts, to_optuna
+from lrpilot.search.space import Param, decode_values, space_from_dicts, to_optuna
 
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
@@ -63,6 +71,8 @@ class TuneSpec:
     workers: int = 1
     sampler: str = "tpe"
     pruner: str = "median"
+    prune_warmup: int | None = None
+    prune_startup: int | None = None
     seed: int = 0
     heartbeat: int = 10
     launcher: str | None = None
@@ -144,13 +154,24 @@ def median_startup(trials: int) -> int:
     return min(5, max(1, trials // 4))
 
 
-def make_pruner(name: str, trials: int, full_epochs: int) -> Any:
+def make_pruner(
+    name: str,
+    trials: int,
+    full_epochs: int,
+    warmup: int | None = None,
+    startup: int | None = None,
+) -> Any:
+    """The Optuna pruner for ``--pruner`` (see the module docstring for ``warmup`` and
+    ``startup``; the CLI validates them: ``1 <= warmup < full_epochs``, ``startup >= 0``)."""
     optuna = require("optuna")
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=median_startup(trials))
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=median_startup(trials) if startup is None else startup,
+            n_warmup_steps=warmup or 0,
+        )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=full_epochs, reduction_factor=3
+            min_resource=warmup or 1, max_resource=full_epochs, reduction_factor=3
         )
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -179,7 +200,9 @@ def open_study(
         study_name=spec.study_name,
         direction="minimize" if spec.direction == "min" else "maximize",
         sampler=make_sampler(spec.sampler, spec.seed + 1000 * worker + existing),
-        pruner=make_pruner(spec.pruner, spec.trials, spec.full_epochs),
+        pruner=make_pruner(
+            spec.pruner, spec.trials, spec.full_epochs, spec.prune_warmup, spec.prune_startup
+        ),
         load_if_exists=True,
     )
     want_dir = "MINIMIZE" if spec.direction == "min" else "MAXIMIZE"
@@ -286,11 +309,12 @@ def run_one(study: Any, trial: Any, spec: TuneSpec, heartbeat: bool) -> Any:
     frozen = storage.get_trial(trial._trial_id)
     root = frozen.system_attrs.get("failed_trial", trial.number)
     run_dir = spec.out / "trials" / f"trial-{root:04d}"
-    argv, resumed = fit_argv(spec.config, run_dir, dict(trial.params), spec.launcher)
+    values = decode_values(spec.params, trial.params)
+    argv, resumed = fit_argv(spec.config, run_dir, values, spec.launcher)
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("worker_pid", os.getpid())
     reported = set(frozen.intermediate_values)
-    planned = int(trial.params.get("epochs", spec.full_epochs))
+    planned = int(values.get("epochs", spec.full_epochs))
     last_beat = [0.0]
 
     def tick() -> None:
@@ -300,10 +324,11 @@ def run_one(study: Any, trial: Any, spec: TuneSpec, heartbeat: bool) -> Any:
 
     def on_epoch(epoch: int, value: float) -> bool:
         tick()
-        if epoch in reported:
+        step = epoch + 1  # epochs trained (the record's epoch counts from 0)
+        if step in reported:
             return False
-        reported.add(epoch)
-        trial.report(value if math.isfinite(value) else math.nan, epoch)
+        reported.add(step)
+        trial.report(value if math.isfinite(value) else math.nan, step)
         # the last epoch's record ends the run anyway: it completes, it is not pruned
         return epoch + 1 < planned and bool(trial.should_prune())
 
@@ -328,6 +353,10 @@ def worker_argv(spec: TuneSpec, space_file: Path) -> list[str]:
     argv += ["--storage", storage_spec(spec), "--study", spec.study_name]
     argv += ["--out", str(spec.out), "--metric", spec.metric, "--sampler", spec.sampler]
     argv += ["--pruner", spec.pruner, "--seed", str(spec.seed)]
+    if spec.prune_warmup is not None:
+        argv += ["--prune-warmup", str(spec.prune_warmup)]
+    if spec.prune_startup is not None:
+        argv += ["--prune-startup", str(spec.prune_startup)]
     argv += ["--heartbeat", str(spec.heartbeat), "--worker"]
     if spec.launcher:
         argv += ["--launcher", spec.launcher]
