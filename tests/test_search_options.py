@@ -154,6 +154,8 @@ def _argv(tmp_path: Path, *extra: str) -> list[str]:
         (["--pruner", "hyperband", "--prune-startup", "2"], "applies to --pruner median"),
         (["--pruner", "none", "--prune-warmup", "2"], "applies to --pruner median or hyperband"),
         (["--backend", "ray", "--prune-warmup", "2"], "--prune-warmup apply to --backend optuna"),
+        (["--sampler-startup", "-1"], "--sampler-startup=-1 is out of range"),
+        (["--sampler", "random", "--sampler-startup", "3"], "applies to --sampler tpe or cmaes"),
     ],
 )
 def test_cli_bad_pruner_options_exit_2_one_line_nothing_written(
@@ -178,16 +180,40 @@ def test_cli_schedule_typo_in_the_space_exit_2_nothing_written(
     assert not (tmp_path / "o").exists()
 
 
+def test_tpe_startup_trials_are_the_random_samplers_then_the_model() -> None:
+    optuna = pytest.importorskip("optuna")
+    from lrpilot.search.study import make_sampler
+
+    dists = to_optuna(parse_space({"optimizer.lr": {"log_uniform": [1e-4, 1.0]}}))
+
+    def draws(sampler) -> list[float]:  # type: ignore[no-untyped-def]
+        study = optuna.create_study(sampler=sampler)
+        out = []
+        for _ in range(6):
+            trial = study.ask(dists)
+            out.append(trial.params["optimizer.lr"])
+            study.tell(trial, abs(trial.params["optimizer.lr"] - 0.01))
+        return out
+
+    random = draws(make_sampler("random", 3))
+    assert make_sampler("tpe", 3)._n_startup_trials == 10  # Optuna's default kept
+    assert draws(make_sampler("tpe", 3)) == random  # all 6 are start-up trials
+    tpe2 = draws(make_sampler("tpe", 3, startup=2))
+    assert tpe2[:2] == random[:2] and tpe2[2:] != random[2:]
+
+
 def test_workers_get_the_same_pruner_options(tmp_path: Path) -> None:
     from lrpilot.cli import build_parser
     from lrpilot.cli.tune_cmd import build_spec
     from lrpilot.search.study import worker_argv
 
-    spec = build_spec(build_parser().parse_args(_argv(tmp_path, "--prune-warmup", "2")))
-    assert (spec.prune_warmup, spec.prune_startup) == (2, None)
+    argv = _argv(tmp_path, "--prune-warmup", "2", "--sampler-startup", "3")
+    spec = build_spec(build_parser().parse_args(argv))
+    assert (spec.prune_warmup, spec.prune_startup, spec.sampler_startup) == (2, None, 3)
     argv = worker_argv(spec, tmp_path / "space.yaml")
     again = build_spec(build_parser().parse_args(argv[argv.index("tune") :]))
     assert (again.prune_warmup, again.prune_startup, again.pruner) == (2, None, "median")
+    assert again.sampler_startup == 3
     spec = build_spec(build_parser().parse_args(_argv(tmp_path, "--prune-startup", "0")))
     argv = worker_argv(spec, tmp_path / "space.yaml")
     assert argv[argv.index("--prune-startup") + 1] == "0" and "--prune-warmup" not in argv

@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pruner", choices=PRUNERS, default=None, help="Optuna pruner (default median)"
     )
     parser.add_argument(
+        "--sampler-startup",
+        type=int,
+        default=None,
+        help="tpe/cmaes: random trials before the sampler's model is used (Optuna's default: "
+        "10 for tpe, 1 for cmaes)",
+    )
+    parser.add_argument(
         "--prune-warmup",
         type=int,
         default=None,
@@ -98,6 +105,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         "--heartbeat": args.heartbeat,
         "--prune-warmup": args.prune_warmup,
         "--prune-startup": args.prune_startup,
+        "--sampler-startup": args.sampler_startup,
     }
     if args.backend == "ray":
         given = [name for name, value in optuna_only.items() if value is not None]
@@ -121,6 +129,10 @@ def build_spec(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--prune-startup applies to --pruner median, not {args.pruner}")
     if args.prune_startup is not None:
         check_int("--prune-startup", args.prune_startup, low=0)
+    if args.sampler_startup is not None:
+        if args.sampler == "random":
+            raise ConfigError("--sampler-startup applies to --sampler tpe or cmaes, not random")
+        check_int("--sampler-startup", args.sampler_startup, low=0)
     config = Path(args.config).resolve()
     base = load_yaml(config)
     cfg = parse_config(base)
@@ -152,6 +164,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         pruner=args.pruner,
         prune_warmup=args.prune_warmup,
         prune_startup=args.prune_startup,
+        sampler_startup=args.sampler_startup,
         seed=args.seed,
         heartbeat=args.heartbeat,
         launcher=args.launcher,

@@ -73,6 +73,7 @@ class TuneSpec:
     pruner: str = "median"
     prune_warmup: int | None = None
     prune_startup: int | None = None
+    sampler_startup: int | None = None
     seed: int = 0
     heartbeat: int = 10
     launcher: str | None = None
@@ -132,15 +133,19 @@ def make_storage(storage: str, heartbeat: int) -> Any:
         raise ConfigError(f"--storage: cannot open {storage!r}: {first}") from None
 
 
-def make_sampler(name: str, seed: int) -> Any:
+def make_sampler(name: str, seed: int, startup: int | None = None) -> Any:
+    """The Optuna sampler for ``--sampler``; ``startup`` (``--sampler-startup``, TPE and
+    CMA-ES): the random trials before the model is used (Optuna's default: 10 for TPE, 1 for
+    CMA-ES). With the same seed, TPE's start-up trials are the random sampler's."""
     optuna = require("optuna")
+    kwargs = {} if startup is None else {"n_startup_trials": startup}
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, **kwargs)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         require("cmaes")
-        return optuna.samplers.CmaEsSampler(seed=seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, **kwargs)
     raise ConfigError(f"--sampler {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
@@ -199,7 +204,9 @@ def open_study(
         storage=storage,
         study_name=spec.study_name,
         direction="minimize" if spec.direction == "min" else "maximize",
-        sampler=make_sampler(spec.sampler, spec.seed + 1000 * worker + existing),
+        sampler=make_sampler(
+            spec.sampler, spec.seed + 1000 * worker + existing, spec.sampler_startup
+        ),
         pruner=make_pruner(
             spec.pruner, spec.trials, spec.full_epochs, spec.prune_warmup, spec.prune_startup
         ),
@@ -357,6 +364,8 @@ def worker_argv(spec: TuneSpec, space_file: Path) -> list[str]:
         argv += ["--prune-warmup", str(spec.prune_warmup)]
     if spec.prune_startup is not None:
         argv += ["--prune-startup", str(spec.prune_startup)]
+    if spec.sampler_startup is not None:
+        argv += ["--sampler-startup", str(spec.sampler_startup)]
     argv += ["--heartbeat", str(spec.heartbeat), "--worker"]
     if spec.launcher:
         argv += ["--launcher", spec.launcher]
