@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from lrpilot.autopilot.decide import Probe, choose_peak
+from lrpilot.autopilot.decide import Probe, anchored_peak, choose_peak, prior_lr
 from lrpilot.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -85,9 +85,20 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
     r2 = [p for p in probes if p.round == 2]
     initial = info["initial_score"]
     assert initial > 0
-    assert choose_peak(r1, initial=initial).value == recorded["round1_pick"]
+    first = "round1_pick" if r2 else "peak_lr"
+    assert anchored_peak(r1, prior_lr(info["prior"])).value == recorded[first]
     if r2:
         assert choose_peak(r2, initial=initial).value == recorded["peak_lr"]
+    # the final schedule: the pick's peak is reached exactly once the ramp ends at 30%
+    if recorded["schedule"] == "one_cycle" and r1:
+        from lrpilot.autopilot.shapes import ONE_CYCLE_PEAK, to_schedule
+
+        sched = to_schedule([(n, p) for n, p in _segments(info["schedule"])])
+        total = info["plan"]["total_steps"]
+        assert sched(round(ONE_CYCLE_PEAK * total)) == pytest.approx(recorded["peak_lr"])
+        level = info["decisions"][0]["evidence"]["hold_level"]
+        at = info["decided_at_step"]
+        assert sched(at - 1) == pytest.approx(recorded["peak_lr"] * level)
 
 
 @pytest.mark.parametrize(
@@ -164,3 +175,12 @@ def test_resume_after_a_kill_in_the_probe_phase_is_bit_identical(tmp_path, run_d
     assert {k: v for k, v in sa.items() if k != "time"} == {
         k: v for k, v in sb.items() if k != "time"
     }
+
+
+def _segments(config: dict) -> list:
+    """``(steps, piece)`` segments of a ``join`` schedule config (the last runs on)."""
+    if config["name"] != "join":
+        return [(1, config)]
+    bounds = [0, *config["boundaries"]]
+    steps = [b - a for a, b in zip(bounds, bounds[1:], strict=False)] + [10**9]
+    return list(zip(steps, config["schedules"], strict=True))

@@ -2,18 +2,18 @@
 
 The run (``T`` optimizer steps on the training data minus the decision split) is::
 
-    trunk warmup (w)  | round 1: n1 branches x (hold r1 + cooldown m1) | round 2: n2 x (r2 + m2) | rest
-    shared, once      | the winner's hold is kept                       | the winner's hold kept  | final schedule
+    trunk warmup (w)  | round 1: n1 branches x (hold r1 + cooldown m1) | [round 2: n2 x (r2 + m2)] | rest
+    shared, once      | the winner's hold is kept                       | [winner's hold kept]      | final schedule
 
 so the samples beyond one trajectory of ``T`` steps are the discarded holds and every
-cooldown: ``extra = (n1 - 1) r1 + n1 m1 + (n2 - 1) r2 + n2 m2`` steps. The plan is the first
-of :data:`OPTIONS` (most candidates and longest probes first) whose total, with the finder's
+cooldown: ``extra = (n1 - 1) r1 + n1 m1 + (n2 - 1) r2 + n2 m2`` steps (``n2 = 0`` today:
+one round). The plan is the first of :data:`OPTIONS` (most candidates and longest probes first) whose total, with the finder's
 sweep, fits ``budget x epochs x training-set size`` samples; without any, a run with no
 probe at all (the prior's value, said so in the decisions).
 
 >>> p = make_plan(n_full=4000, n_fit=3600, batch=64, epochs=15, budget=1.3, finder_samples=2000)
 >>> (p.n1, p.hold1, p.cool1, p.n2, p.warmup, p.total_steps), round(p.expected_multiple, 3)
-((4, 43, 14, 3, 43, 855), 1.263)
+((4, 68, 23, 0, 43, 855), 1.245)
 """
 
 from __future__ import annotations
@@ -23,21 +23,22 @@ from dataclasses import asdict, dataclass
 
 from lrpilot.errors import ConfigError
 
-#: (first-round candidates, hold as a fraction of the run), in order of preference
+#: (first-round candidates, hold as a fraction of the run), in order of preference: one
+#: round of longer holds (the short-horizon bias falls with the horizon; the a1 method's
+#: second round of 3 x 6% moved the pick by a quarter decade, below the probes' noise)
 OPTIONS: tuple[tuple[int, float], ...] = (
-    (5, 0.06),
+    (4, 0.08),
+    (4, 0.07),
     (4, 0.06),
     (4, 0.05),
-    (4, 0.04),
     (3, 0.05),
     (3, 0.04),
     (3, 0.03),
     (2, 0.03),
-    (3, 0.02),
     (2, 0.02),
 )
-#: second-round candidates (the pick and a quarter decade on each side)
-N2 = 3
+#: second-round candidates (0: no second round; 3: the pick and a quarter decade each side)
+N2 = 0
 #: trunk warmup, as a fraction of the run
 WARMUP_FRACTION = 0.05
 #: the budget's lower limit: the final run alone is one run's compute
@@ -109,7 +110,7 @@ def make_plan(
         for n1, frac in OPTIONS:
             hold = max(2, round(frac * total))
             cool = max(1, round(hold / 3))
-            extra = (n1 - 1) * hold + n1 * cool + (N2 - 1) * hold + N2 * cool
+            extra = (n1 - 1) * hold + n1 * cool + max(N2 - 1, 0) * hold + N2 * cool
             need = fixed + extra * per_step
             if need <= allowed and warm + 2 * hold <= total // 2:
                 return ProbePlan(
@@ -120,11 +121,11 @@ def make_plan(
                     hold,
                     cool,
                     N2,
-                    hold,
-                    cool,
+                    hold if N2 else 0,
+                    cool if N2 else 0,
                     use_finder,
                     need / (epochs * n_full),
-                    f"{n1} candidates then {N2}, holds of {hold} steps "
+                    f"{n1} candidates" + (f" then {N2}" if N2 else "") + f", holds of {hold} steps "
                     f"({frac:.0%} of the run), cooldowns of {cool}"
                     + ("" if use_finder else "; no finder sweep (budget)"),
                 )

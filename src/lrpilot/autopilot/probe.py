@@ -12,14 +12,20 @@ Procedure (``plan`` = :class:`~lrpilot.autopilot.plan.ProbePlan`):
 
 1. optional prior: the finder's sweep on the engine's model (``lrpilot.find_lr`` restores
    everything; the engine's snapshot from before it is put back after it);
-2. trunk: linear warmup from 0 to the smallest first-round candidate over ``plan.warmup``
+2. the shape is chosen first (:func:`~lrpilot.autopilot.decide.choose_shape`, a function
+   of the plan); for one-cycle every candidate peak ``c`` is *held* at
+   ``c x level``, one-cycle's LR at the decision point as a fraction of its peak
+   (:func:`~lrpilot.autopilot.shapes.cycle_level`), so the trajectory is one-cycle-like;
+3. trunk: linear warmup from 0 to the smallest candidate's hold LR over ``plan.warmup``
    steps (shared by every branch);
-3. round 1: each candidate ramps from there to its LR and holds it ``plan.hold1`` steps
-   (snapshot), then cools down linearly to 0 over ``plan.cool1`` steps and is scored on
-   the decision split; :func:`~lrpilot.autopilot.decide.choose_peak` picks;
-4. round 2: from the pick's snapshot, three LRs a quarter decade apart (or an extension
-   past the edge of the ladder) hold ``plan.hold2`` steps, cool down, are scored; pick;
-5. the engine is left at the round-2 pick's snapshot with the final schedule set.
+4. round 1: each candidate ramps from there to its hold LR and holds it ``plan.hold1``
+   steps (snapshot), then cools down linearly to 0 over ``plan.cool1`` steps and is scored
+   on the decision split; :func:`~lrpilot.autopilot.decide.anchored_peak` picks (the
+   finder's suggestion stays unless the evidence against it is decisive);
+5. optional round 2 (``plan.n2 > 0``): from the pick's snapshot, three LRs a quarter
+   decade apart, same scoring, :func:`~lrpilot.autopilot.decide.choose_peak`;
+6. the engine is left at the pick's snapshot with the final schedule set: for one-cycle a
+   linear ramp from the hold LR to the peak at 30% of the run, then cosine to 0.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +41,17 @@ from lrpilot.autopilot import shapes
 from lrpilot.autopilot.decide import (
     Decision,
     Probe,
+    anchored_peak,
     choose_peak,
     choose_shape,
     first_round,
+    prior_lr,
     second_round,
 )
 from lrpilot.autopilot.plan import ProbePlan
 from lrpilot.train import Callback, Control
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 Scorer = Callable[[Any], tuple[list[float], dict[str, float]]]
 
 
@@ -174,13 +182,15 @@ class Prober:
         cool: int,
         ramp: int,
         rnd: int,
+        level: float = 1.0,
     ) -> Probe:
-        """One candidate from snapshot ``start`` (cached in the store when finished)."""
+        """One candidate (peak ``lr``, held at ``lr * level``) from snapshot ``start``
+        (cached in the store when finished)."""
         done = self.store.probe(name)
         if done is not None:
             return done
         prev = history[-1][1].get("end_lr", history[-1][1].get("lr")) if history else 0.0
-        segs = [*history, *shapes.hold(prev, lr, hold, ramp)]
+        segs = [*history, *shapes.hold(prev, lr * level, hold, ramp)]
         self._restore(start, history)
         self._schedule(segs)
         stop = [_StopOnNonFinite()]
@@ -189,7 +199,7 @@ class Prober:
         diverged = len(outs) < hold or any(not math.isfinite(o.loss) for o in outs)
         if not diverged:
             self.store.put_snapshot(name, self.engine.snapshot(), segs)
-            self._schedule([*segs, *shapes.cooldown(lr, cool)])
+            self._schedule([*segs, *shapes.cooldown(lr * level, cool)])
             more = self.engine.run_steps(cool, callbacks=stop)
             samples += sum(o.samples for o in more)
             diverged = len(more) < cool or any(not math.isfinite(o.loss) for o in more)
@@ -264,30 +274,41 @@ class Prober:
         decisions: list[Decision] = []
         if plan.n1 == 0 or self.fixed_lr is not None:
             return self._no_search(prior, finder_samples, decisions)
+        shape = choose_shape(plan.total_steps, plan.decided_at, self.user_shape)
+        # one-cycle: the probes hold at one-cycle's level at the decision point
+        level = shapes.cycle_level(plan.decided_at, plan.total_steps)
+        level = level if shape.value == "one_cycle" else 1.0
         c1 = first_round(prior, self.family, plan.n1)
+        c1 = replace(c1, evidence={**c1.evidence, "hold_level": level})
         decisions.append(c1)
-        base = min(c1.value)
+        base = min(c1.value) * level
         trunk, trunk_samples = self._trunk(base)
         ramp1 = max(1, min(plan.warmup, plan.hold1 // 2))
         r1 = [
-            self._branch(f"r1-{i}", "trunk", trunk, lr, plan.hold1, plan.cool1, ramp1, 1)
+            self._branch(f"r1-{i}", "trunk", trunk, lr, plan.hold1, plan.cool1, ramp1, 1, level)
             for i, lr in enumerate(c1.value)
         ]
-        pick1 = choose_peak(r1, initial=initial, progress=None, name="round1_pick")
+        anchor = prior_lr(prior)
+        pick1 = anchored_peak(r1, anchor, name="round1_pick" if plan.n2 else "peak_lr")
         decisions.append(pick1)
         best1 = next((p for p in r1 if p.ok and p.lr == pick1.value), None)
         probes = list(r1)
         if best1 is None:  # every first-round branch failed: continue from the trunk
             history, start, peak = trunk, "trunk", float(pick1.value)
-            decisions.append(Decision("peak_lr", peak, pick1.reason, pick1.evidence))
+            if plan.n2:
+                decisions.append(Decision("peak_lr", peak, pick1.reason, pick1.evidence))
         else:
-            history = [*trunk, *shapes.hold(base, best1.lr, plan.hold1, ramp1)]
-            history, start, peak, r2 = self._round2(r1, pick1, best1, history, initial, decisions)
-            probes += r2
+            history = [*trunk, *shapes.hold(base, best1.lr * level, plan.hold1, ramp1)]
+            start, peak = best1.name, best1.lr
+            if plan.n2:
+                history, start, peak, r2 = self._round2(
+                    r1, pick1, best1, history, initial, decisions, level
+                )
+                probes += r2
         decided_at = shapes.length(history)
-        shape = choose_shape(plan.total_steps, decided_at, self.user_shape)
         decisions.append(shape)
-        full = [*history, *shapes.final(peak, shape.value, decided_at, plan.total_steps)]
+        tail = shapes.final(peak, shape.value, decided_at, plan.total_steps, peak * level)
+        full = [*history, *tail]
         self._restore(start, full)
         return Outcome(
             decisions,
@@ -301,14 +322,16 @@ class Prober:
             prior,
         )
 
-    def _round2(self, r1, pick1, best1, history, initial, decisions):  # type: ignore[no-untyped-def]
+    def _round2(self, r1, pick1, best1, history, initial, decisions, level=1.0):  # type: ignore[no-untyped-def]
         """Round 2 from the round-1 winner's snapshot; ``(history, start, peak, probes)``."""
         plan = self.plan
         c2 = second_round(r1, pick1)
         decisions.append(c2)
         ramp2 = max(1, plan.hold2 // 4)
         r2 = [
-            self._branch(f"r2-{i}", best1.name, history, lr, plan.hold2, plan.cool2, ramp2, 2)
+            self._branch(
+                f"r2-{i}", best1.name, history, lr, plan.hold2, plan.cool2, ramp2, 2, level
+            )
             for i, lr in enumerate(c2.value)
         ]
         pick2 = choose_peak(r2, initial=initial, progress=None, name="peak_lr")
@@ -324,7 +347,7 @@ class Prober:
             )
             return history, best1.name, best1.lr, r2
         decisions.append(pick2)
-        history = [*history, *shapes.hold(best1.lr, best2.lr, plan.hold2, ramp2)]
+        history = [*history, *shapes.hold(best1.lr * level, best2.lr * level, plan.hold2, ramp2)]
         return history, best2.name, best2.lr, r2
 
     def _no_search(self, prior: dict, finder_samples: int, decisions: list) -> Outcome:
@@ -342,9 +365,11 @@ class Prober:
         decisions.append(Decision("peak_lr", peak, why, {"prior": prior}))
         shape = choose_shape(plan.total_steps, plan.warmup, self.user_shape)
         decisions.append(shape)
+        level = shapes.cycle_level(plan.warmup, plan.total_steps)
+        level = level if shape.value == "one_cycle" else 1.0
         full = [
-            *shapes.trunk(peak, plan.warmup),
-            *shapes.final(peak, shape.value, plan.warmup, plan.total_steps),
+            *shapes.trunk(peak * level, plan.warmup),
+            *shapes.final(peak, shape.value, plan.warmup, plan.total_steps, peak * level),
         ]
         self._restore("start", full)
         return Outcome(

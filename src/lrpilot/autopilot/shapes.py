@@ -52,10 +52,29 @@ def cooldown(lr: float, steps: int) -> list[Segment]:
     return [(steps, _linear(lr, 0.0, steps))] if steps > 0 else []
 
 
-def final(lr: float, shape: str, at: int, total: int) -> list[Segment]:
+def cycle_level(at: int, total: int, start: float = 1 / 25) -> float:
+    """One-cycle's LR at step ``at`` as a fraction of its peak (PyTorch's ``OneCycleLR``:
+    from ``start`` x peak, a cosine ramp to the peak at ``ONE_CYCLE_PEAK`` of the run):
+    ``start + (1 - start) (1 - cos(pi t / ONE_CYCLE_PEAK)) / 2`` with ``t = at / total``,
+    1 from the peak on. The autopilot's probes hold at this fraction of their candidate
+    peak when the run will end as a one-cycle, so the trajectory is one-cycle-like.
+
+    >>> cycle_level(0, 100), cycle_level(15, 100), cycle_level(40, 100)
+    (0.04, 0.52, 1.0)
+    """
+    import math
+
+    t = at / max(total, 1)
+    if t >= ONE_CYCLE_PEAK:
+        return 1.0
+    return round(start + (1 - start) * (1 - math.cos(math.pi * t / ONE_CYCLE_PEAK)) / 2, 6)
+
+
+def final(lr: float, shape: str, at: int, total: int, start: float | None = None) -> list[Segment]:
     """The rest of the run from step ``at`` to ``total`` for ``shape``:
 
-    * ``one_cycle``: hold ``lr`` to ``ONE_CYCLE_PEAK`` of the run, then cosine to 0;
+    * ``one_cycle``: from ``start`` (default ``lr``) a linear ramp to ``lr`` at
+      ``ONE_CYCLE_PEAK`` of the run (a flat top when ``start == lr``), then cosine to 0;
     * ``cosine``: cosine from ``lr`` to 0;
     * ``wsd``: hold ``lr`` to ``1 - WSD_DECAY`` of the run, then linear to 0.
 
@@ -72,6 +91,8 @@ def final(lr: float, shape: str, at: int, total: int) -> list[Segment]:
     if shape == "one_cycle":
         flat = max(0, min(rest - 1, round(ONE_CYCLE_PEAK * total) - at))
         tail = [(rest - flat, {"name": "cosine", "lr": lr, "steps": rest - flat})]
+        if flat > 0 and start is not None and start != lr:
+            return [(flat, _linear(start, lr, flat)), *tail]
     else:
         flat = max(0, min(rest - 1, total - round(WSD_DECAY * total) - at))
         tail = [(rest - flat, _linear(lr, 0.0, rest - flat))]
