@@ -19,6 +19,8 @@ Use them by name in ``lrpilot`` calls: ``get_task("heldout_tasks:digits_mlp")`` 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -27,6 +29,18 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lrpilot.tasks.base import Task, accuracy
+
+
+def _factory(fn: Callable[[], Task]) -> Callable[[], Task]:
+    """Build the task once (``functools.cache``) behind a plain function: ``get_task``
+    rejects a cache wrapper, which ``inspect`` reports as a method descriptor."""
+    memo = cache(fn)
+
+    @functools.wraps(fn)
+    def factory() -> Task:
+        return memo()
+
+    return factory
 
 
 def _classification_task(name: str, build, train_set, val_set, description: str) -> Task:  # type: ignore[no-untyped-def]
@@ -42,7 +56,7 @@ def _classification_task(name: str, build, train_set, val_set, description: str)
     )
 
 
-@cache
+@_factory
 def digits_mlp() -> Task:
     from lrpilot.tasks import get_task
 
@@ -67,7 +81,7 @@ def digits_mlp() -> Task:
     )
 
 
-@cache
+@_factory
 def synth_mlp_ln() -> Task:
     from sklearn.datasets import make_classification
 
@@ -127,12 +141,12 @@ def _mnist1d_16k(name: str, model_of: str, add_channel: bool) -> Task:
     )
 
 
-@cache
+@_factory
 def mnist1d_cnn_16k() -> Task:
     return _mnist1d_16k("mnist1d-cnn-16k", "mnist1d-cnn", add_channel=True)
 
 
-@cache
+@_factory
 def mnist1d_mlp_16k() -> Task:
     return _mnist1d_16k("mnist1d-mlp-16k", "mnist1d-mlp", add_channel=False)
 
@@ -143,7 +157,7 @@ def mnist1d_mlp_16k() -> Task:
 # out of every fit: the autopilot's constants were chosen before their grids were run.
 
 
-@cache
+@_factory
 def digits_cnn_nobn() -> Task:
     """The built-in digits-cnn data and layout without its two BatchNorm layers (a CNN with
     no normalization: SGD is far less forgiving of a high LR there)."""
@@ -187,7 +201,7 @@ class _GRUClassifier(nn.Module):
         return self.head(h[-1])
 
 
-@cache
+@_factory
 def gru_mnist1d() -> Task:
     """MNIST-1D (the built-in data: 4 000 train / 1 000 test) read as a sequence of 40
     scalars by a GRU with 32 hidden units (a recurrent model; no normalization)."""
@@ -273,7 +287,7 @@ def _lm_windows() -> tuple[torch.Tensor, torch.Tensor]:
     return windows[:LM_TRAIN_WINDOWS], windows[LM_TRAIN_WINDOWS:]
 
 
-@cache
+@_factory
 def tiny_lm() -> Task:
     """Byte-level causal LM on Python standard-library source (see ``LM_SOURCES``): 2 048
     training windows of 32 bytes (65 536 target bytes), 256 validation windows; metric
