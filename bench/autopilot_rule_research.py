@@ -1,65 +1,85 @@
-"""Replay the autopilot's peak-LR decision on recorded probes with other tie tolerances.
+"""Replay the autopilot's peak-LR decision on recorded probes under other rules.
 
-Input: the probes that ``bench/autopilot_panel.py run --methods auto_rec`` recorded (every
-candidate's decision-split score after its cooldown). For each relative tolerance ``tol``
-the decision is :func:`lrpilot.autopilot.decide.choose_peak` with ``tolerance=tol`` (the
-largest LR whose score is within ``(1 + tol)`` of the best or within one paired standard
-error), applied to round 1; where round 1 picks what the recorded run picked, round 2 is
-replayed too, else the round-1 pick is final (its round 2 was never run). The accuracy at
-a pick is the recorded one-cycle grid (5 seeds) interpolated in log LR
-(``finder_quality.interp_acc``), as in ``finder_rule_research.md``: a stand-in for training.
+Input: the probes that ``bench/autopilot_panel.py run`` recorded (every candidate's
+decision-split score after its cooldown): method ``auto_rec`` (version a1: 4-5 candidates,
+holds of 6% at the candidate LR, a second round) and ``auto`` (the current version, a3:
+4 candidates, holds of 8% at one-cycle's level). Rules replayed on each run's first round:
 
-    python bench/autopilot_rule_research.py [--rows mnist1d-cnn/sgd,...]
+* ``free``: :func:`lrpilot.autopilot.decide.choose_peak` (lowest score, paired-SE ties to
+  the larger LR; a1's rule);
+* ``anchor d``: :func:`lrpilot.autopilot.decide.anchored_peak` with ``down_gap=d`` (the
+  finder's suggestion stays unless a smaller LR has a loss ratio above ``1 + d`` or a
+  larger one wins beyond one paired SE); ``d = inf``: the finder's suggestion whenever a
+  larger LR does not win.
+
+The accuracy at a pick is the recorded one-cycle grid (5 seeds; 3 on the new rows)
+interpolated in log LR (``finder_quality.interp_acc``), a stand-in for training (it
+ignores the decision split and the probes' own trajectory). Only the calibration rows fit
+the constant; the held-out rows (digits-cnn-nobn, gru-mnist1d, tiny-lm) are printed to
+check it, never to choose it.
+
+    python bench/autopilot_rule_research.py [--rows ...] [--methods auto,auto_rec]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 
 import autopilot_panel as P
 import finder_quality as fq
-from lrpilot.autopilot.decide import Probe, choose_peak
+from lrpilot.autopilot.decide import Probe, anchored_peak, choose_peak, prior_lr
 
-TOLERANCES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-#: the decision-split loss at the start (not recorded by the a1 runs): a 10-class network at
-#: initialisation predicts about uniformly, ln 10
-INITIAL = 2.302585
+DOWN_GAPS = (0.0, 0.1, 0.25, 0.5, 1.0, math.inf)
+HELD_OUT = ("digits-cnn-nobn/sgd", "gru-mnist1d/adamw", "tiny-lm/adamw")
 
 
-def replay(rec: dict, tol: float) -> float:
-    probes = [Probe.from_dict({**p, "losses": p["losses"]}) for p in rec["probes"]]
-    r1 = [p for p in probes if p.round == 1]
-    r2 = [p for p in probes if p.round == 2]
-    pick1 = choose_peak(r1, progress=tol, initial=INITIAL).value
-    if r2 and pick1 == rec["decisions"]["round1_pick"]:
-        got = choose_peak(r2, progress=tol, initial=INITIAL).value
-        return got if got is not None else pick1
-    return pick1
+def replay(rec: dict, rule: str, gap: float = 0.0) -> float | None:
+    r1 = [Probe.from_dict(p) for p in rec["probes"] if p["round"] == 1]
+    if rule == "free":
+        return choose_peak(r1).value
+    return anchored_peak(r1, prior_lr(rec.get("prior", {})), down_gap=gap).value
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default="mnist1d-cnn/sgd,digits-cnn/sgd,mnist1d-mlp/adamw")
+    parser.add_argument("--rows", default=",".join(P.ROWS))
+    parser.add_argument("--methods", default="auto,auto_rec")
     args = parser.parse_args(argv)
     runs = P.Runs()
-    print("row | oracle (one-cycle grid) | " + " | ".join(f"tol {t:g}" for t in TOLERANCES))
-    worst = dict.fromkeys(TOLERANCES, 0.0)
+    rules = [("free", 0.0)] + [("anchor", g) for g in DOWN_GAPS]
+    head = ["row (method, seeds)", "one-cycle best"] + [
+        "free" if r == "free" else f"anchor {g:g}" for r, g in rules
+    ]
+    print(" | ".join(head))
+    print(" | ".join("---" for _ in head))
     for row in args.rows.split(","):
-        grid = P.grid_of(row)
-        means = {lr: statistics.fmean(v) for (s, lr), v in grid.items() if s == "one_cycle"}
-        best = max(means.values())
-        recs = [runs.get("auto_rec", row, s) for s in P.SEEDS]
-        recs = [r for r in recs if r is not None]
-        cells = []
-        for tol in TOLERANCES:
-            picks = [replay(r, tol) for r in recs]
-            acc = statistics.fmean(fq.interp_acc(means, lr) for lr in picks)
-            worst[tol] = max(worst[tol], best - acc)
-            cells.append(f"{acc:.1f} ({', '.join(f'{lr:.3g}' for lr in picks)})")
-        print(f"{row} (n={len(recs)}) | {best:.1f} | " + " | ".join(cells))
-    print("worst shortfall | | " + " | ".join(f"{worst[t]:.2f}" for t in TOLERANCES))
+        grid = P.grid_of(row, train=False)
+        means = {
+            lr: statistics.fmean(v)
+            for (s, lr), v in grid.items()
+            if s == "one_cycle" and all(math.isfinite(x) for x in v)
+        }
+        if not means:
+            continue
+        lm = P.setup(row)["task"] == "heldout_tasks:tiny_lm"
+        for method in args.methods.split(","):
+            recs = [runs.get(method, row, s) for s in P.SEEDS]
+            recs = [r for r in recs if r is not None and r.get("probes")]
+            if not recs:
+                continue
+            cells = []
+            for rule, gap in rules:
+                picks = [replay(r, rule, gap) for r in recs]
+                acc = statistics.fmean(fq.interp_acc(means, lr) for lr in picks if lr)
+                shown = f"{-acc:.3f}" if lm else f"{acc:.1f}"
+                cells.append(f"{shown} ({', '.join(f'{lr:.3g}' for lr in picks if lr)})")
+            best = max(means.values())
+            tag = " HELD-OUT" if row in HELD_OUT else ""
+            label = f"{row} ({P.METHOD_VERSION[method]}, n={len(recs)}){tag}"
+            print(" | ".join([label, f"{-best:.3f}" if lm else f"{best:.1f}", *cells]))
     return 0
 
 

@@ -224,27 +224,32 @@ def anchored_peak(
     down_gap: float = DOWN_GAP,
     name: str = "peak_lr",
 ) -> Decision:
-    """The peak LR with the finder's suggestion ``anchor`` as the prior: the probes move
-    away from it only on decisive evidence, with the known bias of short probes (towards
-    small LRs) corrected by an asymmetric test.
+    """The peak LR with the finder's suggestion ``anchor`` as the prior: the probes can only
+    lower it, and only on decisive evidence.
 
-    ``free`` = :func:`choose_peak` (lowest score after cooldown, paired-SE ties to the
-    larger LR). The anchor's own probe ``a`` is kept unless
+    With ``a`` the anchor's own probe and ``r = 1 + down_gap``:
 
-    * ``free`` is a larger LR whose paired loss gap to ``a`` is below ``-z`` standard
-      errors (it is better, beyond noise): move up to it;
-    * ``free`` is a smaller LR and ``a.score > (1 + down_gap) * free.score`` (the prior is
-      decisively worse, e.g. at chance level or diverging): move down to it.
+    1. a smaller candidate ``b`` with ``a.score > r * b.score`` (the prior is decisively
+       worse, e.g. at chance level): the best such ``b``;
+    2. else, when the next larger candidate failed (diverged, or ``score > r * a.score``:
+       the prior sits within one ladder step of the instability), a margin: ``anchor /
+       10 ** 0.25`` (the run continues from ``a``'s snapshot);
+    3. else the anchor. A larger LR is never taken: probes held at one-cycle's level
+       favour the larger LRs (method a3 moved up on 7 of 12 calibration runs and lost
+       3-20 points on each row where it did; ``bench/results/autopilot_research.md``).
 
     Without an anchor, or when the anchor's probe failed or is not among ``probes``, the
-    decision is ``free``'s.
+    decision is :func:`choose_peak`'s (lowest score, paired-SE ties to the larger LR).
 
     >>> a = Probe("lo", 0.01, 1.0, losses=(1.0, 1.1, 0.9))
     >>> b = Probe("mid", 0.03, 1.2, losses=(1.2, 1.3, 1.1))
-    >>> anchored_peak([a, b], 0.03).value  # 20% worse: not decisive, the prior stays
+    >>> c = Probe("hi", 0.1, 0.9, losses=(0.8, 1.0, 0.9))
+    >>> anchored_peak([a, b, c], 0.03).value  # 20% worse than 0.01: not decisive
     0.03
-    >>> anchored_peak([a, b], 0.03, down_gap=0.1).value
+    >>> anchored_peak([a, b, c], 0.03, down_gap=0.1).value
     0.01
+    >>> anchored_peak([a, b, Probe("hi", 0.1, 2.3)], 0.03).value  # 0.1 at chance: margin
+    0.01687
     """
     free = choose_peak(probes, z=z, name=name)
     ok = [p for p in probes if p.ok]
@@ -255,34 +260,30 @@ def anchored_peak(
         why = "no usable probe at the prior" if anchor is not None else "no prior"
         ev = {**free.evidence, "anchor": anchor, "free_pick": free.value}
         return Decision(name, free.value, f"{free.reason} ({why})", ev)
-    pick = next(p for p in ok if p.lr == free.value)
-    gap, se = paired_gap(pick.losses, own.losses)
-    if not math.isfinite(gap):
-        gap, se = pick.score - own.score, math.nan
-    ev = {
-        **free.evidence,
-        "anchor": own.lr,
-        "free_pick": pick.lr,
-        "gap_to_anchor": {"gap": gap, "se": se},
-        "down_gap": down_gap,
-    }
-    if pick is own:
-        return Decision(name, own.lr, f"the prior {own.lr:.3g} has the lowest loss", ev)
-    if pick.lr > own.lr and gap < -z * (se if math.isfinite(se) else 0.0):
+    ratio = 1 + down_gap
+    ev = {**free.evidence, "anchor": own.lr, "free_pick": free.value, "down_gap": down_gap}
+    lower = [p for p in ok if p.lr < own.lr and own.score > ratio * p.score]
+    if lower:
+        best = min(lower, key=lambda p: (p.score, -p.lr))
         why = (
-            f"{pick.lr:.3g} beats the prior {own.lr:.3g} by {-gap:.3g} (> {z:g} paired SE): move up"
+            f"the prior {own.lr:.3g} is decisively worse ({own.score:.4g} > {ratio:g} x "
+            f"{best.score:.4g} at {best.lr:.3g}): move down"
         )
-        return Decision(name, pick.lr, why, ev)
-    if pick.lr < own.lr and own.score > (1 + down_gap) * pick.score:
+        return Decision(name, best.lr, why, ev)
+    above = [p for p in probes if p.lr > own.lr]
+    nxt = min(above, key=lambda p: p.lr) if above else None
+    if nxt is not None and (not nxt.ok or nxt.score > ratio * own.score):
+        value = float(f"{own.lr / REFINE_STEP:.4g}")
+        what = "diverged" if not nxt.ok else f"scored {nxt.score:.4g} > {ratio:g} x {own.score:.4g}"
         why = (
-            f"the prior {own.lr:.3g} is decisively worse ({own.score:.4g} > "
-            f"{1 + down_gap:g} x {pick.score:.4g} at {pick.lr:.3g}): move down"
+            f"the next LR above the prior, {nxt.lr:.3g}, {what}: a quarter-decade margin "
+            f"below the prior {own.lr:.3g}"
         )
-        return Decision(name, pick.lr, why, ev)
+        return Decision(name, value, why, {**ev, "margin": nxt.name, "continue_from": own.name})
     why = (
-        f"the prior {own.lr:.3g} is kept: {pick.lr:.3g} scored {pick.score:.4g} against "
-        f"{own.score:.4g}, not decisive (down: loss ratio > {1 + down_gap:g}; up: > {z:g} "
-        "paired SE; short probes favour small LRs)"
+        f"the prior {own.lr:.3g} is kept (no smaller LR is decisively better: loss ratio "
+        f"> {ratio:g}; larger LRs are never taken, short probes at one-cycle's level "
+        "favour them)"
     )
     return Decision(name, own.lr, why, ev)
 

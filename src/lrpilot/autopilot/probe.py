@@ -291,7 +291,10 @@ class Prober:
         anchor = prior_lr(prior)
         pick1 = anchored_peak(r1, anchor, name="round1_pick" if plan.n2 else "peak_lr")
         decisions.append(pick1)
-        best1 = next((p for p in r1 if p.ok and p.lr == pick1.value), None)
+        # the run continues from the pick's own probe, or (a margin below the prior) the
+        # prior's probe
+        src = pick1.evidence.get("continue_from")
+        best1 = next((p for p in r1 if p.ok and (p.lr == pick1.value or p.name == src)), None)
         probes = list(r1)
         if best1 is None:  # every first-round branch failed: continue from the trunk
             history, start, peak = trunk, "trunk", float(pick1.value)
@@ -299,7 +302,7 @@ class Prober:
                 decisions.append(Decision("peak_lr", peak, pick1.reason, pick1.evidence))
         else:
             history = [*trunk, *shapes.hold(base, best1.lr * level, plan.hold1, ramp1)]
-            start, peak = best1.name, best1.lr
+            start, peak = best1.name, float(pick1.value)
             if plan.n2:
                 history, start, peak, r2 = self._round2(
                     r1, pick1, best1, history, initial, decisions, level
@@ -307,7 +310,8 @@ class Prober:
                 probes += r2
         decided_at = shapes.length(history)
         decisions.append(shape)
-        tail = shapes.final(peak, shape.value, decided_at, plan.total_steps, peak * level)
+        held = best1.lr if best1 is not None and not plan.n2 else peak
+        tail = shapes.final(peak, shape.value, decided_at, plan.total_steps, held * level)
         full = [*history, *tail]
         self._restore(start, full)
         return Outcome(
