@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from lrpilot.autopilot.decide import Probe, anchored_peak, choose_peak, prior_lr
+from lrpilot.autopilot.decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
 from lrpilot.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -87,7 +87,10 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
     initial = info["initial_score"]
     assert initial > 0
     first = "round1_pick" if r2 else "peak_lr"
-    assert anchored_peak(r1, prior_lr(info["prior"])).value == recorded[first]
+    kept = anchored_peak(r1, prior_lr(info["prior"]), name="prior_pick")
+    if "prior_pick" in recorded:
+        assert kept.value == recorded["prior_pick"]
+    assert blend_peak(kept, r1).value == recorded[first]
     if r2:
         assert choose_peak(r2, initial=initial).value == recorded["peak_lr"]
     # the final schedule: the pick's peak is reached exactly once the ramp ends at 30%

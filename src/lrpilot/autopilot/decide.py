@@ -46,6 +46,11 @@ PROGRESS_TIE = 0.5
 #: picks (mnist1d-cnn/SGD: the finder's 0.17-0.25 kept, 93.8% interpolated, against 88.9%
 #: for the unanchored rule); 0.5 is the middle of that plateau
 DOWN_GAP = 0.5
+#: how much larger the probes' lowest-loss LR is than the best one-cycle peak (probes held
+#: at one-cycle's level, :func:`blend_peak`): a quarter decade. On the a3 probes of the
+#: calibration rows the lowest-loss LR sat 1.5-3x above the one-cycle grid's best on
+#: 6 of 7 rows (digits-cnn/SGD: 0.8x)
+PROBE_BIAS = 10**0.25
 #: one ladder step of the first round (a half decade: 10 ** 0.5)
 LADDER_STEP = 10**0.5
 #: the refinement step of the second round (a quarter decade)
@@ -286,6 +291,48 @@ def anchored_peak(
         "favour them)"
     )
     return Decision(name, own.lr, why, ev)
+
+
+def blend_peak(
+    anchored: Decision, probes: Sequence[Probe], *, bias: float = PROBE_BIAS, name: str = "peak_lr"
+) -> Decision:
+    """The peak: the geometric mean of the prior's decision (:func:`anchored_peak`) and the
+    probes' own estimate, their lowest-loss LR divided by ``bias`` (probes held at
+    one-cycle's level favour LRs about a quarter decade above the best one-cycle peak):
+    ``sqrt(anchored x lowest / bias)``. Two noisy estimates with different errors (the
+    finder's suggestion varies 3x between seeds; the probes' pick by a ladder step) are
+    averaged in log LR. The run continues from the usable probe nearest to the peak in
+    log LR (``continue_from``). Without an anchored decision (no prior, no usable probe at
+    it) the decision is returned as it is.
+
+    >>> a = Probe("lo", 0.01, 1.0)
+    >>> b = Probe("mid", 0.03, 0.9)
+    >>> c = Probe("hi", 0.1, 0.8)
+    >>> d = blend_peak(anchored_peak([a, b, c], 0.03), [a, b, c])
+    >>> d.value, d.evidence["probe_estimate"], d.evidence["continue_from"]
+    (0.04107, 0.05623413251903491, 'mid')
+    """
+    ok = [p for p in probes if p.ok]
+    if "down_gap" not in anchored.evidence or anchored.value is None or not ok:
+        return Decision(name, anchored.value, anchored.reason, anchored.evidence)
+    lowest = min(ok, key=lambda p: (p.score, -p.lr))
+    est = lowest.lr / bias
+    value = float(f"{math.sqrt(anchored.value * est):.4g}")
+    near = min(ok, key=lambda p: (abs(math.log(p.lr / value)), p.lr))
+    evidence = {
+        **anchored.evidence,
+        "anchored": anchored.value,
+        "lowest": lowest.name,
+        "probe_estimate": est,
+        "bias": bias,
+        "continue_from": near.name,
+    }
+    why = (
+        f"geometric mean of the prior's decision {anchored.value:.3g} and the probes' "
+        f"estimate {est:.3g} (lowest loss at {lowest.lr:.3g}, / {bias:.3g}: probes held at "
+        f"one-cycle's level favour larger LRs); continues from {near.name} ({near.lr:.3g})"
+    )
+    return Decision(name, value, why, evidence)
 
 
 def prior_lr(prior: Mapping[str, Any]) -> float | None:

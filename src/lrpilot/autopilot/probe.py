@@ -20,8 +20,10 @@ Procedure (``plan`` = :class:`~lrpilot.autopilot.plan.ProbePlan`):
    steps (shared by every branch);
 4. round 1: each candidate ramps from there to its hold LR and holds it ``plan.hold1``
    steps (snapshot), then cools down linearly to 0 over ``plan.cool1`` steps and is scored
-   on the decision split; :func:`~lrpilot.autopilot.decide.anchored_peak` picks (the
-   finder's suggestion stays unless the evidence against it is decisive);
+   on the decision split; :func:`~lrpilot.autopilot.decide.anchored_peak` decides from
+   the finder's suggestion (the probes only lower it, on decisive evidence) and
+   :func:`~lrpilot.autopilot.decide.blend_peak` averages that with the probes' own
+   bias-corrected estimate in log LR;
 5. optional round 2 (``plan.n2 > 0``): from the pick's snapshot, three LRs a quarter
    decade apart, same scoring, :func:`~lrpilot.autopilot.decide.choose_peak`;
 6. the engine is left at the pick's snapshot with the final schedule set: for one-cycle a
@@ -42,6 +44,7 @@ from lrpilot.autopilot.decide import (
     Decision,
     Probe,
     anchored_peak,
+    blend_peak,
     choose_peak,
     choose_shape,
     first_round,
@@ -289,8 +292,9 @@ class Prober:
             for i, lr in enumerate(c1.value)
         ]
         anchor = prior_lr(prior)
-        pick1 = anchored_peak(r1, anchor, name="round1_pick" if plan.n2 else "peak_lr")
-        decisions.append(pick1)
+        kept = anchored_peak(r1, anchor, name="prior_pick")
+        pick1 = blend_peak(kept, r1, name="round1_pick" if plan.n2 else "peak_lr")
+        decisions += [kept, pick1] if "anchored" in pick1.evidence else [pick1]
         # the run continues from the pick's own probe, or (a margin below the prior) the
         # prior's probe
         src = pick1.evidence.get("continue_from")
