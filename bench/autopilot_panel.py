@@ -229,9 +229,18 @@ class Runs:
         return self._load(method).get(self.key(method, row, seed))
 
     def put(self, method: str, row: str, seed: int, value: dict) -> None:
-        data = self._load(method)  # re-read: another process may have added runs
-        data[self.key(method, row, seed)] = value
-        fq._atomic_json(self.path(method), data)
+        """Add one run under an exclusive lock (processes running the same method share
+        the file): re-read, add, write to a temporary file of this process, rename."""
+        import fcntl
+
+        path = self.path(method)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._load(method)  # re-read: another process may have added runs
+            data[self.key(method, row, seed)] = value
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, sort_keys=True))
+            os.replace(tmp, path)
 
 
 def run_default(row: str, seed: int) -> dict:

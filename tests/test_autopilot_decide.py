@@ -22,7 +22,7 @@ from lrpilot.autopilot.decide import (
     prior_lr,
     second_round,
 )
-from lrpilot.autopilot.plan import OPTIONS, check_budget, make_plan
+from lrpilot.autopilot.plan import OPTIONS, RESCUE_RESERVE, check_budget, make_plan
 from lrpilot.errors import ConfigError
 
 NAN = float("nan")
@@ -158,6 +158,8 @@ def test_plan_never_exceeds_its_budget(n, budget, epochs):
     total = p.total_steps * per_step + extra * per_step + (finder if p.finder else 0)
     assert total / (epochs * n) == pytest.approx(p.expected_multiple)
     assert p.expected_multiple <= budget + 1e-9
+    if p.n1 > 0:  # a plan with probes leaves the guard's reserve
+        assert p.expected_multiple <= budget - RESCUE_RESERVE + 1e-9
     assert p.decided_at <= p.total_steps
 
 

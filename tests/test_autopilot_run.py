@@ -191,3 +191,17 @@ def _segments(config: dict) -> list:
     bounds = [0, *config["boundaries"]]
     steps = [b - a for a, b in itertools.pairwise(bounds)] + [10**9]
     return list(zip(steps, config["schedules"], strict=True))
+
+
+def test_the_final_runs_guard_stalls_against_the_model_as_initialised(run_dir):
+    # the final run starts from the probes' trained state: the guard's stall level is the
+    # trunk's first loss (the model as initialised), recorded in the probe store
+    from lrpilot.train.checkpoint import load_checkpoint
+
+    state = json.loads((run_dir / "autopilot" / "state.json").read_text())
+    first = state["first_loss"]
+    assert first > 2.0  # a 10-class model at initialisation: about ln 10
+    ckpts = sorted((run_dir / "checkpoints").glob("*.pt"))
+    assert ckpts
+    ckpt = load_checkpoint(ckpts[-1])
+    assert ckpt["guard"]["initial_level"] == pytest.approx(first)

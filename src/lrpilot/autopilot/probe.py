@@ -140,6 +140,8 @@ class Outcome:
     trunk_samples: int
     finder_samples: int
     prior: dict = field(default_factory=dict)
+    #: the first training step's loss (the model as initialised); None without a trunk
+    first_loss: float | None = None
 
 
 @dataclass
@@ -265,6 +267,8 @@ class Prober:
             self._restore("start", trunk)
             outs = self.engine.run_steps(self.plan.warmup)
             self.store.state["trunk_samples"] = sum(o.samples for o in outs)
+            # the loss of the model as initialised (the guard's stall level, run.py)
+            self.store.state["first_loss"] = outs[0].loss if outs else None
             self.store.put_snapshot("trunk", self.engine.snapshot(), trunk)
         return trunk, int(self.store.state["trunk_samples"])
 
@@ -328,6 +332,7 @@ class Prober:
             trunk_samples,
             finder_samples,
             prior,
+            self.store.state.get("first_loss"),
         )
 
     def _round2(self, r1, pick1, best1, history, initial, decisions, level=1.0):  # type: ignore[no-untyped-def]

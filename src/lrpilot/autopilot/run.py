@@ -138,6 +138,9 @@ def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks,
             engine.set_schedule(shapes.to_schedule([(int(n), p) for n, p in taken]))
             engine.restore(store.get_snapshot("start"))
         held.update(outcome=outcome, at=engine.state.samples, info=st.report(outcome, store))
+        # the final run starts from a trained state: its guard's stall rule compares with
+        # the loss of the model as initialised, the trunk's first (read by fit's _start)
+        prepare.initial_loss = outcome.first_loss  # type: ignore[attr-defined]
         write_plan_report(rd, held["info"], outcome)
         return st.final_config(outcome)
 

@@ -185,6 +185,11 @@ def _start(
             if trainer.engine.state.step == 0:  # nothing kept: built afresh for the config
                 trainer = _Run(cfg, task, run_dir, progress, callbacks)
             trainer.cfg = cfg
+        # a run that starts from a trained state: the loss of the model as initialised,
+        # which the guard's stall rule compares with (``prepare.initial_loss``, optional)
+        initial = getattr(prepare, "initial_loss", None)
+        if initial is not None and trainer.guard is not None:
+            trainer.guard.guard.initial_level = float(initial)
         # the prepare step keeps its own record; the loop resumes once it had started
         resume = resume and (run_dir / "config.yaml").is_file()
         check_run_dir(run_dir, cfg, resume)
