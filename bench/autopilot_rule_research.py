@@ -8,9 +8,12 @@ holds of 6% at the candidate LR, a second round) and ``auto`` (the current versi
 * ``free``: :func:`lrpilot.autopilot.decide.choose_peak` (lowest score, paired-SE ties to
   the larger LR; a1's rule);
 * ``anchor d``: :func:`lrpilot.autopilot.decide.anchored_peak` with ``down_gap=d`` (the
-  finder's suggestion stays unless a smaller LR has a loss ratio above ``1 + d`` or a
-  larger one wins beyond one paired SE); ``d = inf``: the finder's suggestion whenever a
-  larger LR does not win.
+  finder's suggestion stays unless a smaller LR has a loss ratio above ``1 + d``; a
+  quarter decade below it when the next step up failed; never higher); ``d = inf``: the
+  finder's suggestion;
+* ``blend b``: :func:`lrpilot.autopilot.decide.blend_peak` of ``anchor 0.5`` with bias
+  ``b`` (the geometric mean of the anchored LR and the lowest-loss LR / ``b``); ``b =
+  10 ** 0.25`` is the method of record (a5/a6).
 
 The accuracy at a pick is the recorded one-cycle grid (5 seeds; 3 on the new rows)
 interpolated in log LR (``finder_quality.interp_acc``), a stand-in for training (it
@@ -30,28 +33,34 @@ import sys
 
 import autopilot_panel as P
 import finder_quality as fq
-from lrpilot.autopilot.decide import Probe, anchored_peak, choose_peak, prior_lr
+from lrpilot.autopilot.decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
 
 DOWN_GAPS = (0.0, 0.1, 0.25, 0.5, 1.0, math.inf)
+BIASES = (1.0, 10**0.125, 10**0.25, 10**0.375, 10**0.5)
 HELD_OUT = ("digits-cnn-nobn/sgd", "gru-mnist1d/adamw", "tiny-lm/adamw")
 
 
-def replay(rec: dict, rule: str, gap: float = 0.0) -> float | None:
+def replay(rec: dict, rule: str, arg: float = 0.0) -> float | None:
     r1 = [Probe.from_dict(p) for p in rec["probes"] if p["round"] == 1]
     if rule == "free":
         return choose_peak(r1).value
-    return anchored_peak(r1, prior_lr(rec.get("prior", {})), down_gap=gap).value
+    if rule == "blend":
+        return blend_peak(anchored_peak(r1, prior_lr(rec.get("prior", {}))), r1, bias=arg).value
+    return anchored_peak(r1, prior_lr(rec.get("prior", {})), down_gap=arg).value
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default=",".join(P.ROWS))
     parser.add_argument("--methods", default="auto,auto_rec")
+    parser.add_argument("--version", default=None, help="the auto runs' version (e.g. a3)")
     args = parser.parse_args(argv)
+    if args.version:
+        P.METHOD_VERSION["auto"] = args.version
     runs = P.Runs()
-    rules = [("free", 0.0)] + [("anchor", g) for g in DOWN_GAPS]
+    rules = [("free", 0.0)] + [("anchor", g) for g in DOWN_GAPS] + [("blend", b) for b in BIASES]
     head = ["row (method, seeds)", "one-cycle best"] + [
-        "free" if r == "free" else f"anchor {g:g}" for r, g in rules
+        "free" if r == "free" else f"{r} {g:.3g}" for r, g in rules
     ]
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
