@@ -139,7 +139,7 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    "auto": "a6",
+    "auto": "a7",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",

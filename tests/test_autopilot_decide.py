@@ -18,6 +18,7 @@ from lrpilot.autopilot.decide import (
     compute_multiple,
     first_round,
     ladder,
+    learned,
     paired_gap,
     prior_lr,
     second_round,
@@ -437,3 +438,26 @@ def test_blend_peak_passes_through_without_an_anchored_decision():
     assert d.value == free.value == 0.0316 and "anchored" not in d.evidence
     gone = [Probe("a", 0.01, NAN, diverged=True)]
     assert blend_peak(anchored_peak(gone, 0.01), gone).value == pytest.approx(0.01 / 10**0.5)
+
+
+def test_without_a_prior_and_no_candidate_learning_the_largest_lr_is_taken():
+    # the recorded GRU run (gru-mnist1d/AdamW seed 1, a6; 200 decision-split samples): no
+    # prior (noisy sweep), every candidate at chance after 6% of the run; the paired-SE
+    # rule picked 0.0032 on noise (trained: 52.6%; 0.0316 gave 96.4-96.8% on seeds 0, 2)
+    scores = {0.001: 2.3062, 0.003162: 2.3078, 0.01: 2.3138, 0.03162: 2.3161}
+    ps = [probe(f"r1-{i}", lr, s) for i, (lr, s) in enumerate(scores.items())]
+    ln10 = math.log(10)
+    d = anchored_peak(ps, None, initial=ln10)
+    assert d.value == 0.03162 and d.evidence["no_progress"]
+    assert anchored_peak(ps, None).value == choose_peak(ps).value  # no initial: unchanged
+    # one candidate learned: the usual rule
+    learnt = [*ps[:3], probe("r1-3", 0.03162, 1.95)]
+    assert anchored_peak(learnt, None, initial=ln10).value == 0.03162
+    assert "no_progress" not in anchored_peak(learnt, None, initial=ln10).evidence
+    # the largest that did not diverge
+    gone = [*ps[:3], Probe("r1-3", 0.03162, NAN, diverged=True)]
+    assert anchored_peak(gone, None, initial=ln10).value == 0.01
+    # the boundary: exactly 1% below the start is not "learned" (strictly below)
+    assert not learned(probe("x", 0.1, ln10 * 0.99), ln10)
+    assert learned(probe("x", 0.1, ln10 * 0.99 - 1e-9), ln10)
+    assert learned(probe("x", 0.1, 5.0), None) and learned(probe("x", 0.1, 5.0), NAN)

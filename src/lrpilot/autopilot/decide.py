@@ -51,6 +51,9 @@ DOWN_GAP = 0.5
 #: calibration rows the lowest-loss LR sat 1.5-3x above the one-cycle grid's best on
 #: 6 of 7 rows (digits-cnn/SGD: 0.8x)
 PROBE_BIAS = 10**0.25
+#: a candidate "learned" when its score is at least this fraction below the start's
+#: (:func:`learned`; the divergence guard's stall rule uses the same 1%)
+STALL_MARGIN = 0.01
 #: one ladder step of the first round (a half decade: 10 ** 0.5)
 LADDER_STEP = 10**0.5
 #: the refinement step of the second round (a quarter decade)
@@ -227,6 +230,7 @@ def anchored_peak(
     *,
     z: float = TIE_Z,
     down_gap: float = DOWN_GAP,
+    initial: float | None = None,
     name: str = "peak_lr",
 ) -> Decision:
     """The peak LR with the finder's suggestion ``anchor`` as the prior: the probes can only
@@ -244,7 +248,10 @@ def anchored_peak(
        3-20 points on each row where it did; ``bench/results/autopilot_research.md``).
 
     Without an anchor, or when the anchor's probe failed or is not among ``probes``, the
-    decision is :func:`choose_peak`'s (lowest score, paired-SE ties to the larger LR).
+    decision is :func:`choose_peak`'s (lowest score, paired-SE ties to the larger LR),
+    except when no candidate learned (:func:`learned`; ``initial``: the decision-split loss
+    at the start): then their ranking is noise, and the largest LR that did not diverge is
+    taken (the ladder without a prior goes up from a conservative default).
 
     >>> a = Probe("lo", 0.01, 1.0, losses=(1.0, 1.1, 0.9))
     >>> b = Probe("mid", 0.03, 1.2, losses=(1.2, 1.3, 1.1))
@@ -264,6 +271,13 @@ def anchored_peak(
     if own is None or free.value is None:
         why = "no usable probe at the prior" if anchor is not None else "no prior"
         ev = {**free.evidence, "anchor": anchor, "free_pick": free.value}
+        if ok and not any(learned(p, initial) for p in ok):
+            top = max(ok, key=lambda p: p.lr)
+            why += (
+                f"; no candidate learned (every loss within {STALL_MARGIN:.0%} of the start, "
+                f"{initial:.4g}): the largest that did not diverge"
+            )
+            return Decision(name, top.lr, why, {**ev, "no_progress": True})
         return Decision(name, free.value, f"{free.reason} ({why})", ev)
     ratio = 1 + down_gap
     ev = {**free.evidence, "anchor": own.lr, "free_pick": free.value, "down_gap": down_gap}
@@ -333,6 +347,19 @@ def blend_peak(
         f"one-cycle's level favour larger LRs); continues from {near.name} ({near.lr:.3g})"
     )
     return Decision(name, value, why, evidence)
+
+
+def learned(probe: Probe, initial: float | None) -> bool:
+    """Whether ``probe`` ended clearly below the decision-split loss at the start:
+    ``score < initial - STALL_MARGIN x |initial|`` (the guard's stall margin). Unknown
+    ``initial``: ``True`` (nothing to compare with).
+
+    >>> learned(Probe("a", 0.01, 2.31), 2.3026), learned(Probe("b", 0.03, 1.95), 2.3026)
+    (False, True)
+    """
+    if initial is None or not math.isfinite(initial):
+        return True
+    return probe.ok and probe.score < initial - STALL_MARGIN * abs(initial)
 
 
 def prior_lr(prior: Mapping[str, Any]) -> float | None:

@@ -296,7 +296,7 @@ class Prober:
             for i, lr in enumerate(c1.value)
         ]
         anchor = prior_lr(prior)
-        kept = anchored_peak(r1, anchor, name="prior_pick")
+        kept = anchored_peak(r1, anchor, initial=initial, name="prior_pick")
         pick1 = blend_peak(kept, r1, name="round1_pick" if plan.n2 else "peak_lr")
         decisions += [kept, pick1] if "anchored" in pick1.evidence else [pick1]
         # the run continues from the pick's own probe, or (a margin below the prior) the
