@@ -24,7 +24,9 @@ and backward / (epochs x training-set size)):
 * Prodigy + cosine, Schedule-Free (SGD or AdamW at the library's default LR, 5% warmup),
   D-Adaptation + cosine: their optimizers injected into lrpilot's training engine
   (``Engine(optimizer_factory=...)``), no guard;
-* lrpilot auto: ``lrpilot.auto(..., budget=1.3)``.
+* lrpilot auto: ``lrpilot.auto(..., budget=1.3)`` (the method's version is
+  ``METHOD_VERSION["auto"]``; every version's runs stay in the cache under their key, and
+  ``bench/results/autopilot_research.md`` compares them).
 
 Stages: ``grid`` (the new rows' grids), ``run --methods ... --rows ...`` (cached in
 ``results/autopilot_panel_runs*.json``, one file per method so methods run in parallel
