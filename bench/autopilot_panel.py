@@ -141,7 +141,9 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    "auto": "a7",
+    # a7m: the a7 method on main after autofeat's merge (fit's prepare seam, the guard's
+    # spike-scale floor); a7: the same method before that rebase
+    "auto": "a7m",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",
