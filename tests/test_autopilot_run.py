@@ -87,7 +87,7 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
     initial = info["initial_score"]
     assert initial > 0
     first = "round1_pick" if r2 else "peak_lr"
-    kept = anchored_peak(r1, prior_lr(info["prior"]), name="prior_pick")
+    kept = anchored_peak(r1, prior_lr(info["prior"]), initial=initial, name="prior_pick")
     if "prior_pick" in recorded:
         assert kept.value == recorded["prior_pick"]
     assert blend_peak(kept, r1).value == recorded[first]
