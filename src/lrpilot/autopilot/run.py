@@ -127,6 +127,7 @@ def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks,
     """The probe phase through fit's ``prepare`` seam, then fit's loop on the same engine."""
     from lrpilot.autopilot.report import finish_report, write_plan_report
     from lrpilot.train import fit
+    from lrpilot.train.loop import Prepared
 
     held: dict[str, Any] = {}
 
@@ -138,11 +139,10 @@ def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks,
             engine.set_schedule(shapes.to_schedule([(int(n), p) for n, p in taken]))
             engine.restore(store.get_snapshot("start"))
         held.update(outcome=outcome, at=engine.state.samples, info=st.report(outcome, store))
-        # the final run starts from a trained state: its guard's stall rule compares with
-        # the loss of the model as initialised, the trunk's first (read by fit's _start)
-        prepare.initial_loss = outcome.first_loss  # type: ignore[attr-defined]
         write_plan_report(rd, held["info"], outcome)
-        return st.final_config(outcome)
+        # the final run starts from a trained state: its guard's stall rule compares with
+        # the loss of the model as initialised, the trunk's first
+        return Prepared(st.final_config(outcome), initial_loss=outcome.first_loss)
 
     result = fit(
         st.cfg, run_dir, resume=resume, progress=progress, task=st.fit_task,

@@ -203,7 +203,9 @@ def run_trial(
             for record in reader.read():
                 seen = float(record.get(metric, math.nan))
                 last[int(record["epoch"])] = seen
-                if not pruned and not done and on_epoch(int(record["epoch"]), seen):
+                # every epoch is reported, also those read once the child has exited (its
+                # run is over then: a prune decision no longer applies)
+                if not pruned and on_epoch(int(record["epoch"]), seen) and not done:
                     pruned = True
             if pruned or done:
                 break

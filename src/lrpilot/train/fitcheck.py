@@ -6,12 +6,27 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lrpilot.errors import ConfigError
 from lrpilot.train.config import FitConfig, load_yaml
 from lrpilot.train.rundir import resume_mismatch
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a ``prepare`` step hands to fit's loop.
+
+    ``config``: the config the loop runs under (only ``optimizer.lr`` and ``schedule`` may
+    differ from the run's). ``initial_loss``: for a run that starts from a trained state,
+    the loss of the model as initialised, which the guard's stall rule compares with
+    (``None``: the loop's own first loss).
+    """
+
+    config: FitConfig
+    initial_loss: float | None = None
 
 
 def resolve_raw(config: FitConfig | Mapping[str, Any] | str | Path) -> dict[str, Any]:

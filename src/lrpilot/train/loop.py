@@ -64,7 +64,7 @@ from lrpilot.train.checkpoint import CheckpointManager
 from lrpilot.train.config import FitConfig, apply_overrides, default_mode, parse_config
 from lrpilot.train.early_stop import BestTracker
 from lrpilot.train.engine import LOOP_STATE_VERSION, Engine, LoopState
-from lrpilot.train.fitcheck import check_prepared, check_run_dir, resolve_raw
+from lrpilot.train.fitcheck import Prepared, check_prepared, check_run_dir, resolve_raw
 from lrpilot.train.fitcheck import default_run_dir as _default_run_dir
 from lrpilot.train.guard import DivergenceGuard
 from lrpilot.train.result import RunResult
@@ -84,12 +84,12 @@ from lrpilot.train.rundir import (
 from lrpilot.train.runlog import Progress, RunLogger
 from lrpilot.train.summary import atomic_json, diagnose_run, finish_run
 
-__all__ = ["CHECKPOINT_SECONDS", "LOOP_STATE_VERSION", "LoopState", "Prepare", "fit"]
+__all__ = ["CHECKPOINT_SECONDS", "LOOP_STATE_VERSION", "LoopState", "Prepare", "Prepared", "fit"]
 
 
 # ------------------------------------------------------------------------------- fit
-#: ``prepare(engine, run_dir) -> FitConfig | None``: see :func:`fit`
-Prepare = Callable[[Engine, Path], "FitConfig | None"]
+#: ``prepare(engine, run_dir) -> Prepared | FitConfig | None``: see :func:`fit`
+Prepare = Callable[[Engine, Path], "Prepared | FitConfig | None"]
 
 
 def fit(
@@ -179,17 +179,16 @@ def _start(
     trainer = _Run(cfg, task, run_dir, progress, callbacks)
     if prepare is not None:
         prepared = prepare(trainer.engine, run_dir)
+        if isinstance(prepared, FitConfig):
+            prepared = Prepared(prepared)
         if prepared is not None:
-            check_prepared(cfg, prepared)
-            cfg = prepared
+            check_prepared(cfg, prepared.config)
+            cfg = prepared.config
             if trainer.engine.state.step == 0:  # nothing kept: built afresh for the config
                 trainer = _Run(cfg, task, run_dir, progress, callbacks)
             trainer.cfg = cfg
-        # a run that starts from a trained state: the loss of the model as initialised,
-        # which the guard's stall rule compares with (``prepare.initial_loss``, optional)
-        initial = getattr(prepare, "initial_loss", None)
-        if initial is not None and trainer.guard is not None:
-            trainer.guard.guard.initial_level = float(initial)
+            if prepared.initial_loss is not None and trainer.guard is not None:
+                trainer.guard.guard.initial_level = float(prepared.initial_loss)
         # the prepare step keeps its own record; the loop resumes once it had started
         resume = resume and (run_dir / "config.yaml").is_file()
         check_run_dir(run_dir, cfg, resume)
