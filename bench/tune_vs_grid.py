@@ -107,6 +107,21 @@ SEARCHES = {
         ],
     ),
 }
+#: what a user of ``optimizer.lr: auto_range`` runs: the LR range centred on the finder's
+#: interval (the sweep charged to the study), TPE modelling after 3 trials; ``+seed``: the
+#: finder's point queued as the first trial (``--seed-trial finder``)
+AUTO_RANGE = {
+    "ar+tpe3+median": "tpe3+median",
+    "ar+seed+tpe3+median": "tpe3+median",
+    "ar+tpe3+hyperband": "tpe+hyperband",
+}
+for _name, _like in AUTO_RANGE.items():
+    _sampler, _pruner, _extra = SEARCHES[_like]
+    if "--sampler-startup" not in _extra:
+        _extra = ["--sampler-startup", "3", *_extra]
+    if "+seed" in _name:
+        _extra = [*_extra, "--seed-trial", "finder"]
+    SEARCHES[_name] = (_sampler, _pruner, _extra)
 METHODS = (*SEARCHES, "auto", "finder+1run")
 DEFAULT_METHODS = ("tpe+median", "random+median", "tpe+hyperband", "auto")
 FRAMINGS = {"both": ("one_cycle", "cosine"), "one_cycle": ("one_cycle",)}
@@ -159,9 +174,11 @@ def base_config(row: str, seed: int) -> dict:
     }
 
 
-def search_space(row: str, framing: str) -> dict:
+def search_space(row: str, framing: str, method: str = "") -> dict:
     lrs = [lr for _, lr in grid(row, framing)]
     space: dict = {"optimizer.lr": {"log_uniform": [min(lrs), max(lrs)]}}
+    if method in AUTO_RANGE:
+        space["optimizer.lr"] = "auto_range"
     if framing == "both":
         space["schedule"] = {"choice": [SCHEDULE_CONFIGS[s] for s in FRAMINGS[framing]]}
     return space
@@ -201,19 +218,34 @@ def run_search(row: str, framing: str, method: str, seed: int, trials: int, work
     sampler, pruner, extra = SEARCHES[method]
     config, space = work / "base.yaml", work / "space.yaml"
     config.write_text(json.dumps(base_config(row, seed)))
-    space.write_text(json.dumps(search_space(row, framing)))
+    space.write_text(json.dumps(search_space(row, framing, method)))
     out = work / f"{row}-{method}-{seed}"
     args = ["tune", str(config), "--space", str(space), "--trials", str(trials)]
     args += ["--out", str(out), "--metric", "val_accuracy", "--sampler", sampler]
     args += ["--pruner", pruner, *extra, "--seed", str(seed), "--json"]
     summary = json.loads(lrpilot(*args).stdout)
+    trials = [
+        {k: t[k] for k in ("number", "state", "value", "compute", "params")}
+        for t in summary["trials"]
+    ]
+    finder = summary.get("finder")
+    if finder:  # auto_range's sweep, charged before the first trial
+        trials.insert(
+            0,
+            {
+                "number": -1,
+                "state": "finder",
+                "value": None,
+                "compute": finder["compute"],
+                "params": {k: finder[k] for k in ("interval", "suggestion", "epochs_of_compute")},
+            },
+        )
     return {
         "command": "lrpilot " + " ".join([*args[:1], "BASE", "--space", "SPACE", *args[4:]]),
-        "space": search_space(row, framing),
-        "trials": [
-            {k: t[k] for k in ("number", "state", "value", "compute", "params")}
-            for t in summary["trials"]
-        ],
+        "space": search_space(row, framing, method),
+        "resolved_space": summary["space"],
+        "finder": finder,
+        "trials": trials,
     }
 
 
@@ -364,11 +396,12 @@ def machine() -> str:
 def table(
     results: dict, framing: str, rows: list[str], methods: list[str], repeats: int, trials: int
 ) -> str:
+    w = max(14, *(len(m) for m in methods))
     lines = [
         f"framing {framing!r}: grid = {' + '.join(FRAMINGS[framing])} half-decade LR grid "
         f"(5 seeds per point for the oracle; cost = its points, 1 seed each); "
         f"target = oracle - {MARGIN} point; {trials} trials per study; seeds 0..{repeats - 1}",
-        f"{'row':<12} {'method':<14} {'oracle':>7} {'target':>7} {'grid':>5} "
+        f"{'row':<12} {'method':<{w}} {'oracle':>7} {'target':>7} {'grid':>5} "
         f"{'compute to target per seed (miss: best acc / total compute)':<62} {'median':>7} "
         f"{'/grid':>6} {'<=1/3':>5}",
     ]
@@ -393,7 +426,7 @@ def table(
             ratio = med / n_grid
             met = "yes" if ratio <= 1 / 3 else ("no" if needed else "-")
             lines.append(
-                f"{row:<12} {method:<14} {oracle:7.2f} {target:7.2f} {n_grid:5d} "
+                f"{row:<12} {method:<{w}} {oracle:7.2f} {target:7.2f} {n_grid:5d} "
                 f"{'; '.join(cells):<62} {med:7.2f} {ratio:6.2f} {met:>5}"
             )
         lines.append(

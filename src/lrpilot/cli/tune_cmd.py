@@ -63,6 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="median pruner: completed trials before any pruning (default: 5, or a quarter "
         "of --trials when smaller, at least 1)",
     )
+    parser.add_argument(
+        "--seed-trial",
+        choices=("finder",),
+        default=None,
+        help="finder: with optimizer.lr: auto_range, the study's first trial is the base "
+        "config at the finder's suggested LR (other searched keys at their base values)",
+    )
     parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)"
@@ -106,6 +113,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         "--prune-warmup": args.prune_warmup,
         "--prune-startup": args.prune_startup,
         "--sampler-startup": args.sampler_startup,
+        "--seed-trial": args.seed_trial,
     }
     if args.backend == "ray":
         given = [name for name, value in optuna_only.items() if value is not None]
@@ -144,6 +152,8 @@ def build_spec(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--metric {args.metric!r} is not recorded; valid: {', '.join(names)}")
     params = parse_space(load_space_yaml(args.space))
     validate_space(params, base, n_train=len(task.train_set))
+    if args.seed_trial == "finder" and not any(p.kind == "auto_range" for p in params):
+        raise ConfigError("--seed-trial finder needs optimizer.lr: auto_range in the space")
     study = args.study or config.stem
     if not study.strip():
         raise ConfigError("--study must not be empty")
@@ -168,6 +178,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         seed=args.seed,
         heartbeat=args.heartbeat,
         launcher=args.launcher,
+        seed_trial=args.seed_trial,
     )
 
 
@@ -191,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
     from lrpilot.search.study import is_journal, open_study, reclaim_orphans, storage_spec, work
 
     worker = int(os.environ.get("LRPILOT_TUNE_WORKER", "0"))
-    study = open_study(spec, worker=worker, resolve=lambda p: resolve_auto(p, spec.base))
+    study = open_study(
+        spec, worker=worker, resolve=lambda p: resolve_auto(p, spec.base, spec.finder)
+    )
     if args.worker:
         work(study, spec)
         return 0
@@ -270,7 +283,9 @@ def finish(spec: Any, rows: list, storage: str | None, as_json: bool) -> int:
         "direction": "minimize" if spec.direction == "min" else "maximize",
         "trials_wanted": spec.trials,
         "states": dict(Counter(r.state for r in rows)),
-        "compute": sum(r.compute for r in rows),
+        # the auto_range finder sweep is charged to the study (full runs of the base config)
+        "compute": sum(r.compute for r in rows) + float(spec.finder.get("compute", 0.0)),
+        "finder": spec.finder or None,
         "best": best.to_dict() if best is not None else None,
         "best_yaml": best_yaml,
         "importances": imp,

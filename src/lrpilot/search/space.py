@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,21 +224,46 @@ def _build_schedule(cfg: Any, n_train: int) -> None:
     build_schedule(cfg, per_epoch, per_epoch * cfg.epochs)
 
 
-def resolve_auto(params: list[Param], base: Mapping[str, Any]) -> list[Param]:
-    """Replace ``auto_range`` entries by the log range of :func:`auto_lr_range`."""
+def resolve_auto(
+    params: list[Param], base: Mapping[str, Any], evidence: dict[str, Any] | None = None
+) -> list[Param]:
+    """Replace ``auto_range`` entries by the log range of :func:`auto_lr_range`. With
+    ``evidence`` (a dict), the finder's record (:func:`auto_lr_finder`) is stored in it, so
+    the study can keep the sweep's interval, suggestion and compute."""
     out = []
     for param in params:
         if param.kind == AUTO:
-            low, high = auto_lr_range(base)
+            found = auto_lr_finder(base)
+            low, high = range_from_interval(found["interval"])
+            if evidence is not None:
+                evidence.update(found, range=[low, high])
             param = Param(param.key, "log_uniform", (low, high))
         out.append(param)
     return out
 
 
+def range_from_interval(interval: Sequence[float]) -> tuple[float, float]:
+    """``[lo / AUTO_RANGE_WIDEN, hi * AUTO_RANGE_WIDEN]``.
+
+    >>> range_from_interval([0.1, 0.2])
+    (0.03333333333333333, 0.6000000000000001)
+    """
+    return float(interval[0]) / AUTO_RANGE_WIDEN, float(interval[1]) * AUTO_RANGE_WIDEN
+
+
 def auto_lr_range(base: Mapping[str, Any]) -> tuple[float, float]:
     """``[lo / 3, hi * 3]`` around the finder's ``suggestion_interval`` for the base config's
-    task, optimizer, batch size and schedule (``lrpilot find --json`` in a child process, so
-    a crash or a slow sweep stays out of the study's process).
+    task, optimizer, batch size and schedule (:func:`auto_lr_finder`)."""
+    return range_from_interval(auto_lr_finder(base)["interval"])
+
+
+def auto_lr_finder(base: Mapping[str, Any]) -> dict[str, Any]:
+    """The LR range test for the base config's task, optimizer, batch size and schedule
+    (``lrpilot find --json`` in a child process, so a crash or a slow sweep stays out of the
+    study's process): ``{"interval", "suggestion", "samples", "epochs_of_compute",
+    "compute", "argv"}``,
+    ``compute`` being the sweep's cost in full runs of the base config
+    (``epochs_of_compute / epochs``: samples seen over epochs x training-set size).
 
     The autopilot can replace this function; it is the only place the range comes from.
     """
@@ -269,7 +294,46 @@ def auto_lr_range(base: Mapping[str, Any]) -> tuple[float, float]:
             f"auto_range: the finder gave no suggestion (verdict {result.get('verdict')!r}); "
             "give optimizer.lr an explicit log_uniform range"
         )
-    return float(interval[0]) / AUTO_RANGE_WIDEN, float(interval[1]) * AUTO_RANGE_WIDEN
+    spent = float(result.get("epochs_of_compute") or 0.0)
+    return {
+        "interval": [float(interval[0]), float(interval[1])],
+        "suggestion": float(result["suggestion"]),
+        "samples": result.get("samples"),
+        "epochs_of_compute": spent,
+        "compute": spent / cfg.epochs,
+        "argv": ["lrpilot", *argv[3:]],
+    }
+
+
+def seed_values(params: list[Param], base: Mapping[str, Any], lr: float) -> dict[str, Any]:
+    """The first trial of ``--seed-trial finder``: ``optimizer.lr`` at the finder's
+    suggestion and every other searched key at the base config's value when that value is
+    one of its choices or inside its range (the point the finder measured); a key whose base
+    value is outside the space is left to the sampler. Values as Optuna stores them.
+
+    >>> space = parse_space({"optimizer.lr": {"log_uniform": [0.01, 1.0]},
+    ...                      "schedule": {"choice": [{"name": "one_cycle"}, {"name": "cosine"}]},
+    ...                      "epochs": {"int": [2, 4]}})
+    >>> seed_values(space, {"schedule": {"name": "one_cycle"}, "epochs": 15}, 0.3)
+    {'optimizer.lr': 0.3, 'schedule': '{"name": "one_cycle"}'}
+    """
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.key == "optimizer.lr":
+            out[p.key] = lr
+            continue
+        value: Any = base
+        for part in p.key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is None:
+            continue
+        if p.kind == "choice":
+            encoded = [encode_choice(v) for v in p.args]
+            if encode_choice(value) in encoded:
+                out[p.key] = encode_choice(value)
+        elif isinstance(value, (int, float)) and p.args[0] <= value <= p.args[1]:
+            out[p.key] = value
+    return out
 
 
 def to_optuna(params: list[Param]) -> dict[str, Any]:

@@ -78,6 +78,11 @@ class TuneSpec:
     heartbeat: int = 10
     launcher: str | None = None
     env: dict | None = field(default=None, repr=False)
+    #: ``--seed-trial``: ``"finder"`` queues the finder's point as the study's first trial
+    seed_trial: str | None = None
+    #: the ``auto_range`` finder's record (:func:`lrpilot.search.space.auto_lr_finder`),
+    #: filled when the study is created and reloaded from it afterwards; ``{}`` without one
+    finder: dict = field(default_factory=dict)
 
 
 def storage_spec(spec: TuneSpec) -> str:
@@ -224,10 +229,27 @@ def open_study(
         study.set_user_attr("metric", spec.metric)
         study.set_user_attr("config", str(spec.config))
         study.set_user_attr("full_epochs", spec.full_epochs)
+        if spec.finder:
+            study.set_user_attr("finder", spec.finder)
+        if spec.seed_trial == "finder":
+            enqueue_finder_trial(study, spec)
     else:
         check_same_space(spec, space_from_dicts(stored), study.user_attrs.get("metric"))
         spec.params = space_from_dicts(stored)  # an auto_range resolved by the first run
+        spec.finder = dict(study.user_attrs.get("finder") or {})
     return study
+
+
+def enqueue_finder_trial(study: Any, spec: TuneSpec) -> None:
+    """``--seed-trial finder``: queue the base config at the finder's suggested LR
+    (:func:`lrpilot.search.space.seed_values`) as the new study's first trial; its
+    compute is the finder's record (``spec.finder``, filled by resolving ``auto_range``)."""
+    from lrpilot.search.space import seed_values
+
+    if not spec.finder:
+        raise ConfigError("--seed-trial finder needs optimizer.lr: auto_range in the space")
+    values = seed_values(spec.params, spec.base, spec.finder["suggestion"])
+    study.enqueue_trial(values, user_attrs={"seeded_by": "finder"})
 
 
 def check_same_space(spec: TuneSpec, stored: list[Param], metric: str | None) -> None:
@@ -366,6 +388,8 @@ def worker_argv(spec: TuneSpec, space_file: Path) -> list[str]:
         argv += ["--prune-startup", str(spec.prune_startup)]
     if spec.sampler_startup is not None:
         argv += ["--sampler-startup", str(spec.sampler_startup)]
+    if spec.seed_trial is not None:
+        argv += ["--seed-trial", spec.seed_trial]
     argv += ["--heartbeat", str(spec.heartbeat), "--worker"]
     if spec.launcher:
         argv += ["--launcher", spec.launcher]
