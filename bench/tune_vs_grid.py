@@ -31,6 +31,14 @@ Methods (each search a real ``lrpilot tune`` study maximising ``val_accuracy``, 
 * ``tpe3+median`` (extra): as ``tpe+median`` with ``--sampler-startup 3``: Optuna's TPE
   draws its first 10 trials at random (the random sampler's draws, same seed), so in a
   15-trial study the default TPE differs from ``random+median`` in its last 5 trials only;
+* ``ar+tpe3+median``, ``ar+seed+tpe3+median``, ``ar+tpe3+hyperband`` (extra): what a user
+  of lrpilot's own LR search runs, ``optimizer.lr: auto_range`` (the log range
+  ``[lo / 3, hi * 3]`` around ``lrpilot find``'s suggestion interval for the base config,
+  one-cycle) with the same schedule choice, ``--sampler-startup 3``, and the median
+  pruner as ``tpe+median`` or Hyperband as ``tpe+hyperband``; ``+seed`` adds
+  ``--seed-trial finder`` (the first trial is the base config, one-cycle, at the finder's
+  suggested LR). The finder sweep is charged to the study: its ``compute`` in the tune
+  summary (samples seen / (15 epochs x training-set size)) is counted before trial 0;
 * ``auto``: the autopilot alone, ``lrpilot auto --task T --optimizer O --epochs 15
   --batch-size 64 --seed S`` (it chooses LR, warm-up and schedule shape itself, holding 10%
   of the training set out for its decisions); its compute is its own

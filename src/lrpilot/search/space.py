@@ -24,7 +24,10 @@ a config.
 
 ``auto_range`` (``optimizer.lr`` only) is resolved once per study by :func:`auto_lr_range`
 (the one function the autopilot can replace): the LR range test's ``suggestion_interval``
-``[lo, hi]`` widened by :data:`AUTO_RANGE_WIDEN` on each side, ``[lo / 3, hi * 3]``.
+``[lo, hi]`` widened by :data:`AUTO_RANGE_WIDEN` on each side, ``[lo / 3, hi * 3]``. The
+sweep's record (:func:`auto_lr_finder`: interval, suggestion, compute in full runs) is kept
+in the study and its compute charged to the study's; ``lrpilot tune --seed-trial finder``
+queues the base config at the suggested LR as the first trial (:func:`seed_values`).
 
 >>> space = parse_space({"optimizer.lr": {"log_uniform": [1e-4, 1.0]},
 ...                      "schedule.name": {"choice": ["one_cycle", "cosine"]}})
