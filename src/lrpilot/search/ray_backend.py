@@ -112,7 +112,7 @@ def run_ray(spec: Any, address: str | None, quiet: bool = False) -> list[TrialRo
     if any(p.kind == "auto_range" for p in spec.params):
         from lrpilot.search.space import resolve_auto
 
-        spec.params = resolve_auto(spec.params, spec.base)
+        spec.params = resolve_auto(spec.params, spec.base, spec.finder)
     setup = {
         "out": str(spec.out),
         "config": str(spec.config),
