@@ -70,7 +70,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,21 +238,12 @@ def _bootstrap_crossings(
     return out
 
 
-def analyze_curve(
-    lrs: Sequence[float],
-    losses: Sequence[float],
-    initial_loss: float | None = None,
-    *,
-    rise: float = RISE,
-    margin: float = MARGIN,
-    hold: float | None = HOLD,
-    bandwidth: float | None = None,
-    scale: str = "auto",
-) -> CurveAnalysis:
-    """Smooth the raw curve, find the instability point and give a verdict (module doc).
-
-    ``scale``: ``"log"`` analyses ``ln(loss)``, ``"linear"`` the loss itself, ``"auto"``
-    (default) the log when every finite loss (and the initial loss) is positive."""
+def _scaled(
+    lrs: Sequence[float], losses: Sequence[float], initial_loss: float | None, scale: str
+) -> tuple[np.ndarray, np.ndarray, float | None, bool]:
+    """Check the inputs and choose the analysed scale (module doc, step 0). Returns the LRs,
+    the analysed losses, the analysed initial loss (``None`` when not given or not finite)
+    and whether the log scale is used."""
     lr = np.asarray(lrs, dtype=float)
     y = np.asarray(losses, dtype=float)
     if lr.shape != y.shape:
@@ -268,79 +259,145 @@ def analyze_curve(
     if scale == "log" and not positive:
         raise ConfigError("scale='log' needs positive losses; use 'linear' or 'auto'")
     use_log = scale == "log" or (scale == "auto" and positive)
+    l0 = initial_loss if initial_loss is not None and math.isfinite(initial_loss) else None
     if use_log:  # every finite loss is positive; inf and NaN stay what they are
         y = np.log(y)
-        if initial_loss is not None and math.isfinite(initial_loss):
-            initial_loss = math.log(initial_loss)
-    unit = "log loss" if use_log else "loss"
+        l0 = math.log(l0) if l0 is not None else None
+    return lr, y, (float(l0) if l0 is not None else None), use_log
 
-    def shown(value: float) -> float:
-        """A level in loss units for the messages."""
-        return math.exp(value) if use_log else value
 
-    x = np.log10(lr) if lr.size else lr
+@dataclass(frozen=True)
+class _Fit:
+    """The smoothed finite part of a curve (module doc, steps 1-2)."""
+
+    first_bad: int | None  # index of the first non-finite loss
+    filtered: np.ndarray  # running median of 3, blow-up capped
+    capped: np.ndarray  # the raw losses, blow-up capped
+    smoothed: np.ndarray
+    slope: np.ndarray
+
+
+def _fit(x: np.ndarray, y: np.ndarray, l0: float | None, bandwidth: float | None) -> _Fit:
+    """Smooth the curve up to its first non-finite loss (module doc, step 1)."""
     finite = np.isfinite(y)
     first_bad = int(np.argmin(finite)) if not finite.all() else None
     # Only the part before the first non-finite loss is a curve.
     cut = first_bad if first_bad is not None else y.size
     xc, yc = x[:cut], y[:cut]
-    n_fin = int(cut)
     filtered = median3(yc)
     capped = yc
-    l0_given = initial_loss is not None and math.isfinite(initial_loss)
-    if n_fin >= MIN_POINTS:
+    if cut >= MIN_POINTS:
         # Cap the blow-up so that it cannot leak backwards through the kernel.
-        ref = float(initial_loss) if l0_given and initial_loss is not None else float(filtered[0])
-        rough = float(1.4826 * np.median(np.abs(np.diff(filtered)))) if n_fin > 1 else 0.0
+        ref = l0 if l0 is not None else float(filtered[0])
+        rough = float(1.4826 * np.median(np.abs(np.diff(filtered)))) if cut > 1 else 0.0
         cap = ref + 2.0 * max(ref - float(filtered.min()), 10.0 * rough)
         filtered = np.minimum(filtered, cap)
         capped = np.minimum(yc, cap)
     smoothed, slope, _ = smooth_curve(xc, filtered, bandwidth)
-    pad = np.full(y.size - cut, np.nan)
-    # reported in loss units: exp(smoothed log) and d loss / d log10(lr) = loss * d ln(loss)
-    shown_smoothed = np.exp(smoothed) if use_log else smoothed
-    shown_slope = shown_smoothed * slope if use_log else slope
+    return _Fit(first_bad, filtered, capped, smoothed, slope)
+
+
+def _verdict_maker(fit: _Fit, n: int, use_log: bool) -> Callable[..., CurveAnalysis]:
+    """A function ``(verdict, lr_u, interval, lr_min, noise, message)`` that builds the
+    :class:`CurveAnalysis` of this fit, with the curve reported in loss units: the smoothed
+    loss and ``d loss / d log10(lr) = loss * d ln(loss) / d log10(lr)``."""
+    pad = np.full(n - fit.smoothed.size, np.nan)
+    shown_smoothed = np.exp(fit.smoothed) if use_log else fit.smoothed
+    shown_slope = shown_smoothed * fit.slope if use_log else fit.slope
     smoothed_all = tuple(float(v) for v in np.concatenate([shown_smoothed, pad]))
     slope_all = tuple(float(v) for v in np.concatenate([shown_slope, pad]))
     scale_used = "log" if use_log else "linear"
 
     def result(verdict, lr_u=None, interval=None, lr_min=None, noise=0.0, message=""):
         return CurveAnalysis(
-            smoothed_all,
-            slope_all,
-            float(noise),
-            verdict,
-            lr_u,
-            interval,
-            lr_min,
-            message,
+            smoothed_all, slope_all, float(noise), verdict, lr_u, interval, lr_min, message,
             scale_used,
-        )
+        )  # fmt: skip
 
-    if n_fin < MIN_POINTS:
-        if first_bad is not None and first_bad <= 2:
-            return result(
-                "diverged at once",
-                message=f"the loss was non-finite at the {first_bad + 1}. tested LR "
-                f"({lr[first_bad]:.3g}); lower start_lr",
-            )
+    return result
+
+
+def _too_short(result: Callable[..., CurveAnalysis], fit: _Fit, lr: np.ndarray) -> CurveAnalysis:
+    """The verdict on a curve with fewer than ``MIN_POINTS`` finite points."""
+    if fit.first_bad is not None and fit.first_bad <= 2:
         return result(
-            "too short",
-            message=f"only {n_fin} finite points (need {MIN_POINTS}); use more steps",
+            "diverged at once",
+            message=f"the loss was non-finite at the {fit.first_bad + 1}. tested LR "
+            f"({lr[fit.first_bad]:.3g}); lower start_lr",
         )
-    resid = np.abs(capped - smoothed)
-    noise = float(1.4826 * np.median(resid))
-    l0 = float(initial_loss) if initial_loss is not None and math.isfinite(initial_loss) else None
-    if l0 is None:
-        l0 = float(smoothed[0])
+    return result(
+        "too short",
+        message=f"only {fit.smoothed.size} finite points (need {MIN_POINTS}); use more steps",
+    )
+
+
+def _locate(
+    x: np.ndarray,
+    fit: _Fit,
+    level: float,
+    stats: tuple[float, float, float, float, float | None, float | None],
+) -> tuple[float, float, float] | None:
+    """``(x_unstable, lo_x, hi_x)`` in log10 LR (module doc, steps 3-4), or ``None`` when
+    the loss never climbed. ``stats``: ``(l0, noise, rise, margin, hold, bandwidth)``."""
+    l0, noise, rise, margin, hold, bandwidth = stats
+    xc = x[: fit.smoothed.size]
+    x_cross = _crossing(xc, fit.smoothed, level, hold)
+    bad = fit.first_bad
+    if x_cross is None and bad is not None:
+        # The loss became non-finite before the smoothed curve climbed: the instability lies
+        # between the last finite and the first non-finite LR.
+        return 0.5 * (x[bad - 1] + x[bad]), x[bad - 1], x[bad]
+    if x_cross is None:
+        return None
+    x_end = 0.5 * (x[bad - 1] + x[bad]) if bad is not None else xc[-1]
+    resid = fit.filtered - fit.smoothed
+    boots = _bootstrap_crossings(
+        xc, fit.smoothed, resid, l0, noise, rise, margin, hold, bandwidth, x_end
+    )
+    q_lo, q_hi = np.quantile(boots, [0.1, 0.9]) if boots.size else (x_cross, x_cross)
+    step = _spacing(x)
+    return x_cross, min(float(q_lo), x_cross) - 0.5 * step, max(float(q_hi), x_cross) + 0.5 * step
+
+
+def _noisy_message(unit: str, drop: float, noise: float) -> str:
+    """Why a curve whose loss barely fell has no instability point (verdict ``"noisy"``)."""
+    return (
+        f"the {unit} fell by only {drop:.3g}, {drop / noise:.1f} times its noise "
+        f"{noise:.3g} (need {NOISY_DROP:g}): an instability point would be noise; probe "
+        "with a larger batch, more repeats or a fixed val_batch"
+    )
+
+
+def analyze_curve(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    initial_loss: float | None = None,
+    *,
+    rise: float = RISE,
+    margin: float = MARGIN,
+    hold: float | None = HOLD,
+    bandwidth: float | None = None,
+    scale: str = "auto",
+) -> CurveAnalysis:
+    """Smooth the raw curve, find the instability point and give a verdict (module doc).
+
+    ``scale``: ``"log"`` analyses ``ln(loss)``, ``"linear"`` the loss itself, ``"auto"``
+    (default) the log when every finite loss (and the initial loss) is positive."""
+    lr, y, l0_given, use_log = _scaled(lrs, losses, initial_loss, scale)
+    x = np.log10(lr) if lr.size else lr
+    fit = _fit(x, y, l0_given, bandwidth)
+    result = _verdict_maker(fit, y.size, use_log)
+    if fit.smoothed.size < MIN_POINTS:
+        return _too_short(result, fit, lr)
+    smoothed = fit.smoothed
+    l0 = l0_given if l0_given is not None else float(smoothed[0])
     jmin = int(np.nanargmin(smoothed))
-    lmin = float(smoothed[jmin])
-    lr_min = float(lr[jmin])
+    lmin, lr_min = float(smoothed[jmin]), float(lr[jmin])
     span = float(np.nanmax(smoothed) - lmin)
     tiny = 1e-9 * max(1.0, abs(l0))  # rounding floor for exactly smooth curves
-    noise = max(noise, tiny)
-    tol = 4.0 * noise
-    if first_bad is None and span <= tol and abs(l0 - lmin) <= tol:
+    noise = max(float(1.4826 * np.median(np.abs(fit.capped - smoothed))), tiny)
+    unit = "log loss" if use_log else "loss"
+    if fit.first_bad is None and span <= 4.0 * noise and abs(l0 - lmin) <= 4.0 * noise:
         return result(
             "flat",
             lr_min=lr_min,
@@ -349,58 +406,27 @@ def analyze_curve(
             "LR range or check that the model trains",
         )
     level = _level(l0, lmin, noise, rise, margin)
-    step = _spacing(x)
     # how far the loss fell: from its highest level before the minimum (or the start)
     drop = max(float(np.nanmax(smoothed[: jmin + 1])), l0) - lmin
     noisy = drop < NOISY_DROP * noise
-
-    def noisy_result() -> CurveAnalysis:
-        return result(
-            "noisy",
-            lr_min=lr_min,
-            noise=noise,
-            message=f"the {unit} fell by only {drop:.3g}, {drop / noise:.1f} times its noise "
-            f"{noise:.3g} (need {NOISY_DROP:g}): an instability point would be noise; probe "
-            "with a larger batch, more repeats or a fixed val_batch",
+    noisy_message = _noisy_message(unit, drop, noise)
+    found = _locate(x, fit, level, (l0, noise, rise, margin, hold, bandwidth))
+    if found is None:
+        if noisy:
+            return result("noisy", lr_min=lr_min, noise=noise, message=noisy_message)
+        shown_level = math.exp(level) if use_log else level
+        message = (
+            f"the loss did not climb back up to {shown_level:.4g} by {lr[-1]:.3g}; raise end_lr"
         )
-
-    x_cross = _crossing(xc, smoothed, level, hold)
-    if x_cross is None and first_bad is not None:
-        # The loss became non-finite before the smoothed curve climbed: the instability lies
-        # between the last finite and the first non-finite LR.
-        x_cross = 0.5 * (x[first_bad - 1] + x[first_bad])
-        lo_x, hi_x = x[first_bad - 1], x[first_bad]
-    elif x_cross is not None:
-        x_end = 0.5 * (x[first_bad - 1] + x[first_bad]) if first_bad is not None else xc[-1]
-        boots = _bootstrap_crossings(
-            xc, smoothed, filtered - smoothed, l0, noise, rise, margin, hold, bandwidth, x_end
-        )
-        q_lo, q_hi = np.quantile(boots, [0.1, 0.9]) if boots.size else (x_cross, x_cross)
-        lo_x = min(float(q_lo), x_cross) - 0.5 * step
-        hi_x = max(float(q_hi), x_cross) + 0.5 * step
-    elif noisy:
-        return noisy_result()
-    else:
-        return result(
-            "never diverged",
-            lr_min=lr_min,
-            noise=noise,
-            message=f"the loss did not climb back up to {shown(level):.4g} by {lr[-1]:.3g}; "
-            "raise end_lr",
-        )
+        return result("never diverged", lr_min=lr_min, noise=noise, message=message)
+    x_cross, lo_x, hi_x = found
     lr_u = float(10**x_cross)
     interval = (float(10**lo_x), float(10**hi_x))
     # a loss that never fell (smallest at the first LRs) and climbs at once; a noisy curve's
     # early crossing is noise, not this
     if x_cross <= x[min(2, x.size - 1)] and (not noisy or jmin <= 2):
-        return result(
-            "diverged at once",
-            lr_u,
-            interval,
-            lr_min,
-            noise,
-            message=f"unstable already at {lr_u:.3g}, within the first tested LRs; lower start_lr",
-        )
+        message = f"unstable already at {lr_u:.3g}, within the first tested LRs; lower start_lr"
+        return result("diverged at once", lr_u, interval, lr_min, noise, message)
     if noisy:
-        return noisy_result()
+        return result("noisy", lr_min=lr_min, noise=noise, message=noisy_message)
     return result("ok", lr_u, interval, lr_min, noise, "")
