@@ -170,6 +170,130 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, multipliers: list[float]
             group["lr"] = value
 
 
+@dataclass
+class _Sweep:
+    """One sweep's objects and its record so far (:func:`run_sweep`)."""
+
+    model: nn.Module
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    batches: Iterator
+    accumulate: int
+    autocast: Callable[[], Any]
+    scaler: Any
+    val_batch: Any
+    rule: DivergenceRule
+    device: torch.device
+    samples: int = 0
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    initial: float = math.nan
+    skipped: int = 0
+    applied: int = 0
+    stop: str = "completed"
+
+    def _inputs(self, batch: Any) -> tuple[Any, Any]:
+        inputs, targets = _split(batch)
+        inputs, targets = _to_device(inputs, self.device), _to_device(targets, self.device)
+        self.samples += _batch_size(inputs)
+        return inputs, targets
+
+    def forward_backward(self, with_grad: bool) -> float:
+        """Mean training loss of the next ``accumulate`` batches (gradients when asked)."""
+        total = 0.0
+        for _ in range(self.accumulate):
+            inputs, targets = self._inputs(next(self.batches))
+            with torch.set_grad_enabled(with_grad), self.autocast():
+                loss = self.loss_fn(self.model(inputs), targets)
+            value = float(loss.detach().float())
+            total += value
+            if with_grad and math.isfinite(value):
+                scaled = loss / self.accumulate
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return total / self.accumulate
+
+    def evaluate(self) -> float:
+        """The loss on ``val_batch`` in eval mode."""
+        inputs, targets = self._inputs(self.val_batch)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                return float(self.loss_fn(self.model(inputs), targets).float())
+        finally:
+            self.model.train(was_training)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """One optimizer step; ``False`` when the GradScaler skipped it."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        old_scale = float(self.scaler.get_scale())
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return float(self.scaler.get_scale()) >= old_scale
+
+    def record(self, lr: float, loss: float) -> bool:
+        """Record the loss measured for ``lr``; ``True`` when the rule stops the sweep."""
+        self.lrs.append(lr)
+        self.losses.append(loss)
+        if self.rule.update(loss):
+            self.stop = self.rule.reason
+            return True
+        return False
+
+    def record_train(self, train_loss: float, tested: float | None) -> bool:
+        """Without ``val_batch``: the training loss measures the LR tested before it
+        (``tested``), or is the initial loss; ``True`` when the sweep stops."""
+        if tested is not None:
+            return self.record(tested, train_loss)
+        if not self.losses and math.isnan(self.initial):
+            self.initial = train_loss
+            self.rule.initial_loss = train_loss if math.isfinite(train_loss) else None
+            if not math.isfinite(train_loss):
+                self.stop = "non-finite loss"
+                return True
+        return False
+
+    def run(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lrs: list[float],
+        multipliers: list[float],
+        max_skipped: int,
+    ) -> None:
+        """Test every LR in turn until the list ends or the sweep stops."""
+        pending: int | None = None  # index of the LR whose effect the next forward measures
+        i = 0
+        while True:
+            last = i >= len(lrs)
+            if last and self.val_batch is not None:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = self.forward_backward(with_grad=not last)
+            tested = lrs[pending] if pending is not None else None
+            if self.val_batch is None and self.record_train(train_loss, tested):
+                break
+            pending = None
+            if last:
+                break
+            if not math.isfinite(train_loss):
+                self.stop = "non-finite loss"
+                break
+            set_lr(optimizer, lrs[i], multipliers)
+            if not self.step(optimizer):
+                self.skipped += 1
+                if self.skipped > max_skipped:
+                    self.stop = "too many skipped steps"
+                    break
+                continue  # the same LR is tried again; it has not been tested yet
+            self.applied += 1
+            if self.val_batch is None:
+                pending = i
+            elif self.record(lrs[i], self.evaluate()):
+                break
+            i += 1
+
+
 def run_sweep(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -188,109 +312,31 @@ def run_sweep(
 ) -> SweepRecord:
     """Run one sweep from the current state, in train mode (the caller snapshots and
     restores)."""
-    device = device or torch.device("cpu")
-    samples = 0
-
-    def forward_backward(with_grad: bool) -> float:
-        nonlocal samples
-        total = 0.0
-        for _ in range(accumulate):
-            inputs, targets = _split(next(batches))
-            inputs, targets = _to_device(inputs, device), _to_device(targets, device)
-            samples += _batch_size(inputs)
-            with torch.set_grad_enabled(with_grad), autocast():
-                loss = loss_fn(model(inputs), targets)
-            value = float(loss.detach().float())
-            total += value
-            if with_grad and math.isfinite(value):
-                scaled = loss / accumulate
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        return total / accumulate
-
-    def evaluate() -> float:
-        nonlocal samples
-        inputs, targets = _split(val_batch)
-        inputs, targets = _to_device(inputs, device), _to_device(targets, device)
-        samples += _batch_size(inputs)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), autocast():
-                return float(loss_fn(model(inputs), targets).float())
-        finally:
-            model.train(was_training)
-
+    sweep = _Sweep(
+        model,
+        loss_fn,
+        batches,
+        accumulate,
+        autocast,
+        scaler,
+        val_batch,
+        rule if rule is not None else DivergenceRule(),
+        device or torch.device("cpu"),
+    )
     model.train()
-    rec_lrs: list[float] = []
-    rec_losses: list[float] = []
-    skipped = 0
-    applied = 0
-    stop = "completed"
-    initial = evaluate() if val_batch is not None else math.nan
-    if rule is None:
-        rule = DivergenceRule()
     if val_batch is not None:
-        if not math.isfinite(initial):
-            raise ConfigError(f"the loss on val_batch is {initial} before any update")
-        rule.initial_loss = initial
-    pending: int | None = None  # index of the LR whose effect the next forward measures
-    i = 0
-    while True:
-        last = i >= len(lrs)
-        if last and val_batch is not None:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        train_loss = forward_backward(with_grad=not last)
-        if val_batch is None:
-            if pending is not None:
-                rec_lrs.append(lrs[pending])
-                rec_losses.append(train_loss)
-                if rule.update(train_loss):
-                    stop = rule.reason
-                    break
-            elif not rec_losses and math.isnan(initial):
-                initial = train_loss
-                rule.initial_loss = initial if math.isfinite(initial) else None
-                if not math.isfinite(train_loss):
-                    stop = "non-finite loss"
-                    break
-        pending = None
-        if last:
-            break
-        if not math.isfinite(train_loss):
-            stop = "non-finite loss"
-            break
-        set_lr(optimizer, lrs[i], multipliers)
-        if scaler is not None:
-            old_scale = float(scaler.get_scale())
-            scaler.step(optimizer)
-            scaler.update()
-            if float(scaler.get_scale()) < old_scale:
-                skipped += 1
-                if skipped > max_skipped:
-                    stop = "too many skipped steps"
-                    break
-                continue  # the same LR is tried again; it has not been tested yet
-        else:
-            optimizer.step()
-        applied += 1
-        if val_batch is not None:
-            rec_lrs.append(lrs[i])
-            loss = evaluate()
-            rec_losses.append(loss)
-            if rule.update(loss):
-                stop = rule.reason
-                break
-        else:
-            pending = i
-        i += 1
+        sweep.initial = sweep.evaluate()
+        if not math.isfinite(sweep.initial):
+            raise ConfigError(f"the loss on val_batch is {sweep.initial} before any update")
+        sweep.rule.initial_loss = sweep.initial
+    sweep.run(optimizer, lrs, multipliers, max_skipped)
     optimizer.zero_grad(set_to_none=True)
     return SweepRecord(
-        lrs=rec_lrs,
-        losses=rec_losses,
-        initial_loss=initial,
-        samples=samples,
-        optimizer_steps=applied,
-        skipped_steps=skipped,
-        stop_reason=stop,
+        lrs=sweep.lrs,
+        losses=sweep.losses,
+        initial_loss=sweep.initial,
+        samples=sweep.samples,
+        optimizer_steps=sweep.applied,
+        skipped_steps=sweep.skipped,
+        stop_reason=sweep.stop,
     )
