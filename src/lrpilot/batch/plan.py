@@ -74,6 +74,63 @@ def _choose_accumulate(nominal: int, max_per_device: int, processes: int) -> int
     return a_min
 
 
+def _split_nominal(
+    nominal: int, max_per_device: int, processes: int, warnings: list[str]
+) -> tuple[int, int]:
+    """``(per_device, accumulate)`` for the nominal batch (module doc)."""
+    if nominal < processes:
+        warnings.append(
+            f"the nominal batch {nominal} is smaller than the number of processes {processes}; "
+            f"each process needs at least one sample, so the effective batch is {processes}"
+        )
+        return 1, 1
+    accumulate = _choose_accumulate(nominal, max_per_device, processes)
+    return math.ceil(nominal / (processes * accumulate)), accumulate
+
+
+def _lr_reasons(
+    lr: float, base_batch: int, effective: int, rule: str, conservative: float
+) -> tuple[float, list[str]]:
+    """The LR for ``effective`` under the scaling rule, and why in words."""
+    scaled = scale_lr(lr, base_batch, effective, rule=rule, conservative=conservative)
+    if effective == base_batch:
+        return scaled, [f"learning rate {lr:g} kept: the effective batch equals the base batch"]
+    trimmed = f", trimmed by {conservative:.0%}" if conservative and effective > base_batch else ""
+    reasons = [
+        f"learning rate {lr:g} at batch {base_batch} becomes {scaled:.6g} at batch "
+        f"{effective} under the {rule!r} rule" + trimmed
+    ]
+    if scaled > lr:
+        reasons.append(
+            "a raised learning rate wants a warmup (Goyal et al. used 5 epochs ramping "
+            "up to it); lrpilot.batch.scale_warmup keeps the warmup's samples fixed"
+        )
+    return scaled, reasons
+
+
+def _batchnorm_warning(per_device: int, processes: int, device: str) -> str:
+    """What to do about BatchNorm on a micro-batch below ``MIN_BATCHNORM_BATCH``."""
+    across = per_device * processes
+    if device.startswith("cuda") and processes > 1 and across >= MIN_BATCHNORM_BATCH:
+        advice = (
+            f"convert it with torch.nn.SyncBatchNorm.convert_sync_batchnorm so the "
+            f"statistics span {across} samples across processes, or use GroupNorm"
+        )
+    elif device.startswith("cuda") and processes > 1:
+        advice = (
+            f"even SyncBatchNorm would see only {across} samples; replace BatchNorm with GroupNorm"
+        )
+    else:
+        advice = (
+            "SyncBatchNorm needs CUDA and several processes (it does not help "
+            "accumulation); replace BatchNorm with GroupNorm"
+        )
+    return (
+        f"{per_device} samples per micro-batch with BatchNorm (below {MIN_BATCHNORM_BATCH}): "
+        f"its batch statistics are unreliable; {advice}"
+    )
+
+
 def plan_accumulation(
     max_per_device: int,
     nominal: int,
@@ -102,83 +159,31 @@ def plan_accumulation(
     if lr is not None:
         check_range("lr", lr, low=0, low_inclusive=False)
     base_batch = nominal if base_batch is None else check_int("base_batch", base_batch, low=1)
-    reasons: list[str] = []
     warnings: list[str] = []
-
-    if nominal < processes:
-        per_device, accumulate = 1, 1
-        warnings.append(
-            f"the nominal batch {nominal} is smaller than the number of processes {processes}; "
-            f"each process needs at least one sample, so the effective batch is {processes}"
-        )
-    else:
-        accumulate = _choose_accumulate(nominal, max_per_device, processes)
-        per_device = math.ceil(nominal / (processes * accumulate))
+    per_device, accumulate = _split_nominal(nominal, max_per_device, processes, warnings)
     effective = per_device * processes * accumulate
-
     if accumulate == 1:
-        reasons.append(
+        reasons = [
             f"the nominal batch {nominal} fits without accumulation: {per_device} per device "
             f"x {processes} process(es) (at most {max_per_device} per device fit in memory)"
-        )
+        ]
     else:
-        reasons.append(
+        reasons = [
             f"at most {max_per_device} samples per device fit in memory, so the nominal batch "
             f"{nominal} is reached by accumulating {accumulate} micro-batches of {per_device} "
             f"on {processes} process(es)"
-        )
+        ]
     if effective != nominal:
         warnings.append(
             f"the effective batch is {effective}, not the nominal {nominal} "
             f"({per_device} x {processes} x {accumulate} cannot equal it exactly)"
         )
-
     scaled = None
     if lr is not None:
-        scaled = scale_lr(lr, base_batch, effective, rule=rule, conservative=conservative)
-        if effective == base_batch:
-            reasons.append(f"learning rate {lr:g} kept: the effective batch equals the base batch")
-        else:
-            reasons.append(
-                f"learning rate {lr:g} at batch {base_batch} becomes {scaled:.6g} at batch "
-                f"{effective} under the {rule!r} rule"
-                + (
-                    f", trimmed by {conservative:.0%}"
-                    if conservative and effective > base_batch
-                    else ""
-                )
-            )
-            if scaled > lr:
-                reasons.append(
-                    "a raised learning rate wants a warmup (Goyal et al. used 5 epochs ramping "
-                    "up to it); lrpilot.batch.scale_warmup keeps the warmup's samples fixed"
-                )
-
+        scaled, lr_reasons = _lr_reasons(lr, base_batch, effective, rule, conservative)
+        reasons += lr_reasons
     if batchnorm and per_device < MIN_BATCHNORM_BATCH:
-        if (
-            device.startswith("cuda")
-            and processes > 1
-            and per_device * processes >= MIN_BATCHNORM_BATCH
-        ):
-            advice = (
-                f"convert it with torch.nn.SyncBatchNorm.convert_sync_batchnorm so the "
-                f"statistics span {per_device * processes} samples across processes, or use GroupNorm"
-            )
-        elif device.startswith("cuda") and processes > 1:
-            advice = (
-                f"even SyncBatchNorm would see only {per_device * processes} samples; "
-                "replace BatchNorm with GroupNorm"
-            )
-        else:
-            advice = (
-                "SyncBatchNorm needs CUDA and several processes (it does not help "
-                "accumulation); replace BatchNorm with GroupNorm"
-            )
-        warnings.append(
-            f"{per_device} samples per micro-batch with BatchNorm (below {MIN_BATCHNORM_BATCH}): "
-            f"its batch statistics are unreliable; {advice}"
-        )
-
+        warnings.append(_batchnorm_warning(per_device, processes, device))
     return AccumulationPlan(
         per_device=per_device,
         processes=processes,
