@@ -219,14 +219,10 @@ def _warmup_spec(ctx: _Context, value: object) -> tuple[int, dict[str, Any]]:
     return steps, kwargs
 
 
-def _build(
-    config: object,
-    where: str,
-    steps_per_epoch: int | None,
-    total_steps: int | None,
-    unit: str,
-) -> tuple[Schedule, Schedule | None]:
-    """Return ``(schedule, momentum schedule or None)``."""
+def _named(
+    config: object, where: str, steps_per_epoch: int | None, unit: str
+) -> tuple[Mapping[str, Any], str, _Context]:
+    """Check the config's ``name`` and ``unit``: ``(config, name, context)``."""
     config = _check_mapping(where, config)
     if "name" not in config:
         raise ConfigError(f"{where} is missing 'name'; valid names: {', '.join(SCHEDULE_NAMES)}")
@@ -240,9 +236,14 @@ def _build(
         unit = config["unit"]
         if unit not in _UNITS:
             raise ConfigError(f"{where}.unit={unit!r} is not valid; allowed: steps, epochs")
-    ctx = _Context(where, unit, steps_per_epoch)
+    return config, name, _Context(where, unit, steps_per_epoch)
 
-    family = FAMILIES.get(name)
+
+def _check_family_keys(
+    config: Mapping[str, Any], ctx: _Context, name: str, family: Family | None
+) -> None:
+    """Unknown keys, and a ``unit: epochs`` that would convert nothing, raise."""
+    where = ctx.where
     params = family.params if family is not None else ("schedules", "boundaries")
     allowed = {"name", "unit", "warmup", *params}
     if family is not None and "steps" in family.params:
@@ -251,7 +252,7 @@ def _build(
         allowed.update(_MOMENTUM_KEYS)
     _check_keys(where, config, allowed)
     bare = () if family is None else (*_bare_lengths(family), *family.length_lists)
-    if family is not None and not bare and "unit" in config and unit == "epochs":
+    if family is not None and not bare and "unit" in config and ctx.unit == "epochs":
         if "steps" in family.lengths:
             raise ConfigError(
                 f"{where}.unit=epochs has no effect: {name}'s only length is 'steps', which is "
@@ -262,57 +263,88 @@ def _build(
             "(for a per-epoch decay use step_decay with every: 1 and unit: epochs)"
         )
 
-    # Nested warmup combinator (a mapping); an int `warmup` is the family's own parameter.
-    warmup_steps, warmup_kwargs = 0, None
+
+def _nested_warmup(
+    config: Mapping[str, Any], ctx: _Context, name: str, family: Family | None
+) -> tuple[int, dict[str, Any] | None]:
+    """The nested warmup combinator (a mapping): ``(steps, kwargs or None)``; an int
+    ``warmup`` is the family's own parameter."""
     own_warmup = family is not None and "warmup" in family.params
     if own_warmup and isinstance(config.get("warmup"), Mapping):
         raise ConfigError(
-            f"{where}.warmup is {name}'s own warmup length (an integer), got a mapping; "
+            f"{ctx.where}.warmup is {name}'s own warmup length (an integer), got a mapping; "
             f"{name} has no nested warmup"
         )
     if "warmup" in config and not own_warmup:
-        warmup_steps, warmup_kwargs = _warmup_spec(ctx, config["warmup"])
-    remaining = None if total_steps is None else total_steps - warmup_steps
+        return _warmup_spec(ctx, config["warmup"])
+    return 0, None
 
+
+def _family_kwargs(
+    config: Mapping[str, Any],
+    ctx: _Context,
+    family: Family,
+    remaining: int | None,
+    spans: tuple[int | None, int],
+) -> dict[str, Any]:
+    """The factory's keyword arguments, lengths in steps; a family that spans the run gets
+    the ``remaining`` steps. ``spans``: ``(total_steps, warmup_steps)`` for the messages."""
+    where = ctx.where
+    kwargs: dict[str, Any] = {}
+    for key in family.params:
+        if key not in config:
+            continue
+        value = config[key]
+        if key in _bare_lengths(family):
+            value = ctx.length(key, value)
+        elif key in family.length_lists:
+            value = ctx.length_list(key, value)
+        kwargs[key] = value
+    if "epochs" in config:
+        if "steps" in config:
+            raise ConfigError(f"{where}: give either 'steps' or 'epochs', not both")
+        kwargs["steps"] = ctx.length("epochs", config["epochs"], epochs=True)
+    if family.spans_run and "steps" not in kwargs:
+        if remaining is None:
+            raise ConfigError(
+                f"{where} is missing key 'steps' (or 'epochs'); give it, or pass "
+                "total_steps so the schedule spans the run"
+            )
+        if remaining < 1:
+            raise ConfigError(
+                f"{where}: total_steps={spans[0]} leaves no steps after the "
+                f"{spans[1]}-step warmup; allowed: warmup < total_steps"
+            )
+        kwargs["steps"] = remaining
+    missing = [k for k in family.required if k not in kwargs]
+    if missing:
+        raise ConfigError(
+            f"{where} is missing key {missing[0]!r}; required: {', '.join(family.required)}"
+        )
+    return kwargs
+
+
+def _build(
+    config: object,
+    where: str,
+    steps_per_epoch: int | None,
+    total_steps: int | None,
+    unit: str,
+) -> tuple[Schedule, Schedule | None]:
+    """Return ``(schedule, momentum schedule or None)``."""
+    config, name, ctx = _named(config, where, steps_per_epoch, unit)
+    family = FAMILIES.get(name)
+    _check_family_keys(config, ctx, name, family)
+    warmup_steps, warmup_kwargs = _nested_warmup(config, ctx, name, family)
+    remaining = None if total_steps is None else total_steps - warmup_steps
+    momentum = None
     if family is None:
         schedule = _build_join(config, ctx, steps_per_epoch, remaining)
-        momentum = None
     else:
-        kwargs: dict[str, Any] = {}
-        for key in family.params:
-            if key not in config:
-                continue
-            value = config[key]
-            if key in _bare_lengths(family):
-                value = ctx.length(key, value)
-            elif key in family.length_lists:
-                value = ctx.length_list(key, value)
-            kwargs[key] = value
-        if "epochs" in config:
-            if "steps" in config:
-                raise ConfigError(f"{where}: give either 'steps' or 'epochs', not both")
-            kwargs["steps"] = ctx.length("epochs", config["epochs"], epochs=True)
-        if family.spans_run and "steps" not in kwargs:
-            if remaining is None:
-                raise ConfigError(
-                    f"{where} is missing key 'steps' (or 'epochs'); give it, or pass "
-                    "total_steps so the schedule spans the run"
-                )
-            if remaining < 1:
-                raise ConfigError(
-                    f"{where}: total_steps={total_steps} leaves no steps after the "
-                    f"{warmup_steps}-step warmup; allowed: warmup < total_steps"
-                )
-            kwargs["steps"] = remaining
-        missing = [k for k in family.required if k not in kwargs]
-        if missing:
-            raise ConfigError(
-                f"{where} is missing key {missing[0]!r}; required: {', '.join(family.required)}"
-            )
+        kwargs = _family_kwargs(config, ctx, family, remaining, (total_steps, warmup_steps))
         schedule = family.factory(**kwargs)
-        momentum = None
         if name == "one_cycle":
-            momentum = _one_cycle_momentum(where, config, kwargs)
+            momentum = _one_cycle_momentum(ctx.where, config, kwargs)
     if warmup_kwargs is not None:
         schedule = combinators.warmup(schedule, warmup_steps, **warmup_kwargs)
         if momentum is not None and warmup_steps > 0:
