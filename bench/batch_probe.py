@@ -94,17 +94,19 @@ def _trial(task_name: str, batch: int, steps: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from lrpilot.batch.memory import _batch, _resolve, _status_kib, _train_steps, make_optimizer
+    from lrpilot.batch._memory_base import make_optimizer, repeat_batch, train_steps
+    from lrpilot.batch._memory_cpu import status_kib
+    from lrpilot.batch.memory import _resolve
     from lrpilot.tasks import get_task
 
     task = get_task(task_name)
     factory, x1, y1, loss_fn, opt_spec, _ = _resolve(task, None, None, None)
     model = factory()
     opt = make_optimizer(opt_spec, [p for p in model.parameters() if p.requires_grad])
-    rss_before = _status_kib("VmRSS") * 1024
-    x, y = _batch(x1, y1, batch, torch.device("cpu"))
-    _train_steps(model, opt, loss_fn, x, y, steps)
-    print(json.dumps({"hwm": _status_kib("VmHWM") * 1024, "rss_before": rss_before}))
+    rss_before = status_kib("VmRSS") * 1024
+    x, y = repeat_batch(x1, y1, batch, torch.device("cpu"))
+    train_steps(model, opt, loss_fn, x, y, steps)
+    print(json.dumps({"hwm": status_kib("VmHWM") * 1024, "rss_before": rss_before}))
 
 
 def _probe(task_name: str, budget: int) -> None:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from lrpilot.batch import max_batch_size, probe_memory
-from lrpilot.batch.memory import _measure_cpu, _resolve, current_rss, fit_line, search_largest
+from lrpilot.batch._memory_cpu import measure_cpu as _measure_cpu
+from lrpilot.batch.memory import _resolve, current_rss, fit_line, search_largest
 from lrpilot.errors import ConfigError
 
 MiB = 2**20

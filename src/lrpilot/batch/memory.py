@@ -42,75 +42,50 @@ from __future__ import annotations
 
 import copy
 import gc
-import math
-import multiprocessing
-import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from lrpilot.batch._memory_base import (
+    GiB,
+    LossFn,
+    MemoryProbe,
+    OptimizerChoice,
+    is_oom,
+    make_optimizer,
+    repeat_batch,
+    search_largest,
+    train_steps,
+)
+from lrpilot.batch._memory_cpu import (
+    MAX_PROBE_ADDED_BYTES,
+    available_memory,
+    current_rss,
+    fit_line,
+    probe_cpu,
+)
 from lrpilot.errors import ConfigError, check_int, check_range
-from lrpilot.optim import create_optimizer, resolve_implementation, resolve_settings
+from lrpilot.optim import resolve_settings
 
-GiB = 2**30
-MAX_PROBE_ADDED_BYTES = 2 * GiB
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "MAX_PROBE_ADDED_BYTES",
+    "GiB",
+    "MemoryProbe",
+    "OptimizerChoice",
+    "available_memory",
+    "current_rss",
+    "fit_line",
+    "make_optimizer",
+    "max_batch_size",
+    "probe_memory",
+    "search_largest",
+]
+
 DEFAULT_MAX_BATCH = 65536
-#: a registry name, settings (``lrpilot.optim.resolve_settings``) or a factory ``f(params)``
-OptimizerChoice = str | Mapping[str, Any] | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class MemoryProbe:
-    """A memory probe's outcome.
-
-    ``batch_size``: the largest per-device batch that fits. ``baseline_bytes``: memory in use
-    before the probe (this process's RSS on CPU, allocated device memory on CUDA).
-    ``memory_bytes``: memory at that
-    batch (peak allocated on CUDA, measured; peak RSS predicted by the fit on CPU).
-    ``fixed_bytes``/``per_sample_bytes``: the fitted line (CPU). ``points``: every
-    measurement ``(batch, peak bytes or -1 for out-of-memory)``. ``capped``: the answer is
-    ``max_batch``, not a memory limit.
-    """
-
-    batch_size: int
-    device: str
-    method: str
-    budget_bytes: int
-    baseline_bytes: int
-    memory_bytes: float
-    fixed_bytes: float | None
-    per_sample_bytes: float | None
-    points: tuple[tuple[int, int], ...]
-    capped: bool
-    seconds: float
-    reasons: tuple[str, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["points"] = [list(p) for p in self.points]
-        d["reasons"] = list(self.reasons)
-        return d
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def make_optimizer(spec: OptimizerChoice, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The probed optimizer: a factory ``spec(params)``, a registry name (``"sgd"``,
-    ``"adam"``, ``"adamw"``, :mod:`lrpilot.optim`; its defaults) or settings as
-    :func:`lrpilot.optim.resolve_settings` returns them (a task's: what ``lrpilot fit``
-    trains with, momentum buffers and kernel included)."""
-    if callable(spec):
-        return spec(params)
-    settings = resolve_settings(spec, None) if isinstance(spec, str) else dict(spec)
-    impl = resolve_implementation(str(settings.get("implementation", "auto")), params)
-    hyper = {k: v for k, v in settings.items() if k not in ("name", "implementation")}
-    return create_optimizer(settings["name"], params, implementation=impl, **hyper)
 
 
 def _resolve(
@@ -170,65 +145,26 @@ def _resolve(
     return factory, x1, y1, loss_fn, optimizer, default_cap
 
 
-def _batch(x1: torch.Tensor, y1: torch.Tensor | None, b: int, device: torch.device):
-    """``b`` copies of one example, materialised on ``device`` (memory as a real batch)."""
-    x = x1.to(device).unsqueeze(0).expand(b, *x1.shape).clone()
-    y = None if y1 is None else y1.to(device).unsqueeze(0).expand(b, *y1.shape).clone()
-    return x, y
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _train_steps(model, opt, loss_fn, x, y, steps: int) -> None:
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = out.float().mean() if loss_fn is None else loss_fn(out, y)
-        loss.backward()
-        opt.step()
-
-
-def search_largest(fits: Callable[[int], bool], start: int, cap: int) -> int:
-    """Largest ``b`` in ``[1, cap]`` with ``fits(b)``, assuming ``fits`` is monotone.
-
-    Doubling from ``start`` until a failure (or ``cap``), then bisection between the last
-    success and the first failure. Returns 0 when even ``b = 1`` fails.
-
-    >>> search_largest(lambda b: b <= 37, 1, 1000)
-    37
-    >>> search_largest(lambda b: b <= 5000, 4, 1000)
-    1000
-    """
-    start = max(1, min(start, cap))
-    good, bad = 0, None
-    b = start
-    while True:
-        if fits(b):
-            good = b
-            if b >= cap:
-                return b
-            b = min(2 * b, cap)
-        else:
-            bad = b
-            break
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if fits(mid):
-            good = mid
-        else:
-            bad = mid
-    return good
-
-
-# ----------------------------------------------------------------------------- CUDA
+def _cuda_try(dev: torch.device, make_try: Callable[[int], None], b: int) -> int:
+    """Peak allocated bytes of one try at batch ``b`` (``-1``: out of memory); the try's
+    tensors are dropped and the cache emptied afterwards."""
+    torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        make_try(b)
+        torch.cuda.synchronize(dev)
+        return int(torch.cuda.max_memory_allocated(dev))
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if not is_oom(exc):
+            raise
+        return -1
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _probe_cuda(factory, x1, y1, loss_fn, optimizer, device, budget, fraction, cap, steps, start):
+    """The CUDA probe (module doc): double until out of memory or over the budget, then
+    bisect; a :class:`MemoryProbe` with method ``cuda-oom-search``."""
     if not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available on this machine")
     dev = torch.device(device)
@@ -241,33 +177,16 @@ def _probe_cuda(factory, x1, y1, loss_fn, optimizer, device, budget, fraction, c
     if budget is None:
         budget = int(fraction * (free + torch.cuda.memory_reserved(dev)))
     points: list[tuple[int, int]] = []
-    peaks: dict[int, int] = {}
+
+    def one_try(b: int) -> None:  # its locals (model, optimizer, batch) die with the call
+        model = factory().to(dev)
+        opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
+        x, y = repeat_batch(x1, y1, b, dev)
+        train_steps(model, opt, loss_fn, x, y, steps)
 
     def fits(b: int) -> bool:
-        model = opt = x = y = None
-        oom = False
-        peak = -1
-        torch.cuda.reset_peak_memory_stats(dev)
-        try:
-            model = factory().to(dev)
-            opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
-            x, y = _batch(x1, y1, b, dev)
-            _train_steps(model, opt, loss_fn, x, y, steps)
-            torch.cuda.synchronize(dev)
-            peak = int(torch.cuda.max_memory_allocated(dev))
-        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if not _is_oom(exc):
-                raise
-            oom = True
-        finally:
-            del model, opt, x, y
-            gc.collect()
-            torch.cuda.empty_cache()
-        points.append((b, -1 if oom else peak))
-        if oom:
-            return False
-        peaks[b] = peak
-        return peak <= budget
+        points.append((b, _cuda_try(dev, one_try, b)))
+        return 0 <= points[-1][1] <= budget
 
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[dev.index]):  # model inits leave the caller's RNG alone
@@ -278,14 +197,14 @@ def _probe_cuda(factory, x1, y1, loss_fn, optimizer, device, budget, fraction, c
             f"even a batch of 1 does not fit on {dev} within {budget / GiB:.3f} GiB "
             f"(tries: {points})"
         )
-    capped = best >= cap
+    peak = dict(points)[best]
     reasons = [
         f"on {dev}: doubled the batch until a try ran out of memory or exceeded the budget "
         f"of {budget / GiB:.2f} GiB, then bisected; {len(points)} tries in {seconds:.1f} s",
-        f"batch {best} peaks at {peaks[best] / GiB:.3f} GiB allocated "
+        f"batch {best} peaks at {peak / GiB:.3f} GiB allocated "
         f"(device total {total / GiB:.1f} GiB)",
     ]
-    if capped:
+    if best >= cap:
         reasons.append(f"stopped at the cap of {cap} samples, not at a memory limit")
     return MemoryProbe(
         batch_size=best,
@@ -293,191 +212,14 @@ def _probe_cuda(factory, x1, y1, loss_fn, optimizer, device, budget, fraction, c
         method="cuda-oom-search",
         budget_bytes=int(budget),
         baseline_bytes=int(baseline),
-        memory_bytes=float(peaks[best]),
+        memory_bytes=float(peak),
         fixed_bytes=None,
         per_sample_bytes=None,
         points=tuple(points),
-        capped=capped,
+        capped=best >= cap,
         seconds=seconds,
         reasons=tuple(reasons),
     )
-
-
-# ----------------------------------------------------------------------------- CPU
-
-
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field_name} not found in /proc/self/status")
-
-
-def available_memory() -> int:
-    """``MemAvailable`` from ``/proc/meminfo`` in bytes (Linux)."""
-    with open("/proc/meminfo", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("MemAvailable not found in /proc/meminfo")
-
-
-def current_rss() -> int:
-    """This process's resident set size in bytes (Linux)."""
-    return _status_kib("VmRSS") * 1024
-
-
-def _cpu_child(conn, factory, x1, y1, loss_fn, optimizer, b, steps) -> None:  # pragma: no cover
-    try:
-        torch.set_num_threads(1)  # OpenMP pools do not survive fork; one thread is safe
-        start = _status_kib("VmRSS") * 1024
-        model = factory()
-        opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
-        x, y = _batch(x1, y1, b, torch.device("cpu"))
-        _train_steps(model, opt, loss_fn, x, y, steps)
-        conn.send(("ok", _status_kib("VmHWM") * 1024 - start))
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        conn.close()
-
-
-def _measure_cpu(factory, x1, y1, loss_fn, optimizer, b, steps, timeout=600.0) -> int:
-    """Bytes a training run at batch ``b`` adds to the resident set at its peak, measured
-    in a forked child (peak ``VmHWM`` minus the child's ``VmRSS`` when it starts)."""
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_cpu_child, args=(send, factory, x1, y1, loss_fn, optimizer, b, steps)
-    )
-    proc.start()
-    send.close()
-    try:
-        if not recv.poll(timeout):
-            raise OSError(f"memory probe at batch {b} did not finish within {timeout:.0f} s")
-        status, value = recv.recv()
-    except EOFError:
-        status, value = "error", f"child exited with code {proc.exitcode} (killed for memory?)"
-    finally:
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        recv.close()
-    if status != "ok":
-        raise ConfigError(f"memory probe at batch {b} failed: {value}")
-    return int(value)
-
-
-def fit_line(points: list[tuple[int, int]]) -> tuple[float, float]:
-    """Least-squares ``(fixed, per_sample)`` for ``peak = fixed + per_sample * batch``.
-
-    >>> fixed, slope = fit_line([(1, 110), (2, 120), (4, 140)])
-    >>> round(fixed, 9), round(slope, 9)
-    (100.0, 10.0)
-    """
-    n = len(points)
-    if n < 2:
-        raise ValueError("need at least two points to fit a line")
-    mx = sum(b for b, _ in points) / n
-    my = sum(m for _, m in points) / n
-    sxx = sum((b - mx) ** 2 for b, _ in points)
-    sxy = sum((b - mx) * (m - my) for b, m in points)
-    slope = sxy / sxx
-    return my - slope * mx, slope
-
-
-def _probe_cpu(factory, x1, y1, loss_fn, optimizer, budget, fraction, cap, steps, progress):
-    if (
-        not os.path.exists("/proc/self/status")
-        or "fork" not in multiprocessing.get_all_start_methods()
-    ):
-        raise ConfigError("the CPU memory probe needs Linux (/proc and fork)")
-    base = current_rss()
-    if budget is None:
-        budget = int(base + fraction * available_memory())
-    if budget <= base:
-        raise ConfigError(
-            f"budget {budget / GiB:.3f} GiB is below this process's resident memory "
-            f"({base / GiB:.3f} GiB) before any training"
-        )
-    headroom = budget - base
-    target_added = min(0.5 * headroom, MAX_PROBE_ADDED_BYTES)
-    points: list[tuple[int, int]] = []  # (batch, bytes added at the peak)
-    t0 = time.perf_counter()
-    b = min(2, cap)  # 2, not 1: BatchNorm refuses a batch of one in training mode
-    while True:
-        added = _measure_cpu(factory, x1, y1, loss_fn, optimizer, b, steps)
-        points.append((b, added))
-        if progress is not None:
-            progress(b, added)
-        if b >= cap or added >= target_added:
-            break
-        nxt = min(2 * b, cap)
-        if len(points) >= 2:  # never launch a try predicted to exceed the budget
-            fixed, slope = fit_line(points[-3:])
-            if slope > 0 and fixed + slope * nxt > headroom:
-                break
-        b = nxt
-    if len(points) >= 2 and b < cap:
-        # refine: one more measurement just below the predicted limit (bounded by the
-        # 2 GiB probe cap), so the final line interpolates instead of extrapolating
-        fixed, slope = fit_line(points[-3:])
-        if slope > 0:
-            guess = (headroom - fixed) / slope
-            limit = (MAX_PROBE_ADDED_BYTES - fixed) / slope
-            nxt = min(int(0.9 * guess), int(limit), cap)
-            if nxt > b:
-                points.append((nxt, _measure_cpu(factory, x1, y1, loss_fn, optimizer, nxt, steps)))
-                if progress is not None:
-                    progress(*points[-1])
-    seconds = time.perf_counter() - t0
-    if len(points) >= 2:
-        fixed, per_sample = fit_line(points[-3:])
-    else:
-        fixed, per_sample = float(points[0][1]), 0.0
-    reasons = [
-        f"measured the memory {steps} training steps add at their peak (forked child, "
-        f"VmHWM) at batches {', '.join(str(p[0]) for p in points)} ({seconds:.1f} s)",
-    ]
-    if per_sample <= 0:
-        best = cap
-        reasons.append("memory did not grow with the batch in the measured range")
-    else:
-        best = math.floor((headroom - fixed) / per_sample)
-        reasons.append(
-            f"fitted peak = {base / GiB:.3f} GiB now + {fixed / GiB:.3f} GiB + "
-            f"{per_sample / 1024:.1f} KiB x batch; solved for the budget of {budget / GiB:.3f} GiB"
-        )
-    capped = best >= cap
-    best = min(best, cap)
-    if best < 1:
-        raise ConfigError(
-            f"even a batch of 1 does not fit in {budget / GiB:.3f} GiB "
-            f"({base / GiB:.3f} GiB resident now, {per_sample / 1024:.1f} KiB per sample)"
-        )
-    if capped:
-        reasons.append(f"capped at {cap} samples (not a memory limit)")
-    fixed += base
-    points = [(pb, pm + base) for pb, pm in points]
-    return MemoryProbe(
-        batch_size=best,
-        device="cpu",
-        method="cpu-rss-fit",
-        budget_bytes=int(budget),
-        baseline_bytes=int(base),
-        memory_bytes=float(fixed + per_sample * best),
-        fixed_bytes=float(fixed),
-        per_sample_bytes=float(per_sample),
-        points=tuple(points),
-        capped=capped,
-        seconds=seconds,
-        reasons=tuple(reasons),
-    )
-
-
-# ----------------------------------------------------------------------------- API
 
 
 def probe_memory(
@@ -521,7 +263,7 @@ def probe_memory(
         )
     if device != "cpu":
         raise ConfigError(f"device={device!r}; allowed: cpu, cuda, cuda:N")
-    return _probe_cpu(factory, x1, y1, loss_fn, optimizer, budget, fraction, cap, steps, progress)
+    return probe_cpu(factory, x1, y1, loss_fn, optimizer, budget, fraction, cap, steps, progress)
 
 
 def max_batch_size(
