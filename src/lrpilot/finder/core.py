@@ -158,42 +158,19 @@ def find_lr(
     >>> opt.param_groups[0]["lr"]
     0.01
     """
-    start_lr = check_range("start_lr", start_lr, low=0, low_inclusive=False)
-    end_lr = check_range("end_lr", end_lr, low=0, low_inclusive=False)
-    if end_lr <= start_lr:
-        raise ConfigError(f"end_lr={end_lr!r} must be greater than start_lr={start_lr!r}")
-    steps = check_int("steps", steps, low=5)
+    start_lr, end_lr, steps = _check_sweep(start_lr, end_lr, steps, mode, amp)
     accumulate = check_int("accumulate", accumulate, low=1)
     repeats = check_int("repeats", repeats, low=1)
     divergence_factor = check_range(
         "divergence_factor", divergence_factor, low=0, low_inclusive=False
     )
-    if mode not in SWEEP_MODES:
-        raise ConfigError(f"mode={mode!r} is not one of {', '.join(SWEEP_MODES)}")
-    if not isinstance(amp, bool):
-        raise ConfigError(f"amp must be True or False, got {amp!r}")
     schedule_fraction(schedule)  # validates the name before any work
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ConfigError(
-            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
-    if optimizer_family is None:
-        optimizer_family = optimizer_family_of(optimizer)
-    family_exponent(optimizer_family)
+    optimizer_family = _family(optimizer, optimizer_family)
     batch_ratio = check_range("batch_ratio", batch_ratio, low=0, low_inclusive=False)
     multipliers = _multipliers(optimizer)
-
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
-    autocast: Callable[[], Any] = nullcontext
-    if amp:
-        if device.type == "cuda":
-            autocast = partial(torch.autocast, "cuda", dtype=torch.float16)
-            if scaler is None:
-                scaler = torch.amp.GradScaler("cuda")
-        else:
-            autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16)
-
+    autocast, scaler = _precision(device, amp, scaler)
     lrs = sweep_lrs(start_lr, end_lr, steps, mode)
     snapshot = TrainingSnapshot.capture(model, optimizer, scaler, _loader_generators(train_loader))
     records = []
@@ -223,6 +200,63 @@ def find_lr(
     return combine_records(records, schedule, optimizer_family, batch_ratio)
 
 
+def _check_sweep(
+    start_lr: float, end_lr: float, steps: int, mode: str, amp: bool
+) -> tuple[float, float, int]:
+    """The sweep's range and length, checked: ``(start_lr, end_lr, steps)``."""
+    start_lr = check_range("start_lr", start_lr, low=0, low_inclusive=False)
+    end_lr = check_range("end_lr", end_lr, low=0, low_inclusive=False)
+    if end_lr <= start_lr:
+        raise ConfigError(f"end_lr={end_lr!r} must be greater than start_lr={start_lr!r}")
+    steps = check_int("steps", steps, low=5)
+    if mode not in SWEEP_MODES:
+        raise ConfigError(f"mode={mode!r} is not one of {', '.join(SWEEP_MODES)}")
+    if not isinstance(amp, bool):
+        raise ConfigError(f"amp must be True or False, got {amp!r}")
+    return start_lr, end_lr, steps
+
+
+def _family(optimizer: object, optimizer_family: str | None) -> str:
+    """The suggestion rule's optimizer family: the one given, else ``optimizer``'s."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if optimizer_family is None:
+        optimizer_family = optimizer_family_of(optimizer)
+    family_exponent(optimizer_family)
+    return optimizer_family
+
+
+def _precision(device: torch.device, amp: bool, scaler: Any) -> tuple[Callable[[], Any], Any]:
+    """``(autocast context factory, scaler)``: bfloat16 autocast on CPU, float16 with a
+    GradScaler (the given one or a fresh one) on CUDA, nothing without ``amp``."""
+    if not amp:
+        return nullcontext, scaler
+    if device.type == "cuda":
+        if scaler is None:
+            scaler = torch.amp.GradScaler("cuda")
+        return partial(torch.autocast, "cuda", dtype=torch.float16), scaler
+    return partial(torch.autocast, device.type, dtype=torch.bfloat16), scaler
+
+
+def _repeat_intervals(records: list, analysis: Any) -> tuple[list[float | None], Any]:
+    """Each repeat's own ``lr_unstable`` (``None`` unless its verdict is ok), and the pooled
+    interval widened to contain them."""
+    per_repeat: list[float | None] = []
+    if len(records) > 1:
+        for rec in records:
+            a = analyze_curve(rec.lrs, rec.losses, rec.initial_loss)
+            per_repeat.append(a.lr_unstable if a.verdict == "ok" else None)
+    else:
+        per_repeat.append(analysis.lr_unstable if analysis.verdict == "ok" else None)
+    interval = analysis.interval
+    if analysis.verdict == "ok" and interval is not None:
+        known = [v for v in per_repeat if v is not None]
+        interval = (min([interval[0], *known]), max([interval[1], *known]))
+    return per_repeat, interval
+
+
 def combine_records(
     records: list,
     schedule: str,
@@ -239,18 +273,8 @@ def combine_records(
     initials = [rec.initial_loss for rec in records if math.isfinite(rec.initial_loss)]
     initial = float(np.mean(initials)) if initials else math.nan
     analysis = analyze_curve(lrs, losses, initial if initials else None)
-    per_repeat: list[float | None] = []
-    if len(records) > 1:
-        for rec in records:
-            a = analyze_curve(rec.lrs, rec.losses, rec.initial_loss)
-            per_repeat.append(a.lr_unstable if a.verdict == "ok" else None)
-    else:
-        per_repeat.append(analysis.lr_unstable if analysis.verdict == "ok" else None)
-    interval = analysis.interval
+    per_repeat, interval = _repeat_intervals(records, analysis)
     ok = analysis.verdict == "ok"
-    if ok and interval is not None:
-        known = [v for v in per_repeat if v is not None]
-        interval = (min([interval[0], *known]), max([interval[1], *known]))
     suggest_peak_lr(None, schedule, optimizer_family, batch_ratio)  # validates the inputs
     suggestion = (
         suggest_peak_lr(analysis.lr_unstable, schedule, optimizer_family, batch_ratio)
