@@ -162,7 +162,19 @@ def _cuda_try(dev: torch.device, make_try: Callable[[int], None], b: int) -> int
         torch.cuda.empty_cache()
 
 
-def _probe_cuda(factory, x1, y1, loss_fn, optimizer, device, budget, fraction, cap, steps, start):
+def _probe_cuda(
+    factory: Callable[[], nn.Module],
+    x1: torch.Tensor,
+    y1: torch.Tensor | None,
+    loss_fn: LossFn | None,
+    optimizer: OptimizerChoice,
+    device: str,
+    budget: int | None,
+    fraction: float,
+    cap: int,
+    steps: int,
+    start: int,
+) -> MemoryProbe:
     """The CUDA probe (module doc): double until out of memory or over the budget, then
     bisect; a :class:`MemoryProbe` with method ``cuda-oom-search``."""
     if not torch.cuda.is_available():

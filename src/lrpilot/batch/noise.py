@@ -217,7 +217,6 @@ def noise_scale(
     >>> r.b_simple > 0 and r.measurements == 4
     True
     """
-    from lrpilot.tasks import Task, get_task
     from lrpilot.tasks.base import dataset_len
 
     small_batch = check_int("small_batch", small_batch, low=1)
@@ -227,6 +226,45 @@ def noise_scale(
         raise ConfigError(
             f"big_batch={big_batch} must be a multiple of small_batch={small_batch} and larger"
         )
+    model, dataset, loss_fn = _probe_objects(task_or_model, dataset, loss_fn, seed)
+    n = dataset_len(dataset)
+    if big_batch > n:
+        raise ConfigError(f"big_batch={big_batch} is larger than the dataset ({n} examples)")
+    model = model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(seed)
+    stats = NoiseScale(beta=None)
+    g2s: list[float] = []
+    traces: list[float] = []
+    start = time.perf_counter()
+    for _ in range(measurements):
+        x, y = _gather(dataset, torch.randperm(n, generator=gen)[:big_batch])
+        small_sq, big_sq = _squared_norms(
+            model, params, loss_fn, x.to(device), y.to(device), small_batch
+        )
+        g2, trace = unbiased_estimates(small_sq, small_batch, big_sq, big_batch)
+        stats.update(small_sq, small_batch, big_sq, big_batch)
+        g2s.append(g2)
+        traces.append(trace)
+    return NoiseScaleResult(
+        b_simple=stats.value,
+        trace=stats.mean_trace,
+        g2=stats.mean_g2,
+        stderr=_jackknife(g2s, traces),
+        small_batch=small_batch,
+        big_batch=big_batch,
+        measurements=measurements,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _probe_objects(
+    task_or_model: object, dataset: Dataset | None, loss_fn: Callable | None, seed: int
+) -> tuple[nn.Module, Dataset, Callable]:
+    """``(model, dataset, loss_fn)`` of :func:`noise_scale`: a task's fresh model (built
+    under ``torch.manual_seed(seed)``), data and loss, or a deep copy of a module."""
+    from lrpilot.tasks import Task, get_task
+
     if isinstance(task_or_model, str):
         task_or_model = get_task(task_or_model)
     if isinstance(task_or_model, Task):
@@ -244,51 +282,36 @@ def noise_scale(
         raise ConfigError(
             f"noise_scale needs a Task, a task name or an nn.Module, got {type(task_or_model).__name__}"
         )
-    assert dataset is not None  # set by both branches above
-    n = dataset_len(dataset)
-    if big_batch > n:
-        raise ConfigError(f"big_batch={big_batch} is larger than the dataset ({n} examples)")
+    assert dataset is not None and loss_fn is not None  # set by both branches above
+    return model, dataset, loss_fn
 
-    model = model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(seed)
-    stats = NoiseScale(beta=None)
-    g2s: list[float] = []
-    traces: list[float] = []
-    start = time.perf_counter()
-    micro = big_batch // small_batch
-    for _ in range(measurements):
-        idx = torch.randperm(n, generator=gen)[:big_batch]
-        x, y = _gather(dataset, idx)
-        x, y = x.to(device), y.to(device)
-        total = [torch.zeros_like(p) for p in params]
-        small_sq = 0.0
-        for k in range(micro):
-            sl = slice(k * small_batch, (k + 1) * small_batch)
-            loss = loss_fn(model(x[sl]), y[sl])
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            sq = 0.0
-            for t, g in zip(total, grads, strict=True):
-                if g is not None:
-                    t.add_(g)
-                    sq += float(g.detach().pow(2).sum())
-            small_sq += sq
-        small_sq /= micro
-        big_sq = sum(float(t.div_(micro).pow(2).sum()) for t in total)
-        g2, trace = unbiased_estimates(small_sq, small_batch, big_sq, big_batch)
-        stats.update(small_sq, small_batch, big_sq, big_batch)
-        g2s.append(g2)
-        traces.append(trace)
-    return NoiseScaleResult(
-        b_simple=stats.value,
-        trace=stats.mean_trace,
-        g2=stats.mean_g2,
-        stderr=_jackknife(g2s, traces),
-        small_batch=small_batch,
-        big_batch=big_batch,
-        measurements=measurements,
-        seconds=time.perf_counter() - start,
-    )
+
+def _squared_norms(
+    model: nn.Module,
+    params: Sequence[torch.Tensor],
+    loss_fn: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    small_batch: int,
+) -> tuple[float, float]:
+    """``(mean |G_small|^2 over the micro-batches, |G_big|^2)`` on one big batch ``(x, y)``
+    split into micro-batches of ``small_batch``."""
+    micro = x.shape[0] // small_batch
+    total = [torch.zeros_like(p) for p in params]
+    small_sq = 0.0
+    for k in range(micro):
+        sl = slice(k * small_batch, (k + 1) * small_batch)
+        loss = loss_fn(model(x[sl]), y[sl])
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        sq = 0.0
+        for t, g in zip(total, grads, strict=True):
+            if g is not None:
+                t.add_(g)
+                sq += float(g.detach().pow(2).sum())
+        small_sq += sq
+    small_sq /= micro
+    big_sq = sum(float(t.div_(micro).pow(2).sum()) for t in total)
+    return small_sq, big_sq
 
 
 # ------------------------------------------------------ online noise scale in fit
