@@ -12,9 +12,10 @@ from lrpilot.train.checkpoint import CheckpointManager, atomic_save, load_checkp
 from lrpilot.train.config import FitConfig, apply_overrides, load_yaml, parse_config
 from lrpilot.train.data import BatchFetcher, DataOrder
 from lrpilot.train.early_stop import BestTracker
-from lrpilot.train.engine import Engine, RunPlan, plan_run
+from lrpilot.train.engine import Engine
 from lrpilot.train.guard import DivergenceGuard, classify
 from lrpilot.train.loop import fit
+from lrpilot.train.plan import RunPlan, plan_run
 from lrpilot.train.result import RunResult
 
 __all__ = [

@@ -12,8 +12,8 @@ loss before the update and may veto it.
 
 Everything is deterministic and in memory: :meth:`snapshot` / :meth:`restore` copy the
 model, optimizer, schedule, data position, counters and RNGs to the CPU and back, so a
-caller can branch from a state and come back (the autopilot). :func:`plan_run` gives the
-schedule, steps and batch arithmetic of a config without building a model.
+caller can branch from a state and come back (the autopilot). :func:`~lrpilot.train.plan.plan_run`
+gives the schedule, steps and batch arithmetic of a config without building a model.
 
 >>> from lrpilot.train import Engine, parse_config
 >>> engine = Engine(parse_config({"task": "mnist1d-mlp", "epochs": 1, "device": "cpu"}))
@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,6 @@ from torch import nn
 from lrpilot import _distributed as distributed
 from lrpilot._state import restore_snapshot, take_snapshot
 from lrpilot.batch.noise import NoiseMonitor
-from lrpilot.batch.scaling import lr_scale_factor
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task, get_task
 from lrpilot.train.builders import (
@@ -47,7 +46,6 @@ from lrpilot.train.builders import (
     build_model,
     build_optimizer,
     build_param_groups,
-    build_schedule,
     build_train_data,
     evaluate,
     grad_clearer,
@@ -59,9 +57,9 @@ from lrpilot.train.builders import (
     wrap_model,
 )
 from lrpilot.train.callbacks import Callback, CallbackList, StepOutcome
-from lrpilot.train.config import FitConfig, parse_config
-from lrpilot.train.data import make_order
+from lrpilot.train.config import FitConfig
 from lrpilot.train.lagged import LaggedSteps, LateReader, PendingStep
+from lrpilot.train.plan import RunPlan, plan_run
 from lrpilot.train.rng import capture_rng, restore_rng, seed_everything
 
 LOOP_STATE_VERSION = 1
@@ -120,46 +118,6 @@ class LoopState:
         self.events = [dict(e) for e in state["events"]]
 
 
-@dataclass(frozen=True)
-class RunPlan:
-    """The arithmetic of a run, without a model: see :func:`plan_run`."""
-
-    schedule: Callable[[int], float]
-    momentum: Callable[[int], float] | None
-    plateau: Any
-    steps_per_epoch: int
-    total_steps: int
-    effective_batch: int
-    lr_scale_factor: float
-
-
-def plan_run(config: FitConfig | Mapping[str, Any], task: Task | None = None) -> RunPlan:
-    """Schedule (LR scaling rule applied), momentum schedule, steps per epoch
-    (``ceil(ceil(N / batch_size) / accumulate)`` per process), total steps, effective batch
-    (``batch_size * accumulate * world_size``) and the LR scaling rule's factor.
-
-    >>> plan = plan_run({"task": "mnist1d-cnn", "epochs": 2})
-    >>> plan.steps_per_epoch, plan.total_steps, plan.effective_batch
-    (63, 126, 64)
-    """
-    cfg = config if isinstance(config, FitConfig) else parse_config(dict(config), task=task)
-    task = task if task is not None else get_task(cfg.task)
-    order = make_order(len(task.train_set), cfg.batch_size, cfg.accumulate, cfg.seed)
-    spe = order.steps_per_epoch()
-    total = spe * cfg.epochs
-    schedule, momentum, plateau = build_schedule(cfg, spe, total)
-    effective = distributed.effective_batch(cfg.batch_size, cfg.accumulate)
-    return RunPlan(
-        schedule=schedule,
-        momentum=momentum,
-        plateau=plateau,
-        steps_per_epoch=spe,
-        total_steps=total,
-        effective_batch=effective,
-        lr_scale_factor=lr_scale_factor(cfg.lr_scaling, effective),
-    )
-
-
 class Engine(LaggedSteps):
     """One run's objects (``cfg, task, model, optimizer, adapter, device, state``) and
     the training step. Building seeds every RNG with ``cfg.seed`` first."""
@@ -184,15 +142,7 @@ class Engine(LaggedSteps):
             self.model, cfg.layer_lr, cfg.optimizer.no_decay
         )
         self.loss_fn = training_loss(self.task, cfg)  # label smoothing; evaluation: the task's
-        implementation = resolve_implementation(
-            cfg.optimizer.implementation,
-            [p for group in groups for p in group["params"]],
-            sparse_grads=makes_sparse_grads(self.model),
-        )
-        if optimizer_factory is not None:
-            self.optimizer = optimizer_factory(groups)
-        else:
-            self.optimizer = build_optimizer(cfg, groups, implementation)
+        self.optimizer = self._build_optimizer(groups, optimizer_factory)
         self.data = build_train_data(cfg, self.task, self.device)
         self.plan = plan_run(cfg, self.task)
         self.steps_per_epoch = self.plan.steps_per_epoch
@@ -231,6 +181,22 @@ class Engine(LaggedSteps):
         self._ready: deque[StepOutcome] = deque()  # read, not handed out yet
         self._zero = torch.zeros((), device=self.device)
         self._veto = torch.zeros((), device=self.device)
+
+    def _build_optimizer(
+        self,
+        groups: list[dict],
+        factory: Callable[[list[dict]], torch.optim.Optimizer] | None,
+    ) -> torch.optim.Optimizer:
+        """``factory(groups)``, else ``cfg.optimizer`` with its kernel resolved for the
+        model's parameters (:func:`lrpilot.optim.resolve_implementation`)."""
+        implementation = resolve_implementation(
+            self.cfg.optimizer.implementation,
+            [p for group in groups for p in group["params"]],
+            sparse_grads=makes_sparse_grads(self.model),
+        )
+        if factory is not None:
+            return factory(groups)
+        return build_optimizer(self.cfg, groups, implementation)
 
     def _choose_lagged(self, forced: bool | None) -> bool:
         """Lagged mode (:meth:`advance`): by default on CUDA when the optimizer can skip a

@@ -64,6 +64,40 @@ def steps_rewound(rescues: list[dict]) -> int:
     return total
 
 
+def _restore_best(trainer: Any, status: str) -> bool:
+    """Load the best weights into the model when early stopping asks for them (not after
+    an abort); whether it did."""
+    es = trainer.cfg.early_stopping
+    if (
+        es is not None
+        and es.restore_best
+        and trainer.best.best_model is not None
+        and status != "aborted"
+    ):
+        distributed.unwrap(trainer.engine.model).load_state_dict(trainer.best.best_model)
+        return True
+    return False
+
+
+def _best_record(trainer: Any) -> dict[str, Any] | None:
+    """The best epoch's record with the monitored value (``None`` before any)."""
+    state = trainer.engine.state
+    if state.best_record is None:
+        return None
+    return {
+        "monitor": trainer.best.tracker.monitor,
+        "mode": trainer.best.tracker.mode,
+        "value": trainer.best.tracker.best,
+        **{k: v for k, v in state.best_record.items() if k != "type"},
+    }
+
+
+def _noise_value(engine: Any) -> float | None:
+    """The online noise scale's estimate, ``None`` when off or not yet finite."""
+    noise = engine.noise
+    return noise.value if noise is not None and math.isfinite(noise.value) else None
+
+
 def finish_run(trainer: Any, status: str) -> dict[str, Any]:
     """The end of a run: restore best weights if asked, build ``summary.json``.
 
@@ -75,26 +109,9 @@ def finish_run(trainer: Any, status: str) -> dict[str, Any]:
     ``steps_rewound`` is :func:`steps_rewound` of the rescues."""
     cfg, engine = trainer.cfg, trainer.engine
     state = engine.state
-    es = cfg.early_stopping
-    restored = False
-    if (
-        es is not None
-        and es.restore_best
-        and trainer.best.best_model is not None
-        and status != "aborted"
-    ):
-        distributed.unwrap(engine.model).load_state_dict(trainer.best.best_model)
-        restored = True
+    restored = _restore_best(trainer, status)
     wall = engine.elapsed()
     final = {k: v for k, v in (state.last_epoch_record or {}).items() if k not in ("type",)}
-    best = None
-    if state.best_record is not None:
-        best = {
-            "monitor": trainer.best.tracker.monitor,
-            "mode": trainer.best.tracker.mode,
-            "value": trainer.best.tracker.best,
-            **{k: v for k, v in state.best_record.items() if k != "type"},
-        }
     rescues = [e for e in state.events if e.get("action") == "guard_rescue"]
     rewound = steps_rewound(rescues)
     identity = getattr(trainer, "identity", {}) or {}
@@ -115,15 +132,13 @@ def finish_run(trainer: Any, status: str) -> dict[str, Any]:
         "lr_scale_factor": lr_scale_factor(
             cfg.lr_scaling, distributed.effective_batch(cfg.batch_size, cfg.accumulate)
         ),
-        "noise_scale": engine.noise.value
-        if engine.noise is not None and math.isfinite(engine.noise.value)
-        else None,
+        "noise_scale": _noise_value(engine),
         "wall_time_s": wall,
         "train_time_s": state.train_time,
         "samples_per_s": state.samples / state.train_time if state.train_time > 0 else None,
         "eval_time_s": state.eval_time,
         "final": final,
-        "best": best,
+        "best": _best_record(trainer),
         "restored_best_weights": restored,
         "stop_reason": trainer.stop_reason or None,
         "device": str(engine.device),
