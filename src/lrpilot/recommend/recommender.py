@@ -352,6 +352,54 @@ def _optimizer_settings(opt: str, lr: float, out: list[Choice], no_decay: bool) 
     return settings
 
 
+def _epochs(req: Request, m: Measurements, out: list[Choice]) -> int:
+    """``--epochs``, else the task's default, else the rule's."""
+    if req.epochs is not None:
+        out.append(Choice("epochs", req.epochs, "", "given", "--epochs"))
+        return req.epochs
+    if m.task_epochs is not None:
+        out.append(Choice("epochs", m.task_epochs, "", "task default", "the task's default epochs"))
+        return m.task_epochs
+    epochs = value("epochs.default")
+    out.append(Choice("epochs", epochs, "epochs.default", "assumed", rule("epochs.default").text))
+    return epochs
+
+
+def _lr_scaling(opt: str, total: int, out: list[Choice]) -> dict[str, Any]:
+    """The optimizer family's LR scaling rule, based at the recommended total batch."""
+    scaling = value(f"scaling.{opt}")
+    config = {
+        "rule": scaling["rule"],
+        "base_batch": total,
+        "conservative": scaling["conservative"],
+    }
+    out.append(
+        Choice(
+            "lr_scaling",
+            config,
+            f"scaling.{opt}",
+            "assumed",
+            rule(f"scaling.{opt}").text + f"; the LR above is for total batch {total}",
+        )
+    )
+    return config
+
+
+def _early_stopping(out: list[Choice]) -> dict[str, Any]:
+    """Early stopping that restores the best weights (with a one-cycle schedule)."""
+    patience = value("early_stopping.patience")
+    out.append(
+        Choice(
+            "early_stopping.patience",
+            patience,
+            "early_stopping.patience",
+            "assumed",
+            rule("early_stopping.patience").text,
+        )
+    )
+    return {"patience": patience, "restore_best": True}
+
+
 def recommend(
     req: Request,
     measured: Measurements | None = None,
@@ -379,17 +427,7 @@ def recommend(
     total = _batch(req, m, size, out, replaced)
     batch_size, accumulate = _split(total, req, m, out, notes)
     total = batch_size * accumulate * req.gpus
-    if req.epochs is not None:
-        epochs = req.epochs
-        out.append(Choice("epochs", epochs, "", "given", "--epochs"))
-    elif m.task_epochs is not None:
-        epochs = m.task_epochs
-        out.append(Choice("epochs", epochs, "", "task default", "the task's default epochs"))
-    else:
-        epochs = value("epochs.default")
-        out.append(
-            Choice("epochs", epochs, "epochs.default", "assumed", rule("epochs.default").text)
-        )
+    epochs = _epochs(req, m, out)
     lr = _lr(opt, kind, req, m, total, out, replaced)
     config: dict[str, Any] = {
         "task": req.task or TASK_PLACEHOLDER,
@@ -399,35 +437,9 @@ def recommend(
         "optimizer": _optimizer_settings(opt, lr, out, "no_decay" in supports),
         "schedule": _schedule(kind, lr, epochs, total, req, out),
     }
-    scaling = value(f"scaling.{opt}")
-    config["lr_scaling"] = {
-        "rule": scaling["rule"],
-        "base_batch": total,
-        "conservative": scaling["conservative"],
-    }
-    out.append(
-        Choice(
-            "lr_scaling",
-            config["lr_scaling"],
-            f"scaling.{opt}",
-            "assumed",
-            rule(f"scaling.{opt}").text + f"; the LR above is for total batch {total}",
-        )
-    )
+    config["lr_scaling"] = _lr_scaling(opt, total, out)
     if kind == "one_cycle":
-        config["early_stopping"] = {
-            "patience": value("early_stopping.patience"),
-            "restore_best": True,
-        }
-        out.append(
-            Choice(
-                "early_stopping.patience",
-                value("early_stopping.patience"),
-                "early_stopping.patience",
-                "assumed",
-                rule("early_stopping.patience").text,
-            )
-        )
+        config["early_stopping"] = _early_stopping(out)
     if req.scenario == "finetune":
         config["layer_lr"] = _layer_lr(req, m, out)
     smoothing = req.scenario in ("classification", "finetune") and m.cross_entropy is not False
