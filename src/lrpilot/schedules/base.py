@@ -133,3 +133,11 @@ def check_step(step: object) -> int:
     if step < 0:
         raise ConfigError(f"step={step} is out of range; allowed: [0, inf]")
     return step
+
+
+def negative_step(step: int) -> ConfigError:
+    return ConfigError(f"step={step!r} is out of range; allowed: [0, inf)")
+
+
+def check_gamma(name: str, value: object) -> float:
+    return check_range(name, value, low=0.0, high=1.0, low_inclusive=False)  # type: ignore[arg-type]

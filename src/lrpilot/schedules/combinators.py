@@ -21,8 +21,8 @@ from lrpilot.schedules.base import (
     check_range,
     check_step_list,
     check_steps,
+    negative_step,
 )
-from lrpilot.schedules.families import negative_step
 
 __all__ = ["WARMUP_MODES", "Join", "Scale", "Warmup", "join", "scale", "warmup"]
 

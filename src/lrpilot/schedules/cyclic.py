@@ -21,8 +21,8 @@ from lrpilot.schedules.base import (
     check_lr,
     check_range,
     check_steps,
+    negative_step,
 )
-from lrpilot.schedules.families import negative_step
 
 __all__ = [
     "ANNEALS",
