@@ -162,6 +162,25 @@ def _cuda_try(dev: torch.device, make_try: Callable[[int], None], b: int) -> int
         torch.cuda.empty_cache()
 
 
+def _cuda_budget(
+    device: str, budget: int | None, fraction: float
+) -> tuple[torch.device, int, int, int]:
+    """``(device, budget, allocated now, device total)`` in bytes, after emptying the
+    cache; the default budget is ``fraction`` x (free + reserved by this process)."""
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available on this machine")
+    dev = torch.device(device)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    gc.collect()
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(dev)
+    baseline = torch.cuda.memory_allocated(dev)
+    if budget is None:
+        budget = int(fraction * (free + torch.cuda.memory_reserved(dev)))
+    return dev, budget, baseline, total
+
+
 def _probe_cuda(
     factory: Callable[[], nn.Module],
     x1: torch.Tensor,
@@ -177,17 +196,7 @@ def _probe_cuda(
 ) -> MemoryProbe:
     """The CUDA probe (module doc): double until out of memory or over the budget, then
     bisect; a :class:`MemoryProbe` with method ``cuda-oom-search``."""
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but CUDA is not available on this machine")
-    dev = torch.device(device)
-    if dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    gc.collect()
-    torch.cuda.empty_cache()
-    free, total = torch.cuda.mem_get_info(dev)
-    baseline = torch.cuda.memory_allocated(dev)
-    if budget is None:
-        budget = int(fraction * (free + torch.cuda.memory_reserved(dev)))
+    dev, budget, baseline, total = _cuda_budget(device, budget, fraction)
     points: list[tuple[int, int]] = []
 
     def one_try(b: int) -> None:  # its locals (model, optimizer, batch) die with the call

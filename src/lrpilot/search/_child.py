@@ -48,9 +48,9 @@ def _watch(owner: int) -> None:
 
 def run_cli(argv: list[str], log_path: str, env: dict, cwd: str, owner: int = 0) -> None:
     """Body of one trial child (in a process forked from the fork server)."""
-    from lrpilot.search.runner import _die_with_parent
+    from lrpilot.search._parent import die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     if owner:
         _watch(owner)
     os.environ.clear()

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lrpilot.search._parent import die_with_parent as _die_with_parent
 from lrpilot.search.space import overrides_for
 
 TERM_TIMEOUT = 30.0
@@ -57,14 +58,6 @@ class TrialOutcome:
     returncode: int | None
     message: str
     resumed: bool = False
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def fit_argv(
