@@ -201,7 +201,7 @@ def test_bad_requests_are_one_line_errors():
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_recommendation_parses_as_a_fit_config(scenario):
-    from lrpilot.cli.recommend_cmd import validate
+    from lrpilot.recommend.advise import validate
 
     for size, batch in ((3000, None), (200_000, 1024)):
         rec = recommend(Request(scenario, dataset_size=size, batch=batch, head="fc", epochs=10))

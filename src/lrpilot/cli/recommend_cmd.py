@@ -4,8 +4,9 @@ the memory probe and the noise scale replace the rules they can.
 
 The rules are the table of :mod:`lrpilot.recommend.rules` (rendered in the README); the
 choice of each value is :func:`lrpilot.recommend.recommend`; the measurements are
-:mod:`lrpilot.recommend.measure`. The config is validated by ``lrpilot fit``'s own parser
-before anything is written, and, with ``--task``, checked by ``lrpilot check``'s rules.
+:mod:`lrpilot.recommend.measure`; :func:`lrpilot.recommend.advise.advise` does all three,
+validates the config with ``lrpilot fit``'s own parser before anything is written and,
+with ``--task``, checks it with ``lrpilot check``'s rules.
 
 ``--scenario finetune`` writes ``layer_lr: {"<head>.*": 1.0, "*": 0.1}``: the head's
 parameters first (in ``layer_lr`` the first matching pattern wins), every other parameter
@@ -19,7 +20,6 @@ model's module names.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -73,77 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def validate(config: dict, dataset_size: int | None, gpus: int) -> list:
-    """Parse ``config`` as ``lrpilot fit`` would and build its schedule; with a real task,
-    return ``lrpilot check``'s findings on it. Raises ``ConfigError`` when it does not parse."""
-    import math
-
-    from lrpilot.recommend.check import check_config
-    from lrpilot.recommend.recommender import TASK_PLACEHOLDER
-    from lrpilot.schedules import from_config
-    from lrpilot.train import parse_config
-
-    if config["task"] != TASK_PLACEHOLDER:
-        findings = check_config(config, gpus=gpus)
-        if config.get("layer_lr"):  # every pattern must match a parameter, as in fit
-            from lrpilot.tasks import get_task
-            from lrpilot.train.builders import build_param_groups
-
-            build_param_groups(get_task(config["task"]).build_model(), config["layer_lr"])
-        return findings
-    from torch import nn
-    from torch.utils.data import Dataset
-
-    from lrpilot.tasks import Task
-
-    class _Sized(Dataset):
-        """A stand-in dataset of ``n`` items (only its length is read by the config parser)."""
-
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def __len__(self) -> int:
-            return self.n
-
-        def __getitem__(self, i: int) -> Any:  # pragma: no cover - never read
-            raise IndexError(i)
-
-    n = dataset_size or max(config["batch_size"], 1) * 100
-    # a stand-in for the user's task: a classifier (cross-entropy, as label smoothing needs)
-    stand_in = Task(
-        TASK_PLACEHOLDER,
-        lambda: nn.Linear(1, 2),
-        _Sized(n),
-        _Sized(1),
-        nn.functional.cross_entropy,
-    )
-    cfg = parse_config({k: v for k, v in config.items() if k != "task"}, task=stand_in)
-    spe = math.ceil(n / (cfg.batch_size * gpus * cfg.accumulate))
-    assert cfg.schedule is not None  # recommend always writes one
-    from_config(cfg.schedule, steps_per_epoch=spe, total_steps=cfg.epochs * spe)
-    return []
-
-
-def _yaml_text(rec: Any, report: dict) -> str:
-    import yaml
-
-    lines = ["# lrpilot recommend: each value, its rule and basis (measured / assumed / given)"]
-    for c in rec.choices:
-        src = f"; {c.source()}" if c.rule else ""
-        lines.append(f"# {c.key} = {c.value}: {c.reason} [{c.rule or '-'}, {c.basis}{src}]")
-    for rid, by in rec.replaced:
-        lines.append(f"# rule {rid} replaced by the measurement {by}")
-    for note in rec.notes:
-        lines.append(f"# note: {note}")
-    return "\n".join(lines) + "\n" + yaml.safe_dump(rec.config, sort_keys=False)
-
-
 def run(args: argparse.Namespace) -> int:
     from lrpilot.atomic_io import atomic_write_bytes
     from lrpilot.errors import ConfigError, check_int
-    from lrpilot.recommend import Request, recommend
-    from lrpilot.recommend.check import supported_knobs
-    from lrpilot.recommend.measure import check_measurements, measure
+    from lrpilot.recommend import Request
+    from lrpilot.recommend.advise import advise
 
     if args.out is not None:  # fail before measuring, not after
         out = Path(args.out)
@@ -152,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
         if not (out.parent if str(out.parent) else Path(".")).is_dir():
             raise ConfigError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
     check_int("--seed", args.seed, low=0)
-    which = check_measurements([w.strip() for w in args.measure.split(",") if w.strip()])
     req = Request(
         args.scenario,
         args.dataset_size,
@@ -163,29 +96,11 @@ def run(args: argparse.Namespace) -> int:
         args.task,
         args.head,
     )
-    # bad arguments fail here, before any measurement (auto is only resolved by measuring)
-    recommend(
-        dataclasses.replace(req, optimizer=None) if req.optimizer == "auto" and req.task else req
-    )
-    measured = None
-    report: dict[str, Any] = {}
-    if args.task is not None:
-        progress = None if args.json else (lambda msg: print(f"measuring: {msg}", file=sys.stderr))
-        measured, report = measure(req, seed=args.seed, progress=progress, which=which)
-    rec = recommend(req, measured, supports=supported_knobs())
-    size = measured.dataset_size if measured is not None else args.dataset_size
-    findings = validate(rec.config, size, args.gpus)
-    lr_measured = any(c.key == "optimizer.lr" and c.basis == "measured" for c in rec.choices)
-    if lr_measured:  # the measurement replaces the rule the LR check compares against
-        for f in [f for f in findings if f.rule == "check.lr_factor"]:
-            findings.remove(f)
-            rec.notes.append(f"the measured LR disagrees with the rule of thumb: {f.message}")
-    text = _yaml_text(rec, report)
-    payload = rec.to_dict()
-    payload.update(
-        {"measurements": report, "check": [f.__dict__ for f in findings], "out": args.out}
-    )
-    evidence = json.dumps(_json_safe(payload), indent=2, default=str)
+    progress = None if args.json else (lambda msg: print(f"measuring: {msg}", file=sys.stderr))
+    which = tuple(w.strip() for w in args.measure.split(",") if w.strip())
+    advice = advise(req, seed=args.seed, which=which, progress=progress)
+    text = advice.yaml_text()
+    evidence = json.dumps(advice.evidence(args.out), indent=2, default=str)
     if args.out is not None:  # the config, and beside it every decision with its evidence
         out = Path(args.out)
         atomic_write_bytes(evidence.encode("utf-8"), evidence_path(out))
@@ -193,19 +108,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(evidence)
         return 0
-    _print(rec, report, findings, args.out, text)
+    _print(advice.recommendation, advice.report, advice.findings, args.out, text)
     return 0
 
 
 def evidence_path(out: Path) -> Path:
     """Where ``--out CONFIG.yaml`` puts its evidence: ``CONFIG.recommend.json``."""
     return out.with_name(out.stem + ".recommend.json")
-
-
-def _json_safe(value: Any) -> Any:
-    from lrpilot.finder.result import json_safe
-
-    return json_safe(value)
 
 
 def _print(rec: Any, report: dict, findings: list, out: str | None, text: str) -> None:

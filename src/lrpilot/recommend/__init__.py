@@ -9,6 +9,8 @@ reason, ``lrpilot check`` flags what the rules flag in a config.
   noise scale) and the SGD-vs-AdamW probe.
 * :mod:`lrpilot.recommend.choice`: :func:`better_sweep`, the pure comparison of two sweeps.
 * :mod:`lrpilot.recommend.check`: :func:`check_config`, the warnings.
+* :mod:`lrpilot.recommend.advise`: :func:`~lrpilot.recommend.advise.advise`, what
+  ``lrpilot recommend`` does (measure, recommend, validate, check) as one call.
 """
 
 from __future__ import annotations
