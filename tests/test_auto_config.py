@@ -11,10 +11,10 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
+from lrpilot.autopilot import fit
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task
-from lrpilot.train import fit
 from lrpilot.train.auto_config import any_auto, auto_request
 
 

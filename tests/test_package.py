@@ -41,7 +41,7 @@ def test_core_packages_import_no_optional_dependency():
 def test_every_public_name_resolves():
     for name in lrpilot.__all__:
         assert getattr(lrpilot, name) is not None, name
-    assert lrpilot.fit is importlib.import_module("lrpilot.train").fit
+    assert lrpilot.fit is importlib.import_module("lrpilot.autopilot").fit
     assert lrpilot.find_for_task is importlib.import_module("lrpilot.finder").find_for_task
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = lrpilot.nope

@@ -36,7 +36,7 @@ _LAZY: dict[str, str] = {
     "get_task": "lrpilot.tasks",
     "list_tasks": "lrpilot.tasks",
     "RunResult": "lrpilot.train",
-    "fit": "lrpilot.train",
+    "fit": "lrpilot.autopilot",  # lrpilot.train.fit, and configs with auto values
     "auto": "lrpilot.autopilot",
 }
 
@@ -64,12 +64,12 @@ __all__ = [
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from lrpilot import batch, schedules
-    from lrpilot.autopilot import auto
+    from lrpilot.autopilot import auto, fit
     from lrpilot.diagnosis import Finding, diagnose
     from lrpilot.finder import FinderResult, find_for_task, find_lr
     from lrpilot.schedules import Plateau, attach, from_config
     from lrpilot.tasks import Task, get_task, list_tasks
-    from lrpilot.train import RunResult, fit
+    from lrpilot.train import RunResult
 
 
 def __getattr__(name: str) -> Any:

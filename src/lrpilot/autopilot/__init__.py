@@ -5,6 +5,6 @@ budget plan (:mod:`lrpilot.autopilot.plan`), the schedules (:mod:`lrpilot.autopi
 and the probe phase on the training engine (:mod:`lrpilot.autopilot.probe`).
 """
 
-from lrpilot.autopilot.run import auto, load_report
+from lrpilot.autopilot.run import auto, fit, load_report
 
-__all__ = ["auto", "load_report"]
+__all__ = ["auto", "fit", "load_report"]

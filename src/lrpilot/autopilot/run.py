@@ -33,7 +33,7 @@ from lrpilot.autopilot.request import OPTIMIZER_FAMILY, Request, Settings, setti
 from lrpilot.autopilot.split import sample_losses
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task, get_task
-from lrpilot.train.auto_config import AUTO
+from lrpilot.train.auto_config import AUTO, any_auto
 from lrpilot.train.callbacks import Callback
 from lrpilot.train.result import RunResult
 
@@ -299,3 +299,34 @@ def fit_auto(
     loud = print if progress != "none" else (lambda _m: None)
     keep = dict(raw) if isinstance(raw.get("task"), str) else None  # a Task object: no file
     return _drive(request, out_dir, resume, progress, loud, callbacks, keep)
+
+
+def fit(
+    config: Any,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    progress: str = "auto",
+    task: Task | None = None,
+    callbacks: Sequence[Callback] = (),
+    prepare: Any = None,
+) -> RunResult:
+    """``lrpilot.fit`` and ``lrpilot fit``: :func:`lrpilot.train.fit`, except that a config
+    with ``auto`` values (:mod:`lrpilot.train.auto_config`) goes to :func:`fit_auto`, where
+    the autopilot chooses them. Same arguments as :func:`lrpilot.train.fit`; the dispatch
+    lives here, above the training package, so ``lrpilot.train`` never imports the
+    autopilot."""
+    from lrpilot.train import fit as train_fit
+    from lrpilot.train.config import apply_overrides
+    from lrpilot.train.fitcheck import resolve_raw
+
+    raw = apply_overrides(resolve_raw(config), list(overrides))
+    if prepare is None and any_auto(raw):
+        return fit_auto(
+            raw, out_dir, resume=resume, progress=progress, task=task, callbacks=callbacks
+        )
+    return train_fit(
+        raw, out_dir, resume=resume, progress=progress, task=task, callbacks=callbacks,
+        prepare=prepare,
+    )  # fmt: skip

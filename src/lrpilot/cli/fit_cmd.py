@@ -45,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from lrpilot.autopilot import fit
     from lrpilot.errors import ConfigError
-    from lrpilot.train import fit, load_yaml
+    from lrpilot.train import load_yaml
 
     if args.config is not None:
         raw = load_yaml(args.config)

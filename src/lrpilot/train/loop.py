@@ -110,8 +110,8 @@ def fit(
     ``resume=True``: continue in ``out_dir`` from its newest valid checkpoint, bit-identical
     to never stopping; ``progress``: ``auto``, ``rich``, ``plain`` or ``none``;
     ``callbacks``: :class:`~lrpilot.train.Callback` objects after lrpilot's own (their
-    ``state_dict()`` is checkpointed). A config with ``auto`` values is the autopilot's
-    (:func:`lrpilot.autopilot.run.fit_auto`). ``prepare(engine, run_dir)``, the autopilot's
+    ``state_dict()`` is checkpointed). A config with ``auto`` values is the autopilot's:
+    ``lrpilot.fit`` (:func:`lrpilot.autopilot.run.fit`) hands it over, this one refuses it. ``prepare(engine, run_dir)``, the autopilot's
     seam: called once the engine is built and the directory locked, before the loop writes
     anything; it may train the engine (``run_steps``, ``snapshot``/``restore``,
     ``set_schedule``) and returns the config the loop runs under (only ``optimizer.lr`` and
@@ -121,10 +121,9 @@ def fit(
     """
     raw = apply_overrides(resolve_raw(config), list(overrides))
     if prepare is None and any_auto(raw):
-        from lrpilot.autopilot.run import fit_auto
-
-        return fit_auto(
-            raw, out_dir, resume=resume, progress=progress, task=task, callbacks=callbacks
+        raise ConfigError(
+            "a config with 'auto' values is the autopilot's: run it with lrpilot.fit or "
+            "lrpilot fit, which hand it to lrpilot.autopilot"
         )
     if task is not None and "task" not in raw:
         raw["task"] = task.name
