@@ -318,8 +318,8 @@ def fit(
     lives here, above the training package, so ``lrpilot.train`` never imports the
     autopilot."""
     from lrpilot.train import fit as train_fit
-    from lrpilot.train.config import apply_overrides
     from lrpilot.train.fitcheck import resolve_raw
+    from lrpilot.train.sources import apply_overrides
 
     raw = apply_overrides(resolve_raw(config), list(overrides))
     if prepare is None and any_auto(raw):

@@ -9,7 +9,7 @@ through, and the pieces (config, data order, checkpoints, divergence guard, logg
 
 from lrpilot.train.callbacks import Callback, Control, StepOutcome
 from lrpilot.train.checkpoint import CheckpointManager, atomic_save, load_checkpoint
-from lrpilot.train.config import FitConfig, apply_overrides, load_yaml, parse_config
+from lrpilot.train.config import FitConfig, parse_config
 from lrpilot.train.data import BatchFetcher, DataOrder
 from lrpilot.train.early_stop import BestTracker
 from lrpilot.train.engine import Engine
@@ -17,6 +17,7 @@ from lrpilot.train.guard import DivergenceGuard, classify
 from lrpilot.train.loop import fit
 from lrpilot.train.plan import RunPlan, plan_run
 from lrpilot.train.result import RunResult
+from lrpilot.train.sources import apply_overrides, load_yaml
 
 __all__ = [
     "BatchFetcher",

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from lrpilot.errors import ConfigError
-from lrpilot.train.config import FitConfig, load_yaml
+from lrpilot.train.config import FitConfig
 from lrpilot.train.rundir import resume_mismatch
+from lrpilot.train.sources import load_yaml
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,12 @@ import yaml
 
 from lrpilot import _distributed as distributed
 from lrpilot._distributed import is_main_process
-from lrpilot._state import cpu_clone
 from lrpilot.errors import ConfigError, TrainingAborted
 from lrpilot.history import History
 from lrpilot.tasks import Task, get_task
+from lrpilot.train import runstate
 from lrpilot.train.auto_config import any_auto
-from lrpilot.train.builders import load_optimizer_state, resolve_device
+from lrpilot.train.builders import resolve_device
 from lrpilot.train.builtin import (
     CHECKPOINT_SECONDS,
     BestCallback,
@@ -61,14 +61,13 @@ from lrpilot.train.builtin import (
 )
 from lrpilot.train.callbacks import Callback, CallbackList, Control
 from lrpilot.train.checkpoint import CheckpointManager
-from lrpilot.train.config import FitConfig, apply_overrides, default_mode, parse_config
+from lrpilot.train.config import FitConfig, default_mode, parse_config
 from lrpilot.train.early_stop import BestTracker
 from lrpilot.train.engine import LOOP_STATE_VERSION, Engine, LoopState
 from lrpilot.train.fitcheck import Prepared, check_prepared, check_run_dir, resolve_raw
 from lrpilot.train.fitcheck import default_run_dir as _default_run_dir
 from lrpilot.train.guard import DivergenceGuard
 from lrpilot.train.result import RunResult
-from lrpilot.train.rng import capture_rng, restore_rng
 from lrpilot.train.rundir import (
     RunLock,
     adopt_threads,
@@ -82,6 +81,7 @@ from lrpilot.train.rundir import (
     write_identity,
 )
 from lrpilot.train.runlog import Progress, RunLogger
+from lrpilot.train.sources import apply_overrides
 from lrpilot.train.summary import atomic_json, diagnose_run, finish_run
 
 __all__ = ["CHECKPOINT_SECONDS", "LOOP_STATE_VERSION", "LoopState", "Prepare", "Prepared", "fit"]
@@ -258,60 +258,11 @@ class _Run:
 
     # ------------------------------------------------------------------ checkpoints
     def capture(self, metrics_bytes: int) -> dict:
-        """Everything a resume needs, as CPU copies (safe to write from another thread)."""
-        engine = self.engine
-        engine.resolve()  # lagged mode: the guard's state and the loss sums hold every step
-        loop = engine.state.state_dict()
-        loop["elapsed"] = engine.elapsed()
-        guard = self.guard
-        return {
-            "step": engine.state.step,
-            # unwrapped: the weights load into a bare model, whatever the world size
-            "model": cpu_clone(distributed.unwrap(engine.model).state_dict()),
-            "optimizer": cpu_clone(engine.optimizer.state_dict()),
-            "schedule": engine.adapter.state_dict(),
-            "guard": None if guard is None else guard.guard.state_dict(),
-            "guard_snapshots": [] if guard is None else list(guard.snapshots),
-            "scaler": None if engine.scaler is None else engine.scaler.state_dict(),
-            "rng": capture_rng(),
-            "loop": loop,
-            "tracker": self.best.tracker.state_dict(),
-            "best_model": self.best.best_model,
-            "metrics_bytes": metrics_bytes,
-            "noise": None if engine.noise is None else engine.noise.state_dict(),
-            "world_size": distributed.current_env().world_size,
-            "callbacks": [cpu_clone(cb.state_dict()) for cb in self.user],
-            "identity": dict(self.identity),
-            "outcomes": engine.outcomes_state(),  # read, not yet seen by the callbacks
-        }
+        """Everything a resume needs (:func:`lrpilot.train.runstate.capture`)."""
+        return runstate.capture(self, metrics_bytes)
 
     def load(self, ckpt: dict) -> None:
-        engine = self.engine
-        distributed.check_resume_world_size(ckpt.get("world_size", 1))
-        distributed.unwrap(engine.model).load_state_dict(ckpt["model"])
-        load_optimizer_state(engine.optimizer, ckpt["optimizer"])
-        engine.adapter.load_state_dict(ckpt["schedule"])
-        if self.guard is not None and ckpt["guard"] is not None:
-            self.guard.guard.load_state_dict(ckpt["guard"])
-            self.guard.snapshots = list(ckpt["guard_snapshots"])
-        if engine.scaler is not None and ckpt["scaler"] is not None:
-            engine.scaler.load_state_dict(ckpt["scaler"])
-        engine.state.load_state_dict(ckpt["loop"])
-        self.best.tracker.load_state_dict(ckpt["tracker"])
-        self.best.best_model = ckpt["best_model"]
-        self.best.written = True  # best.pt was written together with that checkpoint
-        if engine.noise is not None and ckpt.get("noise") is not None:
-            engine.noise.load_state_dict(ckpt["noise"])
-        states = ckpt.get("callbacks", [])
-        if len(states) != len(self.user):
-            raise ConfigError(
-                f"cannot resume: the checkpoint holds {len(states)} callback state(s), "
-                f"fit was given {len(self.user)} callback(s)"
-            )
-        for cb, state in zip(self.user, states, strict=True):
-            cb.load_state_dict(state)
-        engine.load_outcomes_state(ckpt.get("outcomes", []))
-        restore_rng(ckpt["rng"])
+        runstate.load(self, ckpt)
 
     # ---------------------------------------------------------------------------- run
     def _find(self, resume: bool) -> tuple[dict | None, list[str]]:
