@@ -31,17 +31,10 @@ ALLOWED_UP: dict[tuple[str, str], str] = {
 
 _PARALLEL = "edited on a parallel branch in session 10; split once merged"
 #: modules over MAX_MODULE_LINES lines -> why
-LONG_MODULES: dict[str, str] = {
-    "lrpilot.train.config": _PARALLEL,
-    "lrpilot.train.loop": _PARALLEL,
-}
+LONG_MODULES: dict[str, str] = {}
 #: "module:function" over MAX_FUNCTION_LINES code lines -> why
 LONG_FUNCTIONS: dict[str, str] = {
     "lrpilot.autopilot.decide:choose_peak": _PARALLEL,
-    "lrpilot.diagnosis.plot:plot_diagnosis": _PARALLEL,
-    "lrpilot.diagnosis.readers:read_csv": _PARALLEL,
-    "lrpilot.diagnosis.readers:read_tensorboard": _PARALLEL,
-    "lrpilot.diagnosis.stability:rule_oscillating": _PARALLEL,
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60

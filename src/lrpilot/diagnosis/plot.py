@@ -43,20 +43,9 @@ def mark_rescues(ax, ax_lr, curves: Curves) -> list[float]:  # type: ignore[no-u
     return steps
 
 
-def plot_diagnosis(
-    history: History, findings: Sequence[Finding], path: str | Path, title: str = ""
-) -> Path:
-    """Draw the curves and the findings to ``path`` (PNG); return the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c = Curves.from_history(history)
-    out = Path(path)
-    fig, (ax, ax_lr) = plt.subplots(
-        2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+def _plot_losses(ax, c: Curves):  # type: ignore[no-untyped-def]
+    """The step losses (raw and running median), the epoch losses, a log axis when every
+    loss is positive; return the x of the epoch points (their step, else their epoch)."""
     ok = np.isfinite(c.step_loss)
     losses = [c.step_loss[ok]]
     if ok.any():
@@ -84,15 +73,12 @@ def plot_diagnosis(
     bad = ~ok
     if bad.any():
         ax.scatter(c.step_x[bad], np.full(bad.sum(), np.nan), marker="x")
-    xs, lrs = c.lr_series()
-    if xs.size:
-        ax_lr.plot(xs, lrs, color="tab:gray")
-        if np.all(lrs > 0):
-            ax_lr.set_yscale("log")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    last = float(max(c.step_x.max(initial=0), np.nanmax(ex, initial=0)))
+    return ex
+
+
+def _mark_findings(ax, ax_lr, findings: Sequence[Finding], last: float) -> None:  # type: ignore[no-untyped-def]
+    """A dashed line per finding at its step (else at the end), coloured by severity and
+    labelled with its kind."""
     for i, f in enumerate(findings):
         where = f.step if f.step is not None else last
         color = _COLORS.get(f.severity, "black")
@@ -108,6 +94,33 @@ def plot_diagnosis(
             va="top",
             rotation=0,
         )
+
+
+def plot_diagnosis(
+    history: History, findings: Sequence[Finding], path: str | Path, title: str = ""
+) -> Path:
+    """Draw the curves and the findings to ``path`` (PNG); return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = Curves.from_history(history)
+    out = Path(path)
+    fig, (ax, ax_lr) = plt.subplots(
+        2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ex = _plot_losses(ax, c)
+    xs, lrs = c.lr_series()
+    if xs.size:
+        ax_lr.plot(xs, lrs, color="tab:gray")
+        if np.all(lrs > 0):
+            ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    last = float(max(c.step_x.max(initial=0), np.nanmax(ex, initial=0)))
+    _mark_findings(ax, ax_lr, findings, last)
     mark_rescues(ax, ax_lr, c)
     kinds = ", ".join(f.kind for f in findings)
     ax.set_title(title or f"diagnosis: {kinds}")

@@ -124,18 +124,16 @@ def _tag_map(tags: Mapping[str, str] | None) -> dict[str, tuple[str, ...]]:
     return mapping
 
 
-def read_tensorboard(path: str | Path, *, tags: Mapping[str, str] | None = None) -> History:
-    """A ``History`` from TensorBoard scalars (see the module docstring for the mapping)."""
+def _tb_scalars(
+    files: list[Path], mapping: Mapping[str, tuple[str, ...]]
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
+    """``(field -> {step: value}, metric -> {step: value})`` from the event files: each
+    field from the first of its candidate tags present, every ``epoch/val_*`` metric."""
     from tensorboard.backend.event_processing.event_accumulator import (
         SCALARS,
         EventAccumulator,
     )
 
-    p = Path(path)
-    files = _event_files(p) if p.is_dir() else [p]
-    if not files:
-        raise ConfigError(f"{p}: no TensorBoard event files")
-    mapping = _tag_map(tags)
     series: dict[str, dict[int, float]] = {}
     metric_tags: dict[str, dict[int, float]] = {}
     for file in files:
@@ -157,6 +155,17 @@ def read_tensorboard(path: str | Path, *, tags: Mapping[str, str] | None = None)
                 target = metric_tags.setdefault(tag.split("/", 1)[1], {})
                 for event in acc.Scalars(tag):
                     target[int(event.step)] = float(event.value)
+    return series, metric_tags
+
+
+def read_tensorboard(path: str | Path, *, tags: Mapping[str, str] | None = None) -> History:
+    """A ``History`` from TensorBoard scalars (see the module docstring for the mapping)."""
+    p = Path(path)
+    files = _event_files(p) if p.is_dir() else [p]
+    if not files:
+        raise ConfigError(f"{p}: no TensorBoard event files")
+    mapping = _tag_map(tags)
+    series, metric_tags = _tb_scalars(files, mapping)
     if "train_loss" not in series and "epoch_val_loss" not in series:
         wanted = mapping["train_loss"] + mapping["epoch_val_loss"]
         raise ConfigError(
@@ -200,14 +209,9 @@ def _number(text: str, where: str) -> float | None:
         raise ConfigError(f"{where}: {text!r} is not a number") from exc
 
 
-def read_csv(path: str | Path, *, columns: Mapping[str, str] | None = None) -> History:
-    """A ``History`` from a CSV file (see the module docstring for the columns)."""
-    p = Path(path)
-    mapping = dict(DEFAULT_CSV_COLUMNS)
-    for field, column in (columns or {}).items():
-        if field not in mapping:
-            raise ConfigError(f"unknown CSV field {field!r}; valid: {', '.join(sorted(mapping))}")
-        mapping[field] = (str(column),)
+def _csv_rows(p: Path) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of a text CSV file (the header's names stripped); a binary file,
+    a NUL byte, a malformed row or no header raise naming the file (and the line)."""
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -223,7 +227,18 @@ def read_csv(path: str | Path, *, columns: Mapping[str, str] | None = None) -> H
         raise ConfigError(f"{p}:{reader.line_num}: not a valid CSV row ({exc})") from None
     if not header:
         raise ConfigError(f"{p}: empty CSV file (expected a header row)")
-    header = [h.strip() for h in header]
+    return [h.strip() for h in header], rows
+
+
+def read_csv(path: str | Path, *, columns: Mapping[str, str] | None = None) -> History:
+    """A ``History`` from a CSV file (see the module docstring for the columns)."""
+    p = Path(path)
+    mapping = dict(DEFAULT_CSV_COLUMNS)
+    for field, column in (columns or {}).items():
+        if field not in mapping:
+            raise ConfigError(f"unknown CSV field {field!r}; valid: {', '.join(sorted(mapping))}")
+        mapping[field] = (str(column),)
+    header, rows = _csv_rows(p)
     found = {f: next((c for c in names if c in header), None) for f, names in mapping.items()}
     if found["train_loss"] is None and found["val_loss"] is None:
         raise ConfigError(

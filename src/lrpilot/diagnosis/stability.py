@@ -338,6 +338,46 @@ def _window_start(window: str, n: int) -> int:
     return n // 2 - 1 if window == "late" else 1
 
 
+_Series = dict[str, tuple[np.ndarray, np.ndarray, float]]
+
+
+def _osc_series(ctx: Context) -> _Series | None:
+    """``name -> (epochs, values, unit)`` of the epoch series long enough to judge
+    (``None`` when none is): the epoch-mean training loss without the epochs the guard
+    rescued, and the validation loss."""
+    c, t, val = ctx.curves, ctx.train, ctx.val
+    assert t is not None
+    # an epoch the divergence guard rescued holds a spike the guard already handled (and
+    # steps it ran twice): its training mean is not evidence of oscillation
+    rescued = [e["epoch"] for e in c.guard_rescues() if isinstance(e.get("epoch"), int)]
+    ok = np.isfinite(c.epoch_train) & ~np.isin(c.epoch_x, rescued)
+    train_epochs, train_series = c.epoch_x[ok], c.epoch_train[ok]
+    n = max(train_series.size, 0 if val is None else val.v.size)
+    if n < MIN_OSC_EPOCHS:
+        return None
+    series: _Series = {}
+    if train_series.size >= MIN_OSC_EPOCHS:
+        series["training"] = (train_epochs, train_series, t.unit)
+    if val is not None and val.v.size >= MIN_OSC_EPOCHS:
+        series["validation"] = (val.epochs, val.v, val.unit)
+    return series
+
+
+def _best_window(series: _Series) -> tuple[float, str, dict[str, float]] | None:
+    """``(summed swing ratio, window, ratio per series)`` of the window that scores
+    highest (``OSC_WINDOWS``)."""
+    best: tuple[float, str, dict[str, float]] | None = None
+    for window in OSC_WINDOWS:
+        parts = {
+            name: _swing(v[_window_start(window, v.size) :]) / unit
+            for name, (_, v, unit) in series.items()
+        }
+        ratio = sum(parts.values())
+        if best is None or ratio > best[0]:
+            best = (ratio, window, parts)
+    return best
+
+
 def rule_oscillating(ctx: Context) -> Finding | None:
     """The loss swings up and back down. Either from epoch to epoch: over a window of epochs
     (the second half of the run from the epoch before it, or the whole run from epoch 1,
@@ -363,31 +403,13 @@ def rule_oscillating(ctx: Context) -> Finding | None:
     is a divergence (see :func:`rule_diverged`), which then hides this finding. The
     training means of epochs with a divergence-guard rescue are left out: the spike the
     guard undid is not a swing of the weights."""
-    c, t, val = ctx.curves, ctx.train, ctx.val
+    c, t = ctx.curves, ctx.train
     if t is None or t.drop <= NOISE_Z * t.noise_bin:
         return None  # no real progress: rises cannot be compared with a drop
-    # an epoch the divergence guard rescued holds a spike the guard already handled (and
-    # steps it ran twice): its training mean is not evidence of oscillation
-    rescued = [e["epoch"] for e in c.guard_rescues() if isinstance(e.get("epoch"), int)]
-    ok = np.isfinite(c.epoch_train) & ~np.isin(c.epoch_x, rescued)
-    train_epochs, train_series = c.epoch_x[ok], c.epoch_train[ok]
-    n = max(train_series.size, 0 if val is None else val.v.size)
-    if n < MIN_OSC_EPOCHS:
+    series = _osc_series(ctx)
+    if series is None:
         return None
-    series: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-    if train_series.size >= MIN_OSC_EPOCHS:
-        series["training"] = (train_epochs, train_series, t.unit)
-    if val is not None and val.v.size >= MIN_OSC_EPOCHS:
-        series["validation"] = (val.epochs, val.v, val.unit)
-    best: tuple[float, str, dict[str, float]] | None = None
-    for window in OSC_WINDOWS:
-        parts = {
-            name: _swing(v[_window_start(window, v.size) :]) / unit
-            for name, (_, v, unit) in series.items()
-        }
-        ratio = sum(parts.values())
-        if best is None or ratio > best[0]:
-            best = (ratio, window, parts)
+    best = _best_window(series)
     step_swing = None
     if t.level == "steps" and t.mb.size >= 3:
         step_swing = (_swing(t.mb[1:]) - SWING_NOISE * t.noise_bin) / t.unit
