@@ -14,8 +14,6 @@ from lrpilot.errors import ConfigError, check_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from lrpilot.search.study import PRUNERS, SAMPLERS
-
     parser = subparsers.add_parser(
         "tune",
         help="hyper-parameter search (Optuna or Ray Tune); each trial is a `lrpilot fit` run",
@@ -36,6 +34,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/study.db with one worker, OUT/journal.log with several",
     )
     parser.add_argument("--study", default=None, help="study name (default: the config's stem)")
+    _add_optuna_options(parser)
+    parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)"
+    )
+    parser.add_argument("--out", default=None, help="study directory (default runs/tune-STUDY)")
+    parser.add_argument(
+        "--metric", default="val_loss", help="epoch metric to optimise (default val_loss)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=None,
+        help="seconds between trial heartbeats on an RDB storage; a trial silent for 3x "
+        "this is failed and retried (default 10)",
+    )
+    parser.add_argument(
+        "--launcher",
+        default=None,
+        help="command that runs a trial's `-m lrpilot.cli fit ...` (default: this Python; "
+        "e.g. 'torchrun --nproc-per-node 2' for one DDP job per trial)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def _add_optuna_options(parser: argparse.ArgumentParser) -> None:
+    """The Optuna backend's sampler, pruner and seed-trial options."""
+    from lrpilot.search.study import PRUNERS, SAMPLERS
+
     parser.add_argument(
         "--sampler", choices=SAMPLERS, default=None, help="Optuna sampler (default tpe)"
     )
@@ -70,41 +100,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="finder: with optimizer.lr: auto_range, the study's first trial is the base "
         "config at the finder's suggested LR (other searched keys at their base values)",
     )
-    parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
-    parser.add_argument(
-        "--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else local)"
-    )
-    parser.add_argument("--out", default=None, help="study directory (default runs/tune-STUDY)")
-    parser.add_argument(
-        "--metric", default="val_loss", help="epoch metric to optimise (default val_loss)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
-    parser.add_argument(
-        "--heartbeat",
-        type=int,
-        default=None,
-        help="seconds between trial heartbeats on an RDB storage; a trial silent for 3x "
-        "this is failed and retried (default 10)",
-    )
-    parser.add_argument(
-        "--launcher",
-        default=None,
-        help="command that runs a trial's `-m lrpilot.cli fit ...` (default: this Python; "
-        "e.g. 'torchrun --nproc-per-node 2' for one DDP job per trial)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.set_defaults(func=run)
 
 
-def build_spec(args: argparse.Namespace) -> Any:
-    """Validate everything before anything is written; return the ``TuneSpec``."""
-    from lrpilot.search.space import load_space_yaml, parse_space, validate_space
-    from lrpilot.search.study import TuneSpec
-    from lrpilot.tasks import get_task
-    from lrpilot.train import load_yaml, parse_config
-    from lrpilot.train.config import default_mode, monitor_names
-
+def _check_options(args: argparse.Namespace) -> None:
+    """Options that contradict the backend, sampler or pruner raise; the Optuna defaults
+    are filled in (sampler tpe, pruner median, heartbeat 10 s)."""
     optuna_only = {
         "--storage": args.storage,
         "--sampler": args.sampler,
@@ -141,6 +141,18 @@ def build_spec(args: argparse.Namespace) -> Any:
         if args.sampler == "random":
             raise ConfigError("--sampler-startup applies to --sampler tpe or cmaes, not random")
         check_int("--sampler-startup", args.sampler_startup, low=0)
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    """Validate everything before anything is written; return the ``TuneSpec``."""
+    from lrpilot.search.space import load_space_yaml, parse_space, validate_space
+    from lrpilot.search.study import TuneSpec
+    from lrpilot.tasks import get_task
+    from lrpilot.tasks.base import dataset_len
+    from lrpilot.train import load_yaml, parse_config
+    from lrpilot.train.config import default_mode, monitor_names
+
+    _check_options(args)
     config = Path(args.config).resolve()
     base = load_yaml(config)
     cfg = parse_config(base)
@@ -151,7 +163,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     if args.metric not in names:
         raise ConfigError(f"--metric {args.metric!r} is not recorded; valid: {', '.join(names)}")
     params = parse_space(load_space_yaml(args.space))
-    validate_space(params, base, n_train=len(task.train_set))
+    validate_space(params, base, n_train=dataset_len(task.train_set))
     if args.seed_trial == "finder" and not any(p.kind == "auto_range" for p in params):
         raise ConfigError("--seed-trial finder needs optimizer.lr: auto_range in the space")
     study = args.study or config.stem
