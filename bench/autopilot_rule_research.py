@@ -5,13 +5,13 @@ decision-split score after its cooldown): method ``auto_rec`` (version a1: 4-5 c
 holds of 6% at the candidate LR, a second round) and ``auto`` (the current version, a3:
 4 candidates, holds of 8% at one-cycle's level). Rules replayed on each run's first round:
 
-* ``free``: :func:`lrpilot.autopilot.decide.choose_peak` (lowest score, paired-SE ties to
+* ``free``: :func:`lrpilot.autopilot._decide.choose_peak` (lowest score, paired-SE ties to
   the larger LR; a1's rule);
-* ``anchor d``: :func:`lrpilot.autopilot.decide.anchored_peak` with ``down_gap=d`` (the
+* ``anchor d``: :func:`lrpilot.autopilot._decide.anchored_peak` with ``down_gap=d`` (the
   finder's suggestion stays unless a smaller LR has a loss ratio above ``1 + d``; a
   quarter decade below it when the next step up failed; never higher); ``d = inf``: the
   finder's suggestion;
-* ``blend b``: :func:`lrpilot.autopilot.decide.blend_peak` of ``anchor 0.5`` with bias
+* ``blend b``: :func:`lrpilot.autopilot._decide.blend_peak` of ``anchor 0.5`` with bias
   ``b`` (the geometric mean of the anchored LR and the lowest-loss LR / ``b``); ``b =
   10 ** 0.25`` is the method of record (a5/a6).
 
@@ -33,7 +33,7 @@ import sys
 
 import autopilot_panel as P
 import finder_quality as fq
-from lrpilot.autopilot.decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
+from lrpilot.autopilot._decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
 
 DOWN_GAPS = (0.0, 0.1, 0.25, 0.5, 1.0, math.inf)
 BIASES = (1.0, 10**0.125, 10**0.25, 10**0.375, 10**0.5)

@@ -5,7 +5,7 @@ synth-mlp-ln/AdamW runs (15 epochs, batch 64, one-cycle) that the guard aborted 
 rescues once the training loss was ~0.05: batch losses of 0.05-0.08 counted as "far above
 the recent level" because the window's MAD had shrunk with the loss. Each row is run with
 ``SPIKE_FLOOR = 0`` (the rule before the floor) and with the default floor
-(:data:`lrpilot.train.guard.SPIKE_FLOOR`), same seed. CPU, one thread, ~30 s per run.
+(:data:`lrpilot.train._guard.SPIKE_FLOOR`), same seed. CPU, one thread, ~30 s per run.
 
     PYTHONPATH=src:bench OMP_NUM_THREADS=1 python bench/guard_floor_replay.py
 
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import heldout_tasks
-import lrpilot.train.guard as guard
+import lrpilot.train._guard as guard
 from lrpilot import TrainingAborted, fit
 
 #: (label, peak LR, seed): the torch-lr-finder row's seed-0 run as recorded; one-cycle at the

@@ -52,8 +52,8 @@ sys.path.insert(0, {bench!r})
 helper = ctypes.CDLL({helper!r})
 import torch
 torch.set_num_threads(1)
-import lrpilot.train.builtin as loop
-import lrpilot.train.runlog as runlog
+import lrpilot.train._builtin as loop
+import lrpilot.train._runlog as runlog
 loop.CHECKPOINT_SECONDS = 1e9
 runlog.RunLogger.TB_SECONDS = 1e9
 runlog.RunLogger.FLUSH_SECONDS = 1e9

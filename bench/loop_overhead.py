@@ -56,7 +56,7 @@ import torch
 
 from lrpilot import fit
 from lrpilot.tasks import get_task
-from lrpilot.train.config import parse_config
+from lrpilot.train._config import parse_config
 
 SCHEDULE = {"name": "cosine", "lr": 0.1, "warmup": {"epochs": 1}}
 #: lrpilot with the optimizer kernel of the bare loop (PyTorch's CPU default): the loop's

@@ -10,7 +10,7 @@ warmup+cosine):
   ``bench/results/finder_quality_runs.json``). The better optimizer is the one with the
   higher grid-best; a gap under ``--tie`` points (default 0.5, the finder benchmark's
   accuracy target) counts as a tie, where either pick matches;
-* the **pick** of :func:`lrpilot.recommend.choice.better_sweep` for each of the 5 finder
+* the **pick** of :func:`lrpilot.recommend._choice.better_sweep` for each of the 5 finder
   seeds, on the recorded finder sweeps (``finder_quality_curves.json``: the ``lrpilot
   find`` protocol, probe batch 8, LR 1e-5..10, half an epoch per sweep; the SGD and AdamW
   sweeps of one seed start from the same weights, seed 1000 + s, and see the same batches);
@@ -70,7 +70,7 @@ def oracle(cache, row: str, schedule: str) -> tuple[float, float, int]:
 
 def picks(curves: dict, pair: tuple[str, str], default: str = "sgd") -> list[dict]:
     """The picker's choice for each finder seed (on the recorded sweeps)."""
-    from lrpilot.recommend.choice import better_sweep
+    from lrpilot.recommend._choice import better_sweep
 
     out = []
     for seed in fq.FINDER_SEEDS:
@@ -100,7 +100,7 @@ def rule_table(cache):  # type: ignore[no-untyped-def]
     """Accuracy at the rule-of-thumb LR vs the grid-best, per optimizer row and schedule."""
     from rich.table import Table
 
-    from lrpilot.recommend.rules import value
+    from lrpilot.recommend._rules import value
 
     table = Table(title="Rule-of-thumb LR vs grid-best (mean of 5 seeds, 15 epochs, batch 64)")
     for col in ("row", "schedule", "rule LR", "acc at rule LR", "grid-best LR", "best acc", "gap"):

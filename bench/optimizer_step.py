@@ -1,7 +1,7 @@
 """Optimizer step time by implementation: PyTorch's for-loop, foreach and fused kernels.
 
 ``lrpilot fit`` builds its optimizer with ``optimizer.implementation: auto``, which picks
-the fused kernel where it applies (:func:`lrpilot.train.builders.resolve_implementation`).
+the fused kernel where it applies (:func:`lrpilot.train._builders.resolve_implementation`).
 This benchmark is the measurement behind that default: for the built-in tasks' models and
 a 4M-parameter MLP, with each task's optimizer settings and with SGD (momentum 0.9,
 weight decay 5e-4), AdamW and Adam, it times ``optimizer.step()`` alone (gradients fixed,
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from lrpilot.tasks import get_task
-from lrpilot.train.builders import build_optimizer
-from lrpilot.train.config import parse_config
+from lrpilot.train._builders import build_optimizer
+from lrpilot.train._config import parse_config
 
 IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
 OPTIMIZERS = {

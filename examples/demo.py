@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 import lrpilot
-from lrpilot.autopilot import load_report
-from lrpilot.autopilot.report import decision_rows
+from lrpilot.autopilot import decision_rows, load_report
 
 
 def main() -> int:

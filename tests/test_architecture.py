@@ -34,7 +34,7 @@ _PARALLEL = "edited on a parallel branch in session 10; split once merged"
 LONG_MODULES: dict[str, str] = {}
 #: "module:function" over MAX_FUNCTION_LINES code lines -> why
 LONG_FUNCTIONS: dict[str, str] = {
-    "lrpilot.autopilot.decide:choose_peak": _PARALLEL,
+    "lrpilot.autopilot._decide:choose_peak": _PARALLEL,
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
@@ -108,7 +108,7 @@ def import_graph(src: Path, root: str = "lrpilot") -> dict[str, set[str]]:
 
 
 def unit(module: str) -> str:
-    """The package a module belongs to: ``lrpilot.train.engine`` -> ``lrpilot.train``; a
+    """The package a module belongs to: ``lrpilot.train._engine`` -> ``lrpilot.train``; a
     top-level module (``lrpilot.optim``) and the top level (``lrpilot``) are their own."""
     return ".".join(module.split(".")[:2])
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrpilot.atomic_io import atomic_write_bytes, default_file_mode
-from lrpilot.train.checkpoint import CheckpointManager
+from lrpilot._atomic_io import atomic_write_bytes, default_file_mode
+from lrpilot.train._checkpoint import CheckpointManager
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 import lrpilot
-from lrpilot.autopilot import batch as ab
-from lrpilot.autopilot.batch import bounds, check_possible, choose_batch
+from lrpilot.autopilot import _batch as ab
+from lrpilot.autopilot._batch import bounds, check_possible, choose_batch
 from lrpilot.batch.memory import MemoryProbe
 from lrpilot.batch.scaling import scale_lr
 from lrpilot.errors import ConfigError

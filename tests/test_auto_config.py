@@ -15,7 +15,7 @@ from lrpilot.autopilot import fit
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task
-from lrpilot.train.auto_config import any_auto, auto_request
+from lrpilot.train._auto_config import any_auto, auto_request
 
 
 # --------------------------------------------------------------------------- parsing
@@ -51,7 +51,7 @@ def test_each_auto_key_is_free_and_the_rest_fixed(raw, free, fixed) -> None:
 
 
 def test_fit_s_own_auto_values_stay_valid_next_to_autopilot_ones() -> None:
-    from lrpilot.train.config import parse_config
+    from lrpilot.train._config import parse_config
 
     raw = {
         "task": "mnist1d-mlp",

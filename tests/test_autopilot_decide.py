@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from lrpilot.autopilot import shapes
-from lrpilot.autopilot.decide import (
+from lrpilot.autopilot import _shapes as shapes
+from lrpilot.autopilot._decide import (
     DEFAULT_LR,
     Probe,
     anchored_peak,
@@ -23,7 +23,7 @@ from lrpilot.autopilot.decide import (
     prior_lr,
     second_round,
 )
-from lrpilot.autopilot.plan import OPTIONS, RESCUE_RESERVE, check_budget, make_plan
+from lrpilot.autopilot._plan import OPTIONS, RESCUE_RESERVE, check_budget, make_plan
 from lrpilot.errors import ConfigError
 
 NAN = float("nan")

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from lrpilot.autopilot.decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
+from lrpilot.autopilot._decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
 from lrpilot.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -95,7 +95,7 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
         assert choose_peak(r2, initial=initial).value == recorded["peak_lr"]
     # the final schedule: the pick's peak is reached exactly once the ramp ends at 30%
     if recorded["schedule"] == "one_cycle" and r1:
-        from lrpilot.autopilot.shapes import ONE_CYCLE_PEAK, to_schedule
+        from lrpilot.autopilot._shapes import ONE_CYCLE_PEAK, to_schedule
 
         sched = to_schedule([(n, p) for n, p in _segments(info["schedule"])])
         total = info["plan"]["total_steps"]
@@ -196,7 +196,7 @@ def _segments(config: dict) -> list:
 def test_the_final_runs_guard_stalls_against_the_model_as_initialised(run_dir):
     # the final run starts from the probes' trained state: the guard's stall level is the
     # trunk's first loss (the model as initialised), recorded in the probe store
-    from lrpilot.train.checkpoint import load_checkpoint
+    from lrpilot.train._checkpoint import load_checkpoint
 
     state = json.loads((run_dir / "autopilot" / "state.json").read_text())
     first = state["first_loss"]

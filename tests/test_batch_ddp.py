@@ -17,7 +17,7 @@ import yaml
 
 from lrpilot.errors import ConfigError
 from lrpilot.history import History
-from lrpilot.train.loop import fit
+from lrpilot.train._loop import fit
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"

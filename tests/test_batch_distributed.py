@@ -16,8 +16,8 @@ from lrpilot.batch.distributed import (
     parse_noise_scale,
 )
 from lrpilot.errors import ConfigError
-from lrpilot.train.config import parse_config
-from lrpilot.train.data import DataOrder, ShardedOrder
+from lrpilot.train._config import parse_config
+from lrpilot.train._data import DataOrder, ShardedOrder
 
 
 @pytest.mark.parametrize(("n", "world"), [(10, 4), (1437, 2), (16, 2), (7, 3), (3, 4)])
@@ -132,7 +132,7 @@ def _regression_task(seed: int = 0, d: int = 10, n: int = 20000):  # type: ignor
 def test_online_noise_scale_in_fit_matches_exact_truth(tmp_path):
     """lrpilot.fit with accumulate=4 and a learning rate too small to move the weights:
     the logged noise_scale (micro-batch vs step gradients) is within 20% of the exact value."""
-    from lrpilot.train.loop import fit
+    from lrpilot.train._loop import fit
 
     task, truth = _regression_task()
     cfg = {

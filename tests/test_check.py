@@ -7,7 +7,7 @@ import yaml
 
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
-from lrpilot.recommend.check import check_config, no_decay_supported, usual_range
+from lrpilot.recommend._check import check_config, no_decay_supported, usual_range
 
 
 def _rules(raw, **kw) -> set[str]:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lrpilot.errors import ConfigError
-from lrpilot.train import CheckpointManager, atomic_save, fit, load_checkpoint
-from lrpilot.train.rng import capture_rng, restore_rng
+from lrpilot.train import fit
+from lrpilot.train._checkpoint import CheckpointManager, atomic_save, load_checkpoint
+from lrpilot.train._rng import capture_rng, restore_rng
 
 
 def test_atomic_save_failure_leaves_old_file_and_no_temp(tmp_path: Path) -> None:

@@ -206,7 +206,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
 
 
 def test_cli_help_names_the_readers_fields():
-    from lrpilot.cli import diagnose_cmd
+    from lrpilot.cli import _diagnose_cmd as diagnose_cmd
     from lrpilot.diagnosis.readers import DEFAULT_CSV_COLUMNS, DEFAULT_TB_TAGS
 
     assert tuple(DEFAULT_TB_TAGS) == diagnose_cmd.TB_FIELDS

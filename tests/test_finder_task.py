@@ -65,7 +65,7 @@ def test_sweep_on_cuda_with_amp():  # pragma: no cover - CUDA only
 
 @pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
 def test_schedule_config_peaks_at_the_suggestion_and_fit_accepts_it(schedule):
-    from lrpilot.train.config import parse_config
+    from lrpilot.train._config import parse_config
 
     peak = suggest_peak_lr(0.05, schedule, "sgd")
     cfg = schedule_config(schedule, peak)

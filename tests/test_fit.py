@@ -14,7 +14,9 @@ from lrpilot import RunResult, fit
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
 from lrpilot.history import History
-from lrpilot.train import apply_overrides, load_checkpoint, parse_config
+from lrpilot.train import parse_config
+from lrpilot.train._checkpoint import load_checkpoint
+from lrpilot.train._sources import apply_overrides
 
 FAST = {"task": "mnist1d-mlp", "epochs": 2, "batch_size": 128, "log_every": 1, "device": "cpu"}
 
@@ -344,9 +346,9 @@ def test_amp_fp16_grad_scaler_on_cuda(tmp_path: Path) -> None:  # pragma: no cov
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("examples/*.yaml")))
 def test_example_configs_validate(path: Path) -> None:
     from lrpilot.tasks import get_task
-    from lrpilot.train import load_yaml
-    from lrpilot.train.builders import build_schedule
-    from lrpilot.train.config import steps_per_epoch
+    from lrpilot.train._builders import build_schedule
+    from lrpilot.train._config import steps_per_epoch
+    from lrpilot.train._sources import load_yaml
 
     cfg = parse_config(load_yaml(path))
     task = get_task(cfg.task)

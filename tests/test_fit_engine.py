@@ -13,16 +13,8 @@ import torch.nn.functional as F
 from lrpilot.errors import ConfigError, TrainingAborted
 from lrpilot.history import History
 from lrpilot.tasks import get_task
-from lrpilot.train import (
-    Callback,
-    Control,
-    Engine,
-    StepOutcome,
-    fit,
-    load_checkpoint,
-    parse_config,
-    plan_run,
-)
+from lrpilot.train import Callback, Control, Engine, StepOutcome, fit, parse_config, plan_run
+from lrpilot.train._checkpoint import load_checkpoint
 
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
 CONFIG = {

@@ -25,7 +25,8 @@ from torch.utils.data import TensorDataset
 
 from lrpilot.history import History
 from lrpilot.tasks import Task, accuracy
-from lrpilot.train import CheckpointManager, fit
+from lrpilot.train import fit
+from lrpilot.train._checkpoint import CheckpointManager
 
 HERE = Path(__file__).resolve().parent
 

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import lrpilot.train.engine as engine_module
+import lrpilot.train._engine as engine_module
 from lrpilot.tasks import Task
 from lrpilot.train import Callback, Engine, fit, parse_config
-from lrpilot.train.builtin import GuardCallback
-from lrpilot.train.callbacks import CallbackList
-from lrpilot.train.guard import DivergenceGuard
+from lrpilot.train._builtin import GuardCallback
+from lrpilot.train._callbacks import CallbackList
+from lrpilot.train._guard import DivergenceGuard
 
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
 

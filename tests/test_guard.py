@@ -13,7 +13,7 @@ import pytest
 from lrpilot.errors import TrainingAborted
 from lrpilot.history import History
 from lrpilot.train import fit
-from lrpilot.train.guard import (
+from lrpilot.train._guard import (
     STALL_BLOCKS,
     DivergenceGuard,
     _mad_lower_bound,
@@ -389,7 +389,7 @@ def test_snapshots_that_could_never_be_restored_are_skipped(
     epoch (more than ``every`` steps left): every=10 takes steps 10, 20, 30; every=15
     takes 15 (17 steps left) and 30; every=20 would take step 20 with 12 steps left, which
     nothing can follow: skipped."""
-    import lrpilot.train.engine as loop
+    import lrpilot.train._engine as loop
 
     taken: list[int] = []
     real = loop.take_snapshot

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-import lrpilot.train.guard as guard_mod
-from lrpilot.train.guard import DivergenceGuard, classify, robust_level, spike_floor
+import lrpilot.train._guard as guard_mod
+from lrpilot.train._guard import DivergenceGuard, classify, robust_level, spike_floor
 
 
 def _low_loss_history(seed: int, steps: int = 3000) -> list[float]:

@@ -16,8 +16,8 @@ from torch.utils.data import TensorDataset
 from lrpilot.errors import ConfigError
 from lrpilot.history import History
 from lrpilot.tasks import Task, accuracy
-from lrpilot.train import Callback, fit, load_checkpoint
-from lrpilot.train.checkpoint import content_checksum
+from lrpilot.train import Callback, fit
+from lrpilot.train._checkpoint import content_checksum, load_checkpoint
 
 
 def _task(name: str, n: int, width: int, features: int, batch: int, lr: float) -> Task:
@@ -260,7 +260,7 @@ def test_refused_pickle_notice_is_one_line_without_weights_only_advice(tmp_path:
 
 
 def test_repair_metrics_cases(tmp_path: Path) -> None:
-    from lrpilot.train.rundir import repair_metrics
+    from lrpilot.train._rundir import repair_metrics
 
     lines = [json.dumps({"type": "step", "step": s}).encode() + b"\n" for s in (1, 2, 3)]
     path = tmp_path / "metrics.jsonl"

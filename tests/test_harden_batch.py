@@ -13,7 +13,7 @@ from lrpilot.batch import plan_accumulation, scale_lr
 from lrpilot.batch.recommend import MAX_BATCH_RATIO, fit_config, ratio_warnings
 from lrpilot.cli import main
 from lrpilot.tasks import get_task
-from lrpilot.train.config import parse_config
+from lrpilot.train._config import parse_config
 
 FAST = ["--max-batch", "64", "--noise-big", "64", "--noise-measurements", "2", "--budget", "4"]
 

@@ -141,7 +141,7 @@ def test_a_spike_that_comes_back_down_is_no_jump():
 def test_epoch_counted_from_1_in_text_like_the_progress_lines():
     import io
 
-    from lrpilot.train.runlog import Progress
+    from lrpilot.train._runlog import Progress
 
     f = Finding("nan", "critical", step=150, epoch=7, summary="s")
     assert f.describe().startswith("[critical] nan at epoch 8, step 150")

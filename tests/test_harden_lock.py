@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 from lrpilot.errors import ConfigError
 from lrpilot.history import History
 from lrpilot.tasks import Task
-from lrpilot.train.rundir import RunLock
+from lrpilot.train._rundir import RunLock
 
 HERE = Path(__file__).resolve().parent
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
-from lrpilot.train import load_yaml, parse_config
+from lrpilot.train import parse_config
+from lrpilot.train._sources import load_yaml
 
 TASK = "mnist1d-mlp"
 BOMB = "\n".join(

@@ -41,7 +41,7 @@ def bare_task() -> Task:
 def _fit_optimizer(task: Task, name: str) -> torch.optim.Optimizer:
     """The optimizer `lrpilot fit` trains with: the engine's, built from the config."""
     from lrpilot.train import Engine
-    from lrpilot.train.config import parse_config
+    from lrpilot.train._config import parse_config
 
     return Engine(parse_config({"task": task, "optimizer": {"name": name}}), task).optimizer
 

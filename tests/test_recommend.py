@@ -19,8 +19,8 @@ from lrpilot.recommend import (
     render_markdown,
     rule,
 )
-from lrpilot.recommend.choice import better_sweep
-from lrpilot.recommend.rules import BASES, readme_section
+from lrpilot.recommend._choice import better_sweep
+from lrpilot.recommend._rules import BASES, readme_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,9 +174,9 @@ def test_finetune_layer_lr_and_head_required():
 def test_finetune_layer_lr_groups_the_head_apart_in_fit():
     import torch
 
-    from lrpilot.recommend.measure import head_name
+    from lrpilot.recommend._measure import head_name
     from lrpilot.tasks import get_task
-    from lrpilot.train.builders import build_param_groups
+    from lrpilot.train._builders import build_param_groups
 
     model = get_task("digits-cnn").build_model()
     head = head_name(model)
@@ -201,7 +201,7 @@ def test_bad_requests_are_one_line_errors():
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_recommendation_parses_as_a_fit_config(scenario):
-    from lrpilot.recommend.advise import validate
+    from lrpilot.recommend._advise import validate
 
     for size, batch in ((3000, None), (200_000, 1024)):
         rec = recommend(Request(scenario, dataset_size=size, batch=batch, head="fc", epochs=10))

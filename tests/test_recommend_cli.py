@@ -8,8 +8,9 @@ import math
 import pytest
 
 from lrpilot.cli import main
-from lrpilot.recommend.recommender import TASK_PLACEHOLDER
-from lrpilot.train import load_yaml, parse_config
+from lrpilot.recommend._recommender import TASK_PLACEHOLDER
+from lrpilot.train import parse_config
+from lrpilot.train._sources import load_yaml
 
 
 def test_without_task_writes_a_commented_config(tmp_path, capsys):
@@ -110,7 +111,7 @@ def test_task_auto_measures_both_and_the_config_trains(tmp_path, capsys):
 def test_noise_scale_is_skipped_on_a_tiny_training_set():
     from types import SimpleNamespace
 
-    from lrpilot.recommend.measure import _noise
+    from lrpilot.recommend._measure import _noise
 
     assert _noise(SimpleNamespace(train_set=range(500)), seed=0) is None  # big batch < 32
 
@@ -119,7 +120,7 @@ def test_a_memory_limit_splits_the_batch_into_accumulation(monkeypatch):
     """The memory probe's answer reaches the config (the probe itself is lrpilot.batch's,
     tested there; on a CPU it takes tens of seconds, so its result is given here)."""
     from lrpilot.recommend import Request, recommend
-    from lrpilot.recommend import measure as measure_mod
+    from lrpilot.recommend import _measure as measure_mod
 
     def fake_memory(task, optimizer):
         return {"max_device_batch": 10, "capped": False, "device": "cpu", "seconds": 0.0}

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from lrpilot.errors import ConfigError
 from lrpilot.tasks import Task, get_task
 from lrpilot.train import parse_config
-from lrpilot.train.builders import build_model, build_param_groups, training_loss
+from lrpilot.train._builders import build_model, build_param_groups, training_loss
 
 
 def _settings_task(loss_fn=nn.functional.cross_entropy) -> Task:
@@ -84,7 +84,7 @@ def test_model_settings_reach_build_model():
 
 
 def test_fit_with_the_knobs_and_check_is_clean(tmp_path):
-    from lrpilot.recommend.check import check_config, no_decay_supported
+    from lrpilot.recommend._check import check_config, no_decay_supported
     from lrpilot.train import fit
 
     assert no_decay_supported()

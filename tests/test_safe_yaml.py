@@ -1,4 +1,4 @@
-"""lrpilot.safe_yaml: the one YAML reader and number parser (issues 16 and 21)."""
+"""lrpilot._safe_yaml: the one YAML reader and number parser (issues 16 and 21)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrpilot.errors import ConfigError
-from lrpilot.safe_yaml import (
+from lrpilot._safe_yaml import (
     MAX_ALIASES,
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -21,6 +20,7 @@ from lrpilot.safe_yaml import (
     loads,
     parse_number,
 )
+from lrpilot.errors import ConfigError
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

@@ -112,8 +112,8 @@ def run_json(argv: list[str], capsys: pytest.CaptureFixture) -> dict:
 def open_study(argv: list[str]):  # type: ignore[no-untyped-def]
     """The study a command line names, opened the way ``lrpilot tune`` opens it."""
     from lrpilot.cli import build_parser
-    from lrpilot.cli.tune_cmd import build_spec
-    from lrpilot.search.study import open_study as _open
+    from lrpilot.cli._tune_cmd import build_spec
+    from lrpilot.search._study import open_study as _open
 
     spec = build_spec(build_parser().parse_args(argv))
     return spec, _open(spec)
@@ -165,7 +165,8 @@ def test_sqlite_study_prunes_the_planted_trial_and_writes_the_report(
             assert t["compute"] == 1.0
     assert summary["compute"] == pytest.approx(sum(t["compute"] for t in trials))
     # best.yaml: the base config with the best trial's values, accepted by lrpilot fit
-    from lrpilot.train import load_yaml, parse_config
+    from lrpilot.train import parse_config
+    from lrpilot.train._sources import load_yaml
 
     best = min((t for t in trials if t["state"] == "complete"), key=lambda t: t["value"])
     assert summary["best"]["number"] == best["number"]
@@ -353,7 +354,7 @@ def test_postgresql_two_workers_one_killed_mid_trial_study_completes(
     assert retries[0].user_attrs["resumed"] is True
     assert retries[0].user_attrs["run_dir"] == str(trial0)
     assert epoch_numbers(trial0) == list(range(EPOCHS))
-    from lrpilot.search.study import count_finished
+    from lrpilot.search._study import count_finished
 
     assert count_finished(trials) >= 3
 
@@ -365,8 +366,8 @@ def test_ray_tune_asha_four_trials(tmp_path: Path, env: dict) -> None:
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.tune")
     from lrpilot.cli import build_parser
-    from lrpilot.cli.tune_cmd import build_spec
-    from lrpilot.search.ray_backend import run_ray
+    from lrpilot.cli._tune_cmd import build_spec
+    from lrpilot.search._ray_backend import run_ray
 
     config, space = write_inputs(tmp_path, LR_SPACE)
     out = tmp_path / "study"

@@ -11,7 +11,7 @@ import pytest
 
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
-from lrpilot.search.space import (
+from lrpilot.search._space import (
     decode_values,
     encode_choice,
     overrides_for,
@@ -58,7 +58,7 @@ def test_mapping_choice_rejects(choices: list, message: str) -> None:
 
 
 def test_mapping_choice_replaces_the_config_value_whole() -> None:
-    from lrpilot.train import apply_overrides
+    from lrpilot.train._sources import apply_overrides
 
     base = {**BASE, "schedule": {"name": "cosine", "warmup": {"epochs": 3}}}
     got = apply_overrides(base, overrides_for({"schedule": ONE_CYCLE}))
@@ -69,7 +69,7 @@ def test_mapping_choice_replaces_the_config_value_whole() -> None:
 
 def test_mapping_choice_through_a_real_optuna_study() -> None:
     optuna = pytest.importorskip("optuna")
-    from lrpilot.search.report import TrialRow, importances, rows_from_optuna
+    from lrpilot.search._report import TrialRow, importances, rows_from_optuna
 
     params = parse_space({"optimizer.lr": {"log_uniform": [1e-3, 1.0]}, **SCHEDULES})
     dists = to_optuna(params)
@@ -118,7 +118,7 @@ def _median_prunes_at(pruner, steps: int) -> list[int]:  # type: ignore[no-untyp
 
 def test_median_warmup_and_startup_as_optuna_applies_them() -> None:
     pytest.importorskip("optuna")
-    from lrpilot.search.study import make_pruner
+    from lrpilot.search._study import make_pruner
 
     # default (4 trials: 1 start-up trial): prunes from the first report (steps are epochs
     # trained, 1-based)
@@ -131,7 +131,7 @@ def test_median_warmup_and_startup_as_optuna_applies_them() -> None:
 
 def test_hyperband_min_resource_is_the_warmup() -> None:
     pytest.importorskip("optuna")
-    from lrpilot.search.study import make_pruner
+    from lrpilot.search._study import make_pruner
 
     pruner = make_pruner("hyperband", 8, 15, warmup=4)
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (4, 15, 3)
@@ -182,7 +182,7 @@ def test_cli_schedule_typo_in_the_space_exit_2_nothing_written(
 
 def test_tpe_startup_trials_are_the_random_samplers_then_the_model() -> None:
     optuna = pytest.importorskip("optuna")
-    from lrpilot.search.study import make_sampler
+    from lrpilot.search._study import make_sampler
 
     dists = to_optuna(parse_space({"optimizer.lr": {"log_uniform": [1e-4, 1.0]}}))
 
@@ -204,8 +204,8 @@ def test_tpe_startup_trials_are_the_random_samplers_then_the_model() -> None:
 
 def test_workers_get_the_same_pruner_options(tmp_path: Path) -> None:
     from lrpilot.cli import build_parser
-    from lrpilot.cli.tune_cmd import build_spec
-    from lrpilot.search.study import worker_argv
+    from lrpilot.cli._tune_cmd import build_spec
+    from lrpilot.search._study import worker_argv
 
     argv = _argv(tmp_path, "--prune-warmup", "2", "--sampler-startup", "3")
     spec = build_spec(build_parser().parse_args(argv))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lrpilot.cli import build_parser, main
-from lrpilot.search.space import (
+from lrpilot.search._space import (
     AUTO_RANGE_WIDEN,
     Param,
     auto_lr_finder,
@@ -101,8 +101,8 @@ def test_cli_unknown_seed_trial_is_refused(tmp_path: Path, capsys: pytest.Captur
 
 # ------------------------------------------------------------------ the study
 def _open(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
-    from lrpilot.cli.tune_cmd import build_spec
-    from lrpilot.search.study import open_study
+    from lrpilot.cli._tune_cmd import build_spec
+    from lrpilot.search._study import open_study
 
     spec = build_spec(build_parser().parse_args(_argv(tmp_path, AUTO_SPACE, *extra)))
     calls: list[int] = []
@@ -119,7 +119,7 @@ def test_seed_trial_is_the_first_trial_once_and_the_finder_is_kept(tmp_path: Pat
     pytest.importorskip("optuna")
     from optuna.trial import TrialState
 
-    from lrpilot.search.space import to_optuna
+    from lrpilot.search._space import to_optuna
 
     spec, study, calls = _open(tmp_path, "--seed-trial", "finder")
     assert calls == [1] and study.user_attrs["finder"] == FINDER
@@ -147,8 +147,8 @@ def test_without_seed_trial_nothing_is_queued(tmp_path: Path) -> None:
 
 def test_summary_compute_charges_the_finder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("optuna")
-    from lrpilot.cli.tune_cmd import build_spec, finish
-    from lrpilot.search.report import TrialRow
+    from lrpilot.cli._tune_cmd import build_spec, finish
+    from lrpilot.search._report import TrialRow
 
     spec = build_spec(build_parser().parse_args(_argv(tmp_path, AUTO_SPACE)))
     rows = [
@@ -183,9 +183,9 @@ def test_auto_lr_finder_record_against_lrpilot_find(monkeypatch: pytest.MonkeyPa
     assert found["epochs_of_compute"] * n_train == pytest.approx(found["samples"], rel=1e-9)
     assert found["compute"] == pytest.approx(found["epochs_of_compute"] / BASE["epochs"])
     evidence: dict = {}
-    from lrpilot.search.space import resolve_auto
+    from lrpilot.search._space import resolve_auto
 
-    monkeypatch.setattr("lrpilot.search.space.auto_lr_finder", lambda base: found)
+    monkeypatch.setattr("lrpilot.search._space.auto_lr_finder", lambda base: found)
     (param,) = resolve_auto(parse_space({"optimizer.lr": "auto_range"}), BASE, evidence)
     assert param.args == range_from_interval(found["interval"])
     assert evidence == {**found, "range": list(param.args)}

@@ -16,8 +16,8 @@ import pytest
 
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
-from lrpilot.search.runner import EpochReader, fit_argv, run_trial
-from lrpilot.search.space import (
+from lrpilot.search._runner import EpochReader, fit_argv, run_trial
+from lrpilot.search._space import (
     Param,
     load_space_yaml,
     overrides_for,
@@ -80,7 +80,7 @@ def test_validate_space_applies_every_bound_and_choice_to_the_config() -> None:
 
 
 def test_overrides_are_read_back_by_apply_overrides() -> None:
-    from lrpilot.train import apply_overrides
+    from lrpilot.train._sources import apply_overrides
 
     values = {"optimizer.lr": 0.0123, "schedule.name": "cosine", "batch_size": 64}
     got = apply_overrides(BASE, overrides_for(values))
@@ -208,7 +208,7 @@ def test_fit_argv_starts_or_resumes(tmp_path: Path) -> None:
 
 
 def test_count_finished_does_not_count_a_retried_failure() -> None:
-    from lrpilot.search.study import count_finished
+    from lrpilot.search._study import count_finished
 
     optuna = pytest.importorskip("optuna")
     state = optuna.trial.TrialState
@@ -229,7 +229,7 @@ def test_count_finished_does_not_count_a_retried_failure() -> None:
 
 def test_importances_guard_and_values() -> None:
     pytest.importorskip("optuna")
-    from lrpilot.search.report import TrialRow, importances
+    from lrpilot.search._report import TrialRow, importances
 
     params = parse_space({"optimizer.lr": {"log_uniform": [1e-3, 1.0]}, "epochs": {"int": [1, 4]}})
     rows = [
@@ -251,7 +251,7 @@ def test_missing_extra_names_the_install_command(tmp_path: Path) -> None:
     (tmp_path / "space.yaml").write_text("optimizer.lr: {log_uniform: [0.1, 1]}\n")
     code = (
         "import sys; sys.modules['optuna'] = None; sys.modules['ray'] = None\n"
-        "import lrpilot, lrpilot.search, lrpilot.search.study\n"
+        "import lrpilot, lrpilot.search, lrpilot.search._study\n"
         "from lrpilot.cli import main\n"
         f"sys.exit(main(['tune', {str(tmp_path / 'base.yaml')!r}, '--space', "
         f"{str(tmp_path / 'space.yaml')!r}, '--trials', '1', '--out', {str(tmp_path / 'o')!r}]))"
@@ -284,8 +284,8 @@ def test_cli_options_of_the_other_backend_are_refused(
 def test_auto_range_is_resolved_once_per_study_and_kept(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     from lrpilot.cli import build_parser
-    from lrpilot.cli.tune_cmd import build_spec
-    from lrpilot.search.study import open_study
+    from lrpilot.cli._tune_cmd import build_spec
+    from lrpilot.search._study import open_study
 
     (tmp_path / "base.yaml").write_text(json.dumps(BASE))
     (tmp_path / "space.yaml").write_text("optimizer.lr: auto_range\n")

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference_crc
 
-from lrpilot.train.tbevents import EventFileWriter, encode_record, masked_crc32c
+from lrpilot.train._tbevents import EventFileWriter, encode_record, masked_crc32c
 
 
 def test_masked_crc_matches_tensorboards_pure_python_one() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lrpilot.train.builders import grad_clearer, params_finite
+from lrpilot.train._builders import grad_clearer, params_finite
 
 
 def _model_with_grads() -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -49,7 +49,7 @@ def test_params_finite() -> None:
 
 
 def test_snapshot_reuse_equals_a_fresh_snapshot_and_owns_its_memory() -> None:
-    from lrpilot.train.guard import take_snapshot
+    from lrpilot.train._guard import take_snapshot
 
     model, optimizer = _model_with_grads()
     optimizer.param_groups[0]["momentum"] = 0.9
@@ -80,7 +80,7 @@ def test_resolve_implementation_auto_fuses_dense_float_parameters_only() -> None
     import pytest
 
     from lrpilot.errors import ConfigError
-    from lrpilot.train.builders import makes_sparse_grads, resolve_implementation
+    from lrpilot.train._builders import makes_sparse_grads, resolve_implementation
 
     dense = list(nn.Linear(3, 2).parameters())
     assert resolve_implementation("auto", dense) == "fused"
@@ -104,8 +104,8 @@ def test_resolve_implementation_auto_fuses_dense_float_parameters_only() -> None
 
 
 def test_build_optimizer_runs_the_resolved_kernel() -> None:
-    from lrpilot.train.builders import build_optimizer, implementation_of
-    from lrpilot.train.config import parse_config
+    from lrpilot.train._builders import build_optimizer, implementation_of
+    from lrpilot.train._config import parse_config
 
     for task, name in (("mnist1d-cnn", "SGD"), ("mnist1d-mlp", "AdamW")):
         cfg = parse_config({"task": task})
@@ -136,7 +136,7 @@ def test_build_optimizer_runs_the_resolved_kernel() -> None:
 
 
 def test_loading_an_older_checkpoint_keeps_the_built_implementation() -> None:
-    from lrpilot.train.builders import implementation_of, load_optimizer_state
+    from lrpilot.train._builders import implementation_of, load_optimizer_state
 
     model = nn.Linear(3, 2)
     model(torch.randn(4, 3)).sum().backward()

@@ -1,9 +1,9 @@
-"""Regenerate the README's rules table from ``lrpilot.recommend.rules.RULES``.
+"""Regenerate the README's rules table from ``lrpilot.recommend._rules.RULES``.
 
     PYTHONPATH=src .venv/bin/python tools/readme_rules.py [--check]
 
 Replaces the text between the ``rules-table`` markers of README.md with
-:func:`lrpilot.recommend.rules.render_markdown`; ``--check`` only reports whether it is up
+:func:`lrpilot.recommend._rules.render_markdown`; ``--check`` only reports whether it is up
 to date (exit 1 if not). ``tests/test_recommend_rules.py`` runs the same comparison.
 """
 
@@ -17,7 +17,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lrpilot.recommend.rules import with_rules_table
+    from lrpilot.recommend._rules import with_rules_table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is stale")

@@ -13,7 +13,7 @@
   BatchNorm is kept and a message says each process normalises over its own samples.
   :func:`unwrap` and :func:`sync_context` go with it.
 
-The sharded data order lives in :mod:`lrpilot.train.data`, the LR-scaling config in
+The sharded data order lives in :mod:`lrpilot.train._data`, the LR-scaling config in
 :mod:`lrpilot.batch.scaling`, the online noise monitor in :mod:`lrpilot.batch.noise`.
 This module is the lowest layer: it imports torch and :mod:`lrpilot.errors` only.
 

@@ -1,7 +1,7 @@
 """Snapshots of training state as CPU copies: :func:`cpu_clone`, :func:`copy_into` (a
 copy that reuses the buffers of an earlier one), :func:`take_snapshot` and
 :func:`restore_snapshot` of a model and its optimizer. The one home of state capture: the
-training engine (:mod:`lrpilot.train.engine`), its guard and the LR finder's
+training engine (:mod:`lrpilot.train._engine`), its guard and the LR finder's
 :mod:`lrpilot.finder.snapshot` use it; it imports nothing of lrpilot's.
 
 >>> import torch

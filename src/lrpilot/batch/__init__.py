@@ -15,7 +15,7 @@
   ``noise_scale`` config and its online :class:`~lrpilot.batch.noise.NoiseMonitor`.
 * :mod:`lrpilot.batch.distributed`: the former ``torchrun`` helpers, kept as re-exports;
   the process group, DDP and the rank-0 test live in :mod:`lrpilot._distributed`, the
-  sharded data order in :mod:`lrpilot.train.data`.
+  sharded data order in :mod:`lrpilot.train._data`.
 
 >>> from lrpilot import batch
 >>> batch.scale_lr(0.1, 64, 256)

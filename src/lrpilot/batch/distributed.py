@@ -2,7 +2,7 @@
 
 * the process group, collectives, DDP wrapping, the rank-0 test and the effective batch:
   :mod:`lrpilot._distributed` (the distributed service);
-* the sharded data order (``ShardedOrder``, ``make_order``): :mod:`lrpilot.train.data`
+* the sharded data order (``ShardedOrder``, ``make_order``): :mod:`lrpilot.train._data`
   (not re-exported here: ``batch`` sits below ``train``);
 * the ``lr_scaling`` config and the schedule's LR factor: :mod:`lrpilot.batch.scaling`;
 * the ``noise_scale`` config and the online :class:`NoiseMonitor`: :mod:`lrpilot.batch.noise`.

@@ -21,16 +21,16 @@ from lrpilot.errors import TrainingAborted
 
 # Subcommand modules, in the order ``lrpilot --help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "lrpilot.cli.schedule_cmd",
-    "lrpilot.cli.tasks_cmd",
-    "lrpilot.cli.fit_cmd",
-    "lrpilot.cli.diagnose_cmd",
-    "lrpilot.cli.find_cmd",
-    "lrpilot.cli.batch_cmd",
-    "lrpilot.cli.recommend_cmd",
-    "lrpilot.cli.check_cmd",
-    "lrpilot.cli.tune_cmd",
-    "lrpilot.cli.auto_cmd",
+    "lrpilot.cli._schedule_cmd",
+    "lrpilot.cli._tasks_cmd",
+    "lrpilot.cli._fit_cmd",
+    "lrpilot.cli._diagnose_cmd",
+    "lrpilot.cli._find_cmd",
+    "lrpilot.cli._batch_cmd",
+    "lrpilot.cli._recommend_cmd",
+    "lrpilot.cli._check_cmd",
+    "lrpilot.cli._tune_cmd",
+    "lrpilot.cli._auto_cmd",
 )
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lrpilot._plotting import save_png
 from lrpilot.diagnosis.curves import Curves
 from lrpilot.diagnosis.finding import Finding
 from lrpilot.history import History
-from lrpilot.plotting import save_png
 
 _COLORS = {"critical": "tab:red", "warning": "tab:orange", "info": "tab:green"}
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from lrpilot._plotting import save_png
 from lrpilot.finder.result import FinderResult
-from lrpilot.plotting import save_png
 
 
 def plot_result(result: FinderResult, path: str | Path) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrpilot.atomic_io import atomic_write_bytes
+from lrpilot._atomic_io import atomic_write_bytes
 from lrpilot.errors import ConfigError
 from lrpilot.schedules import OneCycle, Schedule, from_config, momentum_from_config
 
@@ -40,7 +40,7 @@ def missing_extra(module: str, extra: str, feature: str) -> ImportError:
 
 
 def make_guard(options: Mapping[str, Any] | None) -> Any:
-    """A :class:`lrpilot.train.guard.DivergenceGuard` from keyword options; an unknown
+    """A :class:`lrpilot.train._guard.DivergenceGuard` from keyword options; an unknown
     option raises naming the valid ones.
 
     >>> make_guard({"window": 20}).window_size
@@ -52,7 +52,7 @@ def make_guard(options: Mapping[str, Any] | None) -> Any:
     """
     import inspect
 
-    from lrpilot.train.guard import DivergenceGuard
+    from lrpilot.train._guard import DivergenceGuard
 
     valid = sorted(inspect.signature(DivergenceGuard).parameters)
     options = dict(options or {})
@@ -63,7 +63,7 @@ def make_guard(options: Mapping[str, Any] | None) -> Any:
 
 
 def guard_reason(cause: str | None) -> str:
-    """A divergence guard's ``cause`` (:mod:`lrpilot.train.guard`) in words.
+    """A divergence guard's ``cause`` (:mod:`lrpilot.train._guard`) in words.
 
     >>> guard_reason("spikes"), guard_reason("something new")
     ('loss far above its recent level', 'divergence (something new)')

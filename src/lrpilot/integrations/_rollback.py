@@ -1,6 +1,6 @@
 """In-memory rollback for trainers lrpilot does not own (the Lightning callback).
 
-The rule is :mod:`lrpilot.train.guard`'s: the guard judges each optimizer step's loss; a
+The rule is :mod:`lrpilot.train._guard`'s: the guard judges each optimizer step's loss; a
 snapshot (CPU copies of model, optimizer and RNG state, :class:`TrainingSnapshot`) is
 taken every ``every`` steps while the last ``horizon`` steps were healthy, the last two are
 kept, and a divergence restores the OLDER one (the newer may already hold the start of the
@@ -10,7 +10,7 @@ schedule by ``factor``. After ``max_rescues`` rescues the next divergence raises
 
 >>> import torch
 >>> from lrpilot.schedules import attach, constant
->>> from lrpilot.train.guard import DivergenceGuard
+>>> from lrpilot.train._guard import DivergenceGuard
 >>> model = torch.nn.Linear(2, 1)
 >>> adapter = attach(torch.optim.SGD(model.parameters(), lr=0.1), constant(0.1))
 >>> rollback = Rollback(DivergenceGuard(), adapter, factor=0.5, every=1)
@@ -35,7 +35,7 @@ from lrpilot.errors import TrainingAborted
 from lrpilot.finder.snapshot import TrainingSnapshot
 from lrpilot.integrations._common import guard_reason
 from lrpilot.schedules import ScheduleAdapter
-from lrpilot.train.guard import DIVERGED, DivergenceGuard
+from lrpilot.train._guard import DIVERGED, DivergenceGuard
 
 
 class Rollback:

@@ -23,7 +23,7 @@ configure_optimizers``. With the callback::
   lost it). The decision and its evidence are a ``lr_decision`` event; a resumed run
   keeps it and does not probe again. :meth:`LRPilot.choose_lr` is where the autopilot's
   decision plugs in;
-* the guard (:class:`lrpilot.train.guard.DivergenceGuard`, ``guard_options=``) reads each
+* the guard (:class:`lrpilot.train._guard.DivergenceGuard`, ``guard_options=``) reads each
   optimizer step's mean loss; on a divergence it restores the older of the last two
   in-memory snapshots (taken every ``snapshot_every`` healthy steps, CPU copies of model
   and optimizer), moves the schedule back to that snapshot's step and multiplies the
@@ -38,7 +38,7 @@ configure_optimizers``. With the callback::
   sequence exactly (snapshots are not saved: a resumed run takes a new one at once).
 
 Reference: L. N. Smith, "Cyclical Learning Rates for Training Neural Networks" (2017) for
-the range test; the guard's rule is documented in :mod:`lrpilot.train.guard`.
+the range test; the guard's rule is documented in :mod:`lrpilot.train._guard`.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class LRPilot(Callback):
         guard: run the divergence guard with rollback.
         log_dir: where ``metrics.jsonl`` goes (default ``trainer.log_dir``).
         finder: options for :func:`lrpilot.find_lr` (``steps``, ``start_lr``, ...).
-        guard_options: options for :class:`~lrpilot.train.guard.DivergenceGuard`.
+        guard_options: options for :class:`~lrpilot.train._guard.DivergenceGuard`.
         guard_factor: the LR cut of a rescue (``0 < factor < 1``).
         snapshot_every: optimizer steps between guard snapshots.
     """

@@ -13,7 +13,7 @@
   ``optimizers=`` is refused by the Trainer;
 * :class:`LRPilotCallback`: the guard's signals (a non-finite gradient at any optimizer
   step; a non-finite or exploding logged loss, judged by
-  :class:`lrpilot.train.guard.DivergenceGuard`) stop training before a damaged checkpoint
+  :class:`lrpilot.train._guard.DivergenceGuard`) stop training before a damaged checkpoint
   is saved and say what to do; ``metrics.jsonl`` for ``lrpilot diagnose``; the diagnosis
   printed at the end. The guard sees the losses the Trainer logs: ``logging_steps=1``
   shows it every step (a larger value gives it interval means);
@@ -50,7 +50,7 @@ from lrpilot.integrations._common import (
     resolve_schedule,
 )
 from lrpilot.schedules import ScheduleAdapter, attach
-from lrpilot.train.guard import DIVERGED, SUSPECT
+from lrpilot.train._guard import DIVERGED, SUSPECT
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -221,7 +221,7 @@ class LRPilotCallback(TrainerCallback, ExportableState):
         guard: stop on a non-finite gradient or a diverging logged loss.
         log_dir: where ``metrics.jsonl`` goes (default ``args.output_dir``).
         diagnose: print ``lrpilot diagnose``'s findings when training ends.
-        guard_options: options for :class:`~lrpilot.train.guard.DivergenceGuard`.
+        guard_options: options for :class:`~lrpilot.train._guard.DivergenceGuard`.
         check_grads: check the gradients for non-finite values before each optimizer step
             (one norm per step; catches a NaN the Trainer's ``logging_nan_inf_filter``
             hides from the logged loss).

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lrpilot.plotting import save_png
+from lrpilot._plotting import save_png
 
 __all__ = ["save_schedule_png"]
 

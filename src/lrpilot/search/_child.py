@@ -13,7 +13,7 @@ import lrpilot.cli
 import lrpilot.diagnosis
 import lrpilot.tasks
 import lrpilot.train
-import lrpilot.train.tbevents
+import lrpilot.train._tbevents
 
 # lazy imports that every run would otherwise pay for: torch.optim's first optimizer
 # imports torch._dynamo (seconds on a small CPU)

@@ -1,5 +1,5 @@
 """A trial child dies with its parent (Linux ``PR_SET_PDEATHSIG``): used between fork
-and exec by :mod:`lrpilot.search.runner` and :mod:`lrpilot.search.study`, and by the fork
+and exec by :mod:`lrpilot.search._runner` and :mod:`lrpilot.search._study`, and by the fork
 server's children (:mod:`lrpilot.search._child`)."""
 
 from __future__ import annotations

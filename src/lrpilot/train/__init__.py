@@ -7,37 +7,24 @@ through, and the pieces (config, data order, checkpoints, divergence guard, logg
 4
 """
 
-from lrpilot.train.callbacks import Callback, Control, StepOutcome
-from lrpilot.train.checkpoint import CheckpointManager, atomic_save, load_checkpoint
-from lrpilot.train.config import FitConfig, parse_config
-from lrpilot.train.data import BatchFetcher, DataOrder
-from lrpilot.train.early_stop import BestTracker
-from lrpilot.train.engine import Engine
-from lrpilot.train.guard import DivergenceGuard, classify
-from lrpilot.train.loop import fit
-from lrpilot.train.plan import RunPlan, plan_run
-from lrpilot.train.result import RunResult
-from lrpilot.train.sources import apply_overrides, load_yaml
+from __future__ import annotations
+
+from lrpilot.train._callbacks import Callback, Control, StepOutcome
+from lrpilot.train._config import FitConfig, parse_config
+from lrpilot.train._engine import Engine
+from lrpilot.train._loop import fit
+from lrpilot.train._plan import RunPlan, plan_run
+from lrpilot.train._result import RunResult
 
 __all__ = [
-    "BatchFetcher",
-    "BestTracker",
     "Callback",
-    "CheckpointManager",
     "Control",
-    "DataOrder",
-    "DivergenceGuard",
     "Engine",
     "FitConfig",
     "RunPlan",
     "RunResult",
     "StepOutcome",
-    "apply_overrides",
-    "atomic_save",
-    "classify",
     "fit",
-    "load_checkpoint",
-    "load_yaml",
     "parse_config",
     "plan_run",
 ]

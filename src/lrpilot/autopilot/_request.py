@@ -1,0 +1,340 @@
+"""The autopilot's request, validated: what is free, what the user fixed, the run's base
+config and the probe plan (:class:`Settings`). Everything here runs before any file is
+written; errors are ``ConfigError`` naming the value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from lrpilot.autopilot import _shapes as shapes
+from lrpilot.autopilot._batch import BatchChoice, check_possible
+from lrpilot.autopilot._decide import Decision
+from lrpilot.autopilot._plan import ProbePlan, check_budget, make_plan
+from lrpilot.autopilot._probe import Outcome, ProbeStore
+from lrpilot.autopilot._split import decision_size, split_task
+from lrpilot.errors import ConfigError, check_int
+from lrpilot.tasks import Task
+from lrpilot.train._auto_config import AUTO
+
+OPTIMIZER_FAMILY = {"sgd": "sgd", "adamw": "adam", "adam": "adam"}
+AUTOPILOT_VERSION = 1
+
+
+def user_task(model, loss_fn, train_set, val_set, metrics) -> Task:  # type: ignore[no-untyped-def]
+    missing = [
+        n
+        for n, v in (
+            ("model", model),
+            ("loss_fn", loss_fn),
+            ("train_set", train_set),
+            ("val_set", val_set),
+        )
+        if v is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"auto needs a task or model, loss_fn, train_set and val_set; "
+            f"missing: {', '.join(missing)}"
+        )
+    return Task("user-model", model, train_set, val_set, loss_fn, dict(metrics or {}))
+
+
+def optimizer_settings(task: Task, optimizer: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The optimizer mapping: ``optimizer`` (a name or a mapping without a fixed ``lr``),
+    with the task's own optimizer settings when it names the same optimizer."""
+    own = dict(task.defaults.get("optimizer", {}))
+    spec = dict(optimizer) if isinstance(optimizer, Mapping) else {}
+    name = spec.get("name", optimizer if isinstance(optimizer, str) else own.get("name", "adamw"))
+    name = str(name).lower()
+    if name not in OPTIMIZER_FAMILY:
+        raise ConfigError(f"optimizer={name!r} is not one of {', '.join(OPTIMIZER_FAMILY)}")
+    out = {k: v for k, v in own.items() if str(own.get("name", "")).lower() == name}
+    out.update(spec)
+    out["name"] = name
+    out.pop("lr", None)
+    return out
+
+
+@dataclass(frozen=True)
+class Request:
+    """The arguments of :func:`auto` as given (validated by :func:`_settings`)."""
+
+    task: Task
+    optimizer: str | Mapping[str, Any] | None
+    epochs: int | None
+    batch_size: int | str | None
+    budget: float
+    seed: int
+    lr: float | None
+    schedule: str | Mapping[str, Any] | None
+    fit_config: Mapping[str, Any]
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        """What the autopilot chooses: ``lr``, ``schedule`` (shape and warmup; a fixed shape
+        name leaves only the warmup), ``batch_size``."""
+        out = []
+        if self.lr is None:
+            out.append("lr")
+        if self.schedule is None:
+            out.append("schedule")
+        if self.batch_size == AUTO:
+            out.append("batch_size")
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``auto`` validated before any file is written."""
+
+    task: Task
+    fit_task: Task
+    decision_set: Dataset | None
+    opt: dict[str, Any]
+    epochs: int
+    batch: int
+    accumulate: int
+    reference_batch: int
+    budget: float
+    seed: int
+    lr: float | None
+    shape: str | None
+    fixed_schedule: dict | None
+    free: tuple[str, ...]
+    fixed: dict[str, Any]
+    mode: str  # "search", "restart" (only the peak is free) or "batch"
+    n_full: int
+    n_fit: int
+    base: dict[str, Any]
+    cfg: Any
+    plan: ProbePlan | None
+    choice: BatchChoice | None
+
+    @property
+    def one_run(self) -> int:
+        return self.epochs * self.n_full
+
+    @property
+    def batch_samples(self) -> int:
+        return 0 if self.choice is None else self.choice.samples
+
+    def final_config(self, outcome: Outcome) -> Any:
+        from lrpilot.train._config import parse_config
+
+        raw = {**self.base, "optimizer": {**self.opt, "lr": outcome.peak}}
+        if self.mode == "restart":
+            raw["schedule"] = self.fixed_schedule
+        else:
+            raw["schedule"] = shapes.to_config(outcome.history)
+        return parse_config(raw, task=self.fit_task)
+
+    def header(self) -> dict[str, Any]:
+        """What ``autopilot.json`` says about the request: free, fixed, sizes."""
+        return {
+            "version": AUTOPILOT_VERSION,
+            "task": self.task.name,
+            "mode": self.mode,
+            "free": list(self.free),
+            "fixed": self.fixed,
+            "optimizer": self.opt,
+            "epochs": self.epochs,
+            "batch_size": self.batch,
+            "accumulate": self.accumulate,
+            "effective_batch": self.batch * self.accumulate,
+            "budget": self.budget,
+            "seed": self.seed,
+            "batch": None if self.choice is None else self.choice.to_dict(),
+        }
+
+    def batch_decision(self) -> Decision:
+        """The batch decision with the LR rule as applied here."""
+        c = self.choice
+        assert c is not None
+        user_lr = self.fixed.get("lr")
+        if "lr" in self.free:
+            applied = f"not applied: the peak LR was searched at batch {c.effective}"
+        elif isinstance(user_lr, (int, float)):
+            applied = (
+                f"optimizer.lr {user_lr:g} at batch {c.reference} -> {user_lr * c.lr_factor:.4g}"
+            )
+        else:
+            applied = f"the schedule's LRs x {c.lr_factor:.4g} (lr_scaling in config.yaml)"
+        evidence = {**c.evidence, "micro_batch": c.batch, "accumulate": c.accumulate}
+        evidence.update(rule=c.rule, lr_factor=c.lr_factor, lr=applied, samples=c.samples)
+        return Decision("batch_size", c.effective, c.reason, evidence)
+
+    def report(self, outcome: Outcome, store: ProbeStore) -> dict[str, Any]:
+        """``autopilot.json`` before the final run (the compute is added after it)."""
+        decisions = [d.to_dict() for d in outcome.decisions]
+        schedule: dict[str, Any] = shapes.to_config(outcome.history)
+        if self.mode == "restart":
+            decisions = [d for d in decisions if d["name"] != "schedule"]
+            from lrpilot.train._builders import schedule_mapping
+
+            schedule = schedule_mapping(self.final_config(outcome))  # the peak filled in
+            why = "fixed by the user; the final run trains from step 0 under it at the chosen peak"
+            decisions.append(Decision("schedule", self.fixed_schedule, why).to_dict())
+        if self.choice is not None:
+            decisions.insert(0, self.batch_decision().to_dict())
+        assert self.plan is not None
+        return {
+            **self.header(),
+            "decision_split": {"samples": self.n_full - self.n_fit, "of": self.n_full},
+            "plan": self.plan.to_dict(),
+            "prior": outcome.prior,
+            "candidates": [p.to_dict() for p in outcome.probes],
+            "decisions": decisions,
+            "schedule": schedule,
+            "decided_at_step": 0 if self.mode == "restart" else outcome.decided_at,
+            "initial_score": store.state.get("initial_score"),
+        }
+
+
+def _check_lr(lr: object) -> None:
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf
+    ):
+        raise ConfigError(f"lr={lr!r} is out of range; allowed: (0, inf) or None (auto)")
+
+
+def _check_schedule(schedule: object, lr: object) -> None:
+    if schedule is None or isinstance(schedule, Mapping):
+        if isinstance(schedule, Mapping) and lr is None:
+            from lrpilot.train._auto_config import auto_request
+
+            auto_request({"optimizer": {"lr": AUTO}, "schedule": schedule})  # contradictions
+        return
+    if schedule not in shapes.SHAPES:
+        raise ConfigError(
+            f"schedule={schedule!r} is not valid; allowed: {', '.join(shapes.SHAPES)}, "
+            "a lrpilot fit schedule mapping, or None (auto)"
+        )
+
+
+def _mode(req: Request) -> str:
+    if req.lr is None and isinstance(req.schedule, Mapping):
+        return "restart"
+    if req.lr is not None and isinstance(req.schedule, Mapping):
+        if req.batch_size != AUTO:
+            raise ConfigError(
+                "nothing is left to choose (lr and schedule fixed, batch_size fixed); "
+                "allowed: leave lr or schedule free, or batch_size='auto'"
+            )
+        return "batch"
+    return "search"
+
+
+def settings(req: Request, choice: BatchChoice | None = None) -> Settings:
+    """Validate the request (``ConfigError`` naming the value and the allowed range); with
+    ``choice`` (the batch decision) the settings at the chosen batch."""
+    task = req.task
+    budget = check_budget(req.budget)
+    opt = optimizer_settings(task, req.optimizer)
+    epochs = check_int(
+        "epochs", task.defaults.get("epochs", 15) if req.epochs is None else req.epochs, low=1
+    )
+    batch_auto = req.batch_size == AUTO
+    given = (
+        task.defaults.get("batch_size", 64) if req.batch_size in (None, AUTO) else req.batch_size
+    )
+    reference = check_int("batch_size", given, low=1)
+    check_int("seed", req.seed, low=0)
+    _check_lr(req.lr)
+    _check_schedule(req.schedule, req.lr)
+    mode = _mode(req)
+    n_full = len(task.train_set)  # type: ignore[arg-type]
+    split = mode != "batch"
+    n_fit = n_full - decision_size(n_full) if split else n_full
+    batch, acc = (choice.batch, choice.accumulate) if choice else (reference, 1)
+    if batch_auto:
+        check_possible(reference, n_fit)
+    elif batch > n_fit:
+        raise ConfigError(
+            f"batch_size={batch} is larger than the training part ({n_fit} of "
+            f"{n_full} samples; {n_full - n_fit} are the decision split)"
+        )
+    fit_task, decision_set = split_task(task, req.seed) if split else (task, None)
+    lr = req.lr
+    if lr is not None and choice is not None and mode != "batch":
+        lr = lr * choice.lr_factor
+    base, cfg = _base_config(req, opt, epochs, batch, acc, lr, mode, choice, fit_task)
+    acc = cfg.accumulate
+    plan = (
+        None if mode == "batch" else _plan(n_full, n_fit, batch * acc, epochs, budget, choice, mode)
+    )
+    fixed: dict[str, Any] = {
+        k: v for k, v in (("lr", req.lr), ("batch_size", req.batch_size)) if v not in (None, AUTO)
+    }
+    if req.schedule is not None:
+        fixed["schedule"] = copy.deepcopy(req.schedule)
+    return Settings(
+        task, fit_task, decision_set, opt, epochs, batch, acc, reference, budget, req.seed, lr,
+        req.schedule if isinstance(req.schedule, str) else None,
+        dict(req.schedule) if isinstance(req.schedule, Mapping) else None,
+        req.free, fixed, mode, n_full, n_fit, base, cfg, plan, choice,
+    )  # fmt: skip
+
+
+def _base_config(req, opt, epochs, batch, acc, lr, mode, choice, fit_task):  # type: ignore[no-untyped-def]
+    """The run's config with a placeholder schedule (``(raw, parsed)``); the user's other
+    ``lrpilot fit`` keys are kept as written."""
+    from lrpilot.train._config import TOP_KEYS, parse_config
+
+    own = ("task", "epochs", "batch_size", "seed", "optimizer", "schedule")
+    extra = {k: v for k, v in req.fit_config.items() if k not in own}
+    bad = [k for k in extra if k not in TOP_KEYS]
+    if bad:
+        raise ConfigError(f"unknown config key {bad[0]!r}; valid: {', '.join(sorted(TOP_KEYS))}")
+    base = {**extra, "task": req.task.name, "epochs": epochs, "batch_size": batch}
+    base.update(seed=req.seed, optimizer={**opt, "lr": 1e-3 if lr is None else lr})
+    if acc > 1:
+        base["accumulate"] = acc
+    if mode == "batch":
+        base["schedule"] = copy.deepcopy(dict(req.schedule))  # type: ignore[arg-type]
+        if choice is not None:
+            base["lr_scaling"] = {"rule": choice.rule, "base_batch": choice.reference}
+    else:
+        base["schedule"] = {"name": "constant", "lr": 1e-3}
+    probe = dict(base)
+    if mode == "restart":  # the user's schedule must build (validated now)
+        probe["schedule"] = copy.deepcopy(dict(req.schedule))  # type: ignore[arg-type]
+    parse_config(probe, task=fit_task)
+    from lrpilot.train._engine import plan_run
+
+    plan_run(probe, fit_task)
+    return base, parse_config(base, task=fit_task)
+
+
+def _plan(n_full, n_fit, batch, epochs, budget, choice, mode) -> ProbePlan:  # type: ignore[no-untyped-def]
+    """The probe plan within what the batch decision left of the budget; in ``restart`` mode
+    the probes' kept holds are spent too (the final run starts again from step 0)."""
+    from lrpilot.autopilot._plan import MIN_BUDGET
+    from lrpilot.finder.protocol import probe_plan
+
+    finder = probe_plan(n_fit, batch).samples_budget
+    one_run = epochs * n_full
+    left = budget - (0 if choice is None else choice.samples / one_run)
+    b = max(MIN_BUDGET, left)
+    for _ in range(40):
+        plan = make_plan(n_full, n_fit, batch, epochs, b, finder)
+        if mode != "restart" or plan.n1 == 0:
+            return plan
+        kept = plan.decided_at * (n_fit / plan.steps_per_epoch) / one_run
+        over = plan.expected_multiple + kept - left
+        if over <= 0:
+            return plan
+        if b - over - 1e-3 < MIN_BUDGET:
+            break
+        b -= over + 1e-3
+    plan = make_plan(n_full, n_fit, batch, epochs, MIN_BUDGET, 0)
+    return replace(
+        plan, n1=0, hold1=0, cool1=0, n2=0, hold2=0, cool2=0, finder=False,
+        expected_multiple=plan.total_steps * n_fit / plan.steps_per_epoch / one_run,
+        reason=f"budget {budget:g} leaves no room for probes before a full run: no search",
+    )  # fmt: skip
