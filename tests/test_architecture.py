@@ -29,13 +29,10 @@ ALLOWED_UP: dict[tuple[str, str], str] = {
     ),
 }
 
-_PARALLEL = "edited on a parallel branch in session 10; split once merged"
 #: modules over MAX_MODULE_LINES lines -> why
 LONG_MODULES: dict[str, str] = {}
 #: "module:function" over MAX_FUNCTION_LINES code lines -> why
-LONG_FUNCTIONS: dict[str, str] = {
-    "lrpilot.autopilot._decide:choose_peak": _PARALLEL,
-}
+LONG_FUNCTIONS: dict[str, str] = {}
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 

@@ -15,7 +15,6 @@ from lrpilot.autopilot._decide import (
     blend_peak,
     choose_peak,
     choose_shape,
-    compute_multiple,
     first_round,
     ladder,
     learned,
@@ -23,7 +22,13 @@ from lrpilot.autopilot._decide import (
     prior_lr,
     second_round,
 )
-from lrpilot.autopilot._plan import OPTIONS, RESCUE_RESERVE, check_budget, make_plan
+from lrpilot.autopilot._plan import (
+    OPTIONS,
+    RESCUE_RESERVE,
+    check_budget,
+    compute_multiple,
+    make_plan,
+)
 from lrpilot.errors import ConfigError
 
 NAN = float("nan")

@@ -142,6 +142,38 @@ def paired_gap(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def _no_usable_probe(probes: Sequence[Probe], fallback: float | None) -> tuple[float | None, str]:
+    """``choose_peak``'s value and reason when no probe is usable."""
+    if fallback is not None:
+        return fallback, f"no usable probe ({len(probes)} tried); the fallback"
+    if probes:
+        smallest = min(p.lr for p in probes)
+        return smallest / LADDER_STEP, (
+            f"all {len(probes)} candidates diverged or gave no finite loss; one ladder "
+            f"step below the smallest ({smallest:.3g})"
+        )
+    return None, "no probe was run"
+
+
+def _tied(
+    gap: float,
+    se: float,
+    best_score: float,
+    *,
+    z: float,
+    tolerance: float,
+    progress: float | None,
+    initial: float | None,
+) -> bool:
+    """Whether a candidate ``gap`` above the best score ties with it (``choose_peak``)."""
+    made = (initial - best_score) if initial is not None else math.nan
+    if gap <= tolerance * abs(best_score):
+        return True
+    if progress is not None and math.isfinite(made) and made > 0 and gap <= progress * made:
+        return True
+    return gap <= z * se if math.isfinite(se) else gap <= 0.0
+
+
 def choose_peak(
     probes: Sequence[Probe],
     *,
@@ -166,16 +198,7 @@ def choose_peak(
     bad = [p.name for p in probes if not p.ok]
     table = {p.name: {"lr": p.lr, "score": p.score if p.ok else None} for p in probes}
     if not ok:
-        if fallback is not None:
-            value, why = fallback, f"no usable probe ({len(probes)} tried); the fallback"
-        elif probes:
-            value = min(p.lr for p in probes) / LADDER_STEP
-            why = (
-                f"all {len(probes)} candidates diverged or gave no finite loss; one ladder "
-                f"step below the smallest ({min(p.lr for p in probes):.3g})"
-            )
-        else:
-            value, why = None, "no probe was run"
+        value, why = _no_usable_probe(probes, fallback)
         return Decision(name, value, why, {"candidates": table, "diverged": bad})
     best = min(ok, key=lambda p: (p.score, -p.lr))
     tied = []
@@ -187,13 +210,8 @@ def choose_peak(
         if not math.isfinite(gap):
             gap, se = p.score - best.score, math.nan
         gaps[p.name] = {"gap": gap, "se": se}
-        made = (initial - best.score) if initial is not None else math.nan
-        within = (
-            gap <= tolerance * abs(best.score)
-            or (
-                progress is not None and math.isfinite(made) and made > 0 and gap <= progress * made
-            )
-            or (gap <= z * se if math.isfinite(se) else gap <= 0.0)
+        within = _tied(
+            gap, se, best.score, z=z, tolerance=tolerance, progress=progress, initial=initial
         )
         if within:
             tied.append(p)
@@ -472,25 +490,3 @@ def choose_shape(total_steps: int, decided_at: int, user: str | None = None) -> 
         f"decision at {frac:.0%} of the run (past one-cycle's 30% peak): cosine decay from there",
         {"decided_at": frac},
     )
-
-
-def compute_multiple(
-    probes: Sequence[Probe],
-    trunk_samples: int,
-    tail_samples: int,
-    one_run: int,
-    extra_samples: int = 0,
-) -> float:
-    """Every forward+backward sample over one run's samples (``epochs x training-set size``):
-    the shared trunk (run once), every probe's hold and cooldown (the winners' holds are the
-    final run's steps, so nothing is counted twice), the final run after the last decision
-    (``tail_samples``) and ``extra_samples`` (a finder sweep).
-
-    >>> p = [Probe("a", 0.1, 1.0, samples=100), Probe("b", 0.3, 0.9, samples=100)]
-    >>> compute_multiple(p, trunk_samples=50, tail_samples=950, one_run=1000)
-    1.2
-    """
-    if one_run <= 0:
-        raise ValueError(f"one_run={one_run!r} is out of range; allowed: [1, inf]")
-    total = trunk_samples + tail_samples + extra_samples + sum(p.samples for p in probes)
-    return total / one_run

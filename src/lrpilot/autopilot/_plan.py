@@ -19,7 +19,9 @@ probe at all (the prior's value, said so in the decisions).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from lrpilot.errors import ConfigError
 
@@ -147,3 +149,26 @@ def make_plan(
         total * per_step / (epochs * n_full),
         f"budget {budget:g} leaves no room for probes: the prior's LR, no search",
     )
+
+
+def compute_multiple(
+    probes: Sequence[Any],
+    trunk_samples: int,
+    tail_samples: int,
+    one_run: int,
+    extra_samples: int = 0,
+) -> float:
+    """Every forward+backward sample over one run's samples (``epochs x training-set size``):
+    the shared trunk (run once), every probe's hold and cooldown (the winners' holds are the
+    final run's steps, so nothing is counted twice), the final run after the last decision
+    (``tail_samples``) and ``extra_samples`` (a finder sweep).
+
+    >>> from lrpilot.autopilot._decide import Probe
+    >>> p = [Probe("a", 0.1, 1.0, samples=100), Probe("b", 0.3, 0.9, samples=100)]
+    >>> compute_multiple(p, trunk_samples=50, tail_samples=950, one_run=1000)
+    1.2
+    """
+    if one_run <= 0:
+        raise ValueError(f"one_run={one_run!r} is out of range; allowed: [1, inf]")
+    total = trunk_samples + tail_samples + extra_samples + sum(p.samples for p in probes)
+    return total / one_run

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from lrpilot.autopilot import _shapes as shapes
 from lrpilot.autopilot._batch import measure_and_choose
-from lrpilot.autopilot._decide import compute_multiple
+from lrpilot.autopilot._plan import compute_multiple
 from lrpilot.autopilot._probe import Outcome, Prober, ProbeStore
 from lrpilot.autopilot._request import OPTIMIZER_FAMILY, Request, Settings, settings, user_task
 from lrpilot.autopilot._split import sample_losses
