@@ -197,3 +197,41 @@ def test_cli_auto_with_batch_size_auto_counts_the_batch_probes(tmp_path, monkeyp
     assert payload["compute_multiple"] == pytest.approx(spent / comp["one_run_samples"], abs=1e-3)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["batch_size"], saved["accumulate"]) == (c["batch"], c["accumulate"])
+
+
+def test_batch_probes_measure_the_model_the_config_builds(tmp_path: Path, monkeypatch) -> None:
+    """``model:`` settings reach the batch probes: they measure the network the run trains,
+    not the task's default one."""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from lrpilot.tasks import Task
+
+    def build(width: int = 8, dropout: float = 0.0) -> nn.Module:
+        return nn.Sequential(nn.Linear(4, width), nn.Dropout(dropout), nn.Linear(width, 3))
+
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(1024, 4, generator=gen), torch.randint(0, 3, (1024,)))
+    task = Task("settings", build, data, data, nn.functional.cross_entropy)
+    seen: dict = {}
+
+    class Measured(Exception):
+        pass
+
+    def capture(probed, *args, **kwargs):
+        seen["model"] = probed.build_model()
+        raise Measured
+
+    monkeypatch.setattr("lrpilot.autopilot._run.measure_and_choose", capture)
+    cfg = {
+        "epochs": 1,
+        "device": "cpu",
+        "batch_size": "auto",
+        "model": {"width": 5, "dropout": 0.3},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "schedule": {"name": "cosine"},
+    }
+    with pytest.raises(Measured):
+        lrpilot.fit(cfg, tmp_path / "run", progress="none", task=task)
+    assert seen["model"][0].out_features == 5 and seen["model"][1].p == 0.3

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "default_file_mode", "fsync_dir", "give_default_mode"]
@@ -66,10 +67,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+def atomic_write_bytes(
+    data: bytes, path: str | Path, *, before_replace: Callable[[], None] | None = None
+) -> None:
     """Write ``data`` to ``path`` atomically (temp file, flush, fsync, rename, dir fsync).
     The parent directory is created if needed; on any error the temp file is removed and
-    an existing ``path`` is left untouched."""
+    an existing ``path`` is left untouched. ``before_replace`` runs once the new bytes are
+    on disk, just before the rename (a checkpoint rotates ``latest`` to ``previous``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -79,6 +83,8 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

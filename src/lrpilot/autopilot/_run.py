@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,11 @@ def _drive(  # type: ignore[no-untyped-def]
 
         device = str(resolve_device(st.cfg.device))
         loud("lrpilot auto: measuring the memory limit and the gradient noise scale")
+        probed = st.fit_task  # the model the run trains: the config's model settings applied
+        if st.cfg.model:
+            probed = replace(probed, build_model=partial(probed.build_model, **st.cfg.model))
         choice = measure_and_choose(
-            st.fit_task, st.opt["name"], st.reference_batch, st.seed, device, run_dir / "autopilot"
+            probed, st.opt["name"], st.reference_batch, st.seed, device, run_dir / "autopilot"
         )
         st = settings(req, choice)
     if st.mode == "batch":
@@ -224,20 +228,12 @@ def finder_prior(engine: Any, fit_task: Task, batch: int, seed: int) -> dict:
     """The finder's sweep on the engine's model and optimizer (``lrpilot.find_lr``, the
     protocol of ``lrpilot find``: half an epoch at batch ``batch // 8``); everything it
     touches is restored by ``find_lr``. Returns what the decisions read."""
-    import torch
-    from torch.utils.data import DataLoader
-
     from lrpilot.finder import find_lr
     from lrpilot.finder.protocol import probe_plan
+    from lrpilot.finder.task_probe import probe_loader
 
     pp = probe_plan(len(fit_task.train_set), batch)  # type: ignore[arg-type]
-    loader = DataLoader(
-        fit_task.train_set,
-        batch_size=pp.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = probe_loader(fit_task.train_set, pp.batch_size, seed)
     res = find_lr(
         engine.model,
         engine.optimizer,

@@ -134,14 +134,19 @@ def prepare_probe(
     torch.manual_seed(seed)
     model = task.build_model().to(dev)
     opt = build_task_optimizer(settings, model)
-    loader: DataLoader[Any] = DataLoader(
-        task.train_set,
-        batch_size=plan.batch_size,
+    loader = probe_loader(task.train_set, plan.batch_size, seed)
+    return ProbeSetup(task, model, opt, loader, plan, batch_size, settings, dev)
+
+
+def probe_loader(train_set: Any, batch_size: int, seed: int) -> DataLoader[Any]:
+    """The sweep's loader: shuffled by ``seed``, full batches of the probe batch size."""
+    return DataLoader(
+        train_set,
+        batch_size=batch_size,
         shuffle=True,
         drop_last=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    return ProbeSetup(task, model, opt, loader, plan, batch_size, settings, dev)
 
 
 @dataclass(frozen=True)

@@ -75,21 +75,15 @@ def _optimizer(name: str, params: Any) -> Any:
 def _sweep(task: Any, optimizer: str, total: int, seed: int) -> tuple[Any, int]:
     """One finder run with the ``lrpilot find`` protocol: ``(FinderResult, probe batch)``."""
     import torch
-    from torch.utils.data import DataLoader
 
     from lrpilot.finder import find_lr
     from lrpilot.finder.protocol import probe_plan
+    from lrpilot.finder.task_probe import probe_loader
 
     plan = probe_plan(len(task.train_set), total)
     torch.manual_seed(seed)
     model = task.build_model()
-    loader = DataLoader(
-        task.train_set,
-        batch_size=plan.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = probe_loader(task.train_set, plan.batch_size, seed)
     result = find_lr(
         model,
         _optimizer(optimizer, model.parameters()),

@@ -30,7 +30,7 @@ hot path pays nothing for hooks nobody uses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,18 @@ def _overrides(callback: Callback, name: str) -> bool:
     return getattr(type(callback), name, None) is not getattr(Callback, name)
 
 
+def _merged(
+    hooks: Sequence[Callable[..., Control | None]], engine: Any, arg: Any
+) -> Control | None:
+    """Call each hook; merge the controls they return (``None`` when none did)."""
+    answer = None
+    for hook in hooks:
+        control = hook(engine, arg)
+        if control is not None:
+            answer = control if answer is None else merge(answer, control)
+    return answer
+
+
 class CallbackList:
     """Callbacks in order, with the per-hook lists of those that override the hook."""
 
@@ -114,20 +126,11 @@ class CallbackList:
 
     def step_end(self, engine: Any, outcome: StepOutcome) -> Control | None:
         """The merged answer of every ``on_step_end`` (``None``: nobody asked anything)."""
-        answer = None
-        for hook in self._step:
-            control = hook(engine, outcome)
-            if control is not None:
-                answer = control if answer is None else merge(answer, control)
-        return answer
+        return _merged(self._step, engine, outcome)
 
     def epoch_end(self, engine: Any, record: dict) -> Control | None:
-        answer = None
-        for hook in self._epoch:
-            control = hook(engine, record)
-            if control is not None:
-                answer = control if answer is None else merge(answer, control)
-        return answer
+        """The merged answer of every ``on_epoch_end``."""
+        return _merged(self._epoch, engine, record)
 
     def fit_end(self, engine: Any, summary: dict) -> None:
         for cb in self.callbacks:

@@ -38,18 +38,16 @@ config fingerprint); ``newest_valid(identity=...)`` refuses a checkpoint of anot
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import google_crc32c
 import torch
 
-from lrpilot._atomic_io import atomic_write_bytes, fsync_dir, give_default_mode
+from lrpilot._atomic_io import atomic_write_bytes
 from lrpilot.errors import ConfigError
 
 FORMAT_VERSION = 2  # 2: content checksum and run identity
@@ -185,22 +183,12 @@ class CheckpointManager:
         """Write ``state`` (or its :meth:`encode` d bytes) as the new ``latest``; the old
         one becomes ``previous``."""
         data = state if isinstance(state, bytes) else self.encode(state)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".latest.", suffix=".tmp", dir=self.directory)
-        try:
-            give_default_mode(fd)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+
+        def rotate() -> None:  # the old latest becomes previous once the new one is on disk
             if self.latest_path.exists():
                 os.replace(self.latest_path, self.previous_path)
-            os.replace(tmp, self.latest_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(self.directory)
+
+        atomic_write_bytes(data, self.latest_path, before_replace=rotate)
         return self.latest_path
 
     def save_best(self, state: dict) -> Path:
