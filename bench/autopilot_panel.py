@@ -141,9 +141,11 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    # a7m: the a7 method on main after autofeat's merge (fit's prepare seam, the guard's
-    # spike-scale floor); a7: the same method before that rebase
-    "auto": "a7m",
+    # a8: a7m, and the final run trains on the decision split too from the first epoch
+    # boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
+    # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
+    # floor); a7: the same method before that rebase
+    "auto": "a8",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",

@@ -161,7 +161,15 @@ def test_plan_never_exceeds_its_budget(n, budget, epochs):
     extra = (p.n1 - 1) * p.hold1 + p.n1 * p.cool1 + (p.n2 - 1) * p.hold2 + p.n2 * p.cool2
     if p.n1 == 0:
         extra = 0
-    total = p.total_steps * per_step + extra * per_step + (finder if p.finder else 0)
+        assert p.switch_epoch == 0  # nothing to decide: all the data from step 0
+    else:  # all the data from the first epoch boundary at or after the decision
+        assert (p.switch_epoch - 1) * p.steps_per_epoch < p.decided_at
+        assert p.decided_at <= p.switch_epoch * p.steps_per_epoch
+    k = p.switch_epoch
+    path = k * n_fit + (epochs - k) * n  # the final trajectory's samples
+    assert p.total_steps == k * p.steps_per_epoch + (epochs - k) * math.ceil(n / 64)
+    assert p.full_steps == epochs * math.ceil(n / 64)
+    total = path + extra * per_step + (finder if p.finder else 0)
     assert total / (epochs * n) == pytest.approx(p.expected_multiple)
     assert p.expected_multiple <= budget + 1e-9
     if p.n1 > 0:  # a plan with probes leaves the guard's reserve
@@ -173,7 +181,8 @@ def test_plan_prefers_more_candidates_with_more_budget():
     small = make_plan(4000, 3600, 64, 15, 1.1, 2000)
     big = make_plan(4000, 3600, 64, 15, 2.0, 2000)
     assert (big.n1, big.hold1) >= (small.n1, small.hold1)
-    assert (big.n1, round(big.hold1 / big.total_steps, 2)) == OPTIONS[0]
+    # fractions of the steps on the training part (15 x 57)
+    assert (big.n1, round(big.hold1 / (15 * big.steps_per_epoch), 2)) == OPTIONS[0]
 
 
 @pytest.mark.parametrize("bad", [0.99, 0, -1, NAN, float("inf"), "1.3", True, 11])

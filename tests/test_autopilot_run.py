@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 
 from lrpilot.autopilot._decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
 from lrpilot.cli import main
+from lrpilot.train import Callback
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -63,18 +65,24 @@ def test_compute_multiple_recomputed_from_the_recorded_candidates(run_dir):
     n_full = info["decision_split"]["of"]
     n_fit = n_full - info["decision_split"]["samples"]
     batch, epochs = info["batch_size"], info["epochs"]
-    # the final trajectory is every batch of every epoch on the training part; each probe's
-    # hold and cooldown are extra, except the two holds the trajectory continued from
+    switch = info["decision_split"]["trained_on_from_epoch"]
+    assert switch == info["plan"]["switch_epoch"] and 0 < switch < epochs
+    # the final trajectory is every batch of the epochs before the switch on the training
+    # part, then of every epoch on all of it; each probe's hold and cooldown are extra,
+    # except the two holds the trajectory continued from
+    path = switch * n_fit + (epochs - switch) * n_full
     kept = info["plan"]["hold1"] + info["plan"]["hold2"]
     steps = sum(c["hold"] + c["cooldown"] for c in info["candidates"]) - kept
-    expected = (epochs * n_fit + steps * batch + info["prior"].get("samples", 0)) / (
-        epochs * n_full
-    )
+    expected = (path + steps * batch + info["prior"].get("samples", 0)) / (epochs * n_full)
     # a step at an epoch's end holds fewer than ``batch`` samples: a few batches' slack
     assert info["compute"]["compute_multiple"] == pytest.approx(
         expected, abs=4 * batch / (epochs * n_full)
     )
-    assert summary["samples_seen"] == epochs * n_fit
+    assert summary["samples_seen"] == path
+    steps_per_epoch = [math.ceil(n_fit / batch)] * switch
+    steps_per_epoch += [math.ceil(n_full / batch)] * (epochs - switch)
+    assert summary["steps_run"] == sum(steps_per_epoch) == info["plan"]["total_steps"]
+    assert summary["steps_planned"] == info["plan"]["total_steps"]
     assert info["compute"]["compute_multiple"] <= info["budget"] + 1e-9
 
 
@@ -205,3 +213,60 @@ def test_the_final_runs_guard_stalls_against_the_model_as_initialised(run_dir):
     assert ckpts
     ckpt = load_checkpoint(ckpts[-1])
     assert ckpt["guard"]["initial_level"] == pytest.approx(first)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAtEpochEnd(Callback):
+    """A user callback that raises at the end of epoch ``epoch`` (before that epoch's
+    checkpoint is written: fit's checkpoint callback comes after the user's)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, engine, record):  # type: ignore[no-untyped-def]
+        if record["epoch"] == self.epoch:
+            raise _Crash(f"crash at the end of epoch {self.epoch}")
+
+
+def test_the_final_run_trains_on_the_decision_split_after_the_switch_and_resumes_exactly(
+    tmp_path,
+):
+    import lrpilot
+    from lrpilot.autopilot._split import split_indices
+    from lrpilot.tasks import get_task
+
+    def run(out: Path, callbacks=(), resume=False):  # type: ignore[no-untyped-def]
+        return lrpilot.auto(
+            "mnist1d-mlp", epochs=4, out_dir=out, progress="none", resume=resume,
+            fit_config={"checkpoint_every": "epoch"}, callbacks=callbacks,
+        )  # fmt: skip
+
+    ref = run(tmp_path / "ref")
+    info = json.loads((tmp_path / "ref" / "autopilot.json").read_text())
+    switch = info["decision_split"]["trained_on_from_epoch"]
+    assert 1 <= switch <= 2  # the decision falls in the first epochs of a 4-epoch run
+    n_full = info["decision_split"]["of"]
+    n_fit = n_full - info["decision_split"]["samples"]
+    assert ref.summary["samples_seen"] == switch * n_fit + (4 - switch) * n_full
+    # the engine's order after the switch is the whole training set's, and before it the
+    # subset's own order mapped to the whole set's indices (the split as fit trained on it)
+    from lrpilot.train._data import DataOrder, PhasedOrder
+
+    _held, kept = split_indices(n_full, 0)
+    assert len(get_task("mnist1d-mlp").train_set) == n_full
+    order = PhasedOrder(kept, n_full, 64, 1, 0, switch)
+    assert torch.equal(order.permutation(switch), DataOrder(n_full, 64, 1, 0).permutation(switch))
+    before = DataOrder(n_fit, 64, 1, 0).permutation(0)
+    assert torch.equal(order.permutation(0), kept[before])
+    # killed after the switch (the end of its first epoch on all the data), then resumed:
+    # bit-identical to the run that never stopped
+    with pytest.raises(_Crash):
+        run(tmp_path / "killed", [_CrashAtEpochEnd(switch + 1)])
+    resumed = run(tmp_path / "killed", [_CrashAtEpochEnd(-1)], resume=True)  # same callbacks
+    a, b = resumed.model.state_dict(), ref.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summary["samples_seen"] == ref.summary["samples_seen"]
+    assert resumed.summary["final"]["val_loss"] == ref.summary["final"]["val_loss"]

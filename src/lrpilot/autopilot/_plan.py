@@ -5,15 +5,21 @@ The run (``T`` optimizer steps on the training data minus the decision split) is
     trunk warmup (w)  | round 1: n1 branches x (hold r1 + cooldown m1) | [round 2: n2 x (r2 + m2)] | rest
     shared, once      | the winner's hold is kept                       | [winner's hold kept]      | final schedule
 
-so the samples beyond one trajectory of ``T`` steps are the discarded holds and every
-cooldown: ``extra = (n1 - 1) r1 + n1 m1 + (n2 - 1) r2 + n2 m2`` steps (``n2 = 0`` today:
-one round). The plan is the first of :data:`OPTIONS` (most candidates and longest probes first) whose total, with the finder's
-sweep, fits ``budget x epochs x training-set size`` samples; without any, a run with no
-probe at all (the prior's value, said so in the decisions).
+so the samples beyond one trajectory are the discarded holds and every cooldown:
+``extra = (n1 - 1) r1 + n1 m1 + (n2 - 1) r2 + n2 m2`` steps (``n2 = 0`` today: one round).
+The decision split is needed only until the last decision: from the first epoch boundary
+at or after it (``switch_epoch``) the run trains on the whole training set, so the
+trajectory is ``switch_epoch`` epochs of the rest and ``epochs - switch_epoch`` epochs of
+all the data (``total_steps`` counts both). The plan is the first of :data:`OPTIONS` (most
+candidates and longest probes first) whose total, with the finder's sweep, fits
+``(budget - RESCUE_RESERVE) x epochs x training-set size`` samples; without any, a run
+with no probe at all on all the data (the prior's value, said so in the decisions).
 
->>> p = make_plan(n_full=4000, n_fit=3600, batch=64, epochs=15, budget=1.3, finder_samples=2000)
->>> (p.n1, p.hold1, p.cool1, p.n2, p.warmup, p.total_steps), round(p.expected_multiple, 3)
-((4, 68, 23, 0, 43, 855), 1.245)
+>>> p = make_plan(n_full=4000, n_fit=3800, batch=64, epochs=15, budget=1.3, finder_samples=2000)
+>>> (p.n1, p.hold1, p.cool1, p.n2, p.warmup, p.switch_epoch, p.total_steps)
+(4, 45, 15, 0, 45, 2, 939)
+>>> round(p.expected_multiple, 3)
+1.233
 """
 
 from __future__ import annotations
@@ -67,6 +73,10 @@ class ProbePlan:
     finder: bool
     expected_multiple: float
     reason: str
+    #: the first epoch trained on all the data (the decision split included)
+    switch_epoch: int = 0
+    #: steps of a run on all the data from step 0 (a run without probes)
+    full_steps: int = 0
 
     @property
     def decided_at(self) -> int:
@@ -103,24 +113,27 @@ def make_plan(
     n_full: int, n_fit: int, batch: int, epochs: int, budget: float, finder_samples: int
 ) -> ProbePlan:
     """The plan (module doc). ``n_full``: training-set size a run is measured against;
-    ``n_fit``: the part trained on (the rest is the decision split); ``finder_samples``:
-    what the finder's sweep would cost (0: no sweep)."""
+    ``n_fit``: the part trained on until the decisions are made (the rest is the decision
+    split); ``finder_samples``: what the finder's sweep would cost (0: no sweep)."""
     check_budget(budget)
-    spe = math.ceil(n_fit / batch)
-    total = epochs * spe
+    spe, spe_full = math.ceil(n_fit / batch), math.ceil(n_full / batch)
+    length = epochs * spe  # the probes' lengths are fractions of this
     per_step = n_fit / spe
     allowed = (budget - RESCUE_RESERVE) * epochs * n_full
-    warm = max(1, round(WARMUP_FRACTION * total))
+    warm = max(1, round(WARMUP_FRACTION * length))
     for use_finder in (True, False) if finder_samples > 0 else (False,):
-        fixed = total * per_step + (finder_samples if use_finder else 0)
         for n1, frac in OPTIONS:
-            hold = max(2, round(frac * total))
+            hold = max(2, round(frac * length))
             cool = max(1, round(hold / 3))
+            if warm + 2 * hold > length // 2:
+                continue
+            switch = min(epochs, math.ceil((warm + hold + (hold if N2 else 0)) / spe))
+            path = switch * n_fit + (epochs - switch) * n_full  # the final trajectory
             extra = (n1 - 1) * hold + n1 * cool + max(N2 - 1, 0) * hold + N2 * cool
-            need = fixed + extra * per_step
-            if need <= allowed and warm + 2 * hold <= total // 2:
+            need = path + (finder_samples if use_finder else 0) + extra * per_step
+            if need <= allowed:
                 return ProbePlan(
-                    total,
+                    switch * spe + (epochs - switch) * spe_full,
                     spe,
                     warm,
                     n1,
@@ -132,22 +145,21 @@ def make_plan(
                     use_finder,
                     need / (epochs * n_full),
                     f"{n1} candidates" + (f" then {N2}" if N2 else "") + f", holds of {hold} steps "
-                    f"({frac:.0%} of the run), cooldowns of {cool}"
-                    + ("" if use_finder else "; no finder sweep (budget)"),
+                    f"({frac:.0%} of the run), cooldowns of {cool}; all the data from epoch "
+                    f"{switch + 1}" + ("" if use_finder else "; no finder sweep (budget)"),
+                    switch,
+                    epochs * spe_full,
                 )
+    return no_probe_plan(n_full, n_fit, batch, epochs,
+                         f"budget {budget:g} leaves no room for probes: the prior's LR, no search")  # fmt: skip
+
+
+def no_probe_plan(n_full: int, n_fit: int, batch: int, epochs: int, reason: str) -> ProbePlan:
+    """A plan without probes: one run on all the data from step 0 (compute 1.0)."""
+    spe, spe_full = math.ceil(n_fit / batch), math.ceil(n_full / batch)
+    warm = max(1, round(WARMUP_FRACTION * epochs * spe_full))
     return ProbePlan(
-        total,
-        spe,
-        warm,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        False,
-        total * per_step / (epochs * n_full),
-        f"budget {budget:g} leaves no room for probes: the prior's LR, no search",
+        epochs * spe_full, spe, warm, 0, 0, 0, 0, 0, 0, False, 1.0, reason, 0, epochs * spe_full
     )
 
 

@@ -54,7 +54,7 @@ from lrpilot.autopilot._decide import (
 from lrpilot.autopilot._plan import ProbePlan
 from lrpilot.train import Callback, Control
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 Scorer = Callable[[Any], tuple[list[float], dict[str, float]]]
 
 
@@ -142,6 +142,8 @@ class Outcome:
     prior: dict = field(default_factory=dict)
     #: the first training step's loss (the model as initialised); None without a trunk
     first_loss: float | None = None
+    #: the first epoch of the final run on all the training data (the split included)
+    switch_epoch: int = 0
 
 
 @dataclass
@@ -333,6 +335,7 @@ class Prober:
             finder_samples,
             prior,
             self.store.state.get("first_loss"),
+            plan.switch_epoch,
         )
 
     def _round2(self, r1, pick1, best1, history, initial, decisions, level=1.0):  # type: ignore[no-untyped-def]
@@ -376,13 +379,14 @@ class Prober:
         else:
             peak, why = DEFAULT_LR[self.family], f"{plan.reason}; the calibrated default"
         decisions.append(Decision("peak_lr", peak, why, {"prior": prior}))
-        shape = choose_shape(plan.total_steps, plan.warmup, self.user_shape)
+        total = plan.full_steps  # nothing to decide: all the data from step 0
+        shape = choose_shape(total, plan.warmup, self.user_shape)
         decisions.append(shape)
-        level = shapes.cycle_level(plan.warmup, plan.total_steps)
+        level = shapes.cycle_level(plan.warmup, total)
         level = level if shape.value == "one_cycle" else 1.0
         full = [
             *shapes.trunk(peak * level, plan.warmup),
-            *shapes.final(peak, shape.value, plan.warmup, plan.total_steps, peak * level),
+            *shapes.final(peak, shape.value, plan.warmup, total, peak * level),
         ]
         self._restore("start", full)
         return Outcome(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from lrpilot.autopilot import _shapes as shapes
 from lrpilot.autopilot._batch import BatchChoice, check_possible
 from lrpilot.autopilot._decide import Decision
-from lrpilot.autopilot._plan import ProbePlan, check_budget, make_plan
+from lrpilot.autopilot._plan import ProbePlan, check_budget, make_plan, no_probe_plan
 from lrpilot.autopilot._probe import Outcome, ProbeStore
 from lrpilot.autopilot._split import decision_size, split_task
 from lrpilot.errors import ConfigError, check_int
@@ -124,6 +124,20 @@ class Settings:
     def batch_samples(self) -> int:
         return 0 if self.choice is None else self.choice.samples
 
+    def final_data(self, outcome: Outcome) -> tuple[Dataset, Any]:
+        """``(dataset, order)`` of the final run: the rest of the training set until epoch
+        ``outcome.switch_epoch``, all of it from there on (the decision split is needed
+        only until the last decision; :class:`~lrpilot.train._data.PhasedOrder`)."""
+        from lrpilot.autopilot._split import split_indices
+        from lrpilot.train._data import PhasedOrder
+
+        _held, kept = split_indices(self.n_full, self.seed)
+        order = PhasedOrder(
+            kept, self.n_full, self.cfg.batch_size, self.cfg.accumulate, self.cfg.seed,
+            outcome.switch_epoch,
+        )  # fmt: skip
+        return self.task.train_set, order
+
     def final_config(self, outcome: Outcome) -> Any:
         from lrpilot.train._config import parse_config
 
@@ -185,7 +199,11 @@ class Settings:
         assert self.plan is not None
         return {
             **self.header(),
-            "decision_split": {"samples": self.n_full - self.n_fit, "of": self.n_full},
+            "decision_split": {
+                "samples": self.n_full - self.n_fit,
+                "of": self.n_full,
+                "trained_on_from_epoch": outcome.switch_epoch,  # 0-based, as in metrics.jsonl
+            },
             "plan": self.plan.to_dict(),
             "prior": outcome.prior,
             "candidates": [p.to_dict() for p in outcome.probes],
@@ -325,16 +343,17 @@ def _plan(n_full, n_fit, batch, epochs, budget, choice, mode) -> ProbePlan:  # t
         plan = make_plan(n_full, n_fit, batch, epochs, b, finder)
         if mode != "restart" or plan.n1 == 0:
             return plan
-        kept = plan.decided_at * (n_fit / plan.steps_per_epoch) / one_run
-        over = plan.expected_multiple + kept - left
+        # restart: the kept holds are spent too, and the final run is all the data from
+        # step 0 (the plan's trajectory had its first switch_epoch epochs on the rest)
+        kept = plan.decided_at * (n_fit / plan.steps_per_epoch)
+        kept += plan.switch_epoch * (n_full - n_fit)
+        over = plan.expected_multiple + kept / one_run - left
         if over <= 0:
             return plan
         if b - over - 1e-3 < MIN_BUDGET:
             break
         b -= over + 1e-3
-    plan = make_plan(n_full, n_fit, batch, epochs, MIN_BUDGET, 0)
-    return replace(
-        plan, n1=0, hold1=0, cool1=0, n2=0, hold2=0, cool2=0, finder=False,
-        expected_multiple=plan.total_steps * n_fit / plan.steps_per_epoch / one_run,
-        reason=f"budget {budget:g} leaves no room for probes before a full run: no search",
+    return no_probe_plan(
+        n_full, n_fit, batch, epochs,
+        f"budget {budget:g} leaves no room for probes before a full run: no search",
     )  # fmt: skip

@@ -41,12 +41,17 @@ def _subset(data: Dataset, idx: torch.Tensor) -> Dataset:
     return Subset(data, idx.tolist())
 
 
-def split_task(task: Task, seed: int) -> tuple[Task, Dataset]:
-    """``(task trained on the rest, decision split)``; the split is a seeded permutation."""
-    n = len(task.train_set)  # type: ignore[arg-type]
+def split_indices(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(held, kept)``: sorted indices of the decision split and of the rest, from a seeded
+    permutation of ``n`` samples."""
     k = decision_size(n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))
-    held, kept = perm[:k].sort().values, perm[k:].sort().values
+    return perm[:k].sort().values, perm[k:].sort().values
+
+
+def split_task(task: Task, seed: int) -> tuple[Task, Dataset]:
+    """``(task trained on the rest, decision split)`` (:func:`split_indices`)."""
+    held, kept = split_indices(len(task.train_set), seed)  # type: ignore[arg-type]
     return replace(task, train_set=_subset(task.train_set, kept)), _subset(task.train_set, held)
 
 

@@ -55,9 +55,7 @@ class DataOrder:
         self.seed = seed
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator()
-        gen.manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
-        return torch.randperm(self.num_samples, generator=gen)
+        return _seeded_permutation(self.num_samples, self.seed, epoch)
 
     def micro_batches(self, epoch: int) -> list[torch.Tensor]:
         return list(torch.split(self.permutation(epoch), self.batch_size))
@@ -65,6 +63,62 @@ class DataOrder:
     def steps_per_epoch(self) -> int:
         micro = -(-self.num_samples // self.batch_size)
         return -(-micro // self.accumulate)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Optimizer steps of epoch ``epoch`` (the same for every epoch here)."""
+        return self.steps_per_epoch()
+
+    def total_steps(self, epochs: int) -> int:
+        """Optimizer steps of a run of ``epochs`` epochs."""
+        return sum(self.steps_in_epoch(e) for e in range(epochs))
+
+
+def _seeded_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    gen = torch.Generator()
+    gen.manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
+    return torch.randperm(n, generator=gen)
+
+
+class PhasedOrder(DataOrder):
+    """Epochs before ``switch_epoch`` visit only the samples ``first`` (indices into the
+    dataset), in exactly the order :class:`DataOrder` gives a dataset of those samples
+    alone (``Subset(data, first)``, ``first`` sorted); from ``switch_epoch`` on, every
+    sample, as :class:`DataOrder` over the whole dataset. A run trained on the subset
+    therefore continues bit-identically on the whole dataset at an epoch boundary (the
+    autopilot trains on its decision split once its decisions are made).
+
+    >>> order = PhasedOrder(torch.tensor([0, 2, 4, 6]), 8, batch_size=2, accumulate=1,
+    ...                     seed=0, switch_epoch=1)
+    >>> [order.steps_in_epoch(e) for e in range(3)], order.total_steps(3)
+    ([2, 4, 4], 10)
+    >>> sub = DataOrder(4, batch_size=2, accumulate=1, seed=0)
+    >>> bool(torch.equal(order.permutation(0), torch.tensor([0, 2, 4, 6])[sub.permutation(0)]))
+    True
+    """
+
+    def __init__(
+        self,
+        first: torch.Tensor,
+        num_samples: int,
+        batch_size: int,
+        accumulate: int,
+        seed: int,
+        switch_epoch: int,
+    ) -> None:
+        super().__init__(num_samples, batch_size, accumulate, seed)
+        self.first = first
+        self.switch_epoch = check_int("switch_epoch", switch_epoch, low=0)
+        self._before = DataOrder(len(first), batch_size, accumulate, seed)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch < self.switch_epoch:
+            return self.first[self._before.permutation(epoch)]
+        return super().permutation(epoch)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        if epoch < self.switch_epoch:
+            return self._before.steps_per_epoch()
+        return self.steps_per_epoch()
 
 
 class ShardedOrder(DataOrder):

@@ -30,7 +30,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -58,6 +58,7 @@ from lrpilot.train._builders import (
 )
 from lrpilot.train._callbacks import Callback, CallbackList, StepOutcome
 from lrpilot.train._config import FitConfig
+from lrpilot.train._data import BatchFetcher, DataOrder
 from lrpilot.train._lagged import LaggedSteps, LateReader, PendingStep
 from lrpilot.train._plan import RunPlan, plan_run
 from lrpilot.train._rng import capture_rng, restore_rng, seed_everything
@@ -457,6 +458,27 @@ class Engine(LaggedSteps):
         self._batches = None  # the data position changed: a new batch iterator
         self._launched.clear()  # lagged steps from after the snapshot: dropped
         self._ready.clear()
+
+    def switch_data(self, dataset: Any, order: DataOrder) -> None:
+        """Fetch training batches from ``dataset`` in ``order`` from now on (the task's
+        ``train_set`` becomes ``dataset``; ``total_steps`` is ``order``'s). The caller
+        guarantees that ``order`` gives the epoch in progress the same samples as before
+        (:class:`~lrpilot.train._data.PhasedOrder`), so the run continues as it was."""
+        if self._ddp:
+            raise ConfigError("switching the training data is not supported under torchrun")
+        if self._launched:
+            self.resolve()
+        self.task = replace(self.task, train_set=dataset)
+        self.data = replace(
+            self.data,
+            order=order,
+            fetch=BatchFetcher(dataset, self.device),
+            num_train=len(dataset),
+        )
+        self.total_steps = order.total_steps(self.cfg.epochs)
+        self.steps_per_epoch = order.steps_in_epoch(self.cfg.epochs - 1)
+        self._micro_epoch = -1  # the epoch's index lists come from the new order
+        self._batches = None
 
     def set_schedule(self, schedule: Callable[[int], float]) -> None:
         """Swap the ``step -> lr`` function; the step counter (and ``lr_scale``) stay."""

@@ -23,11 +23,15 @@ class Prepared:
     ``config``: the config the loop runs under (only ``optimizer.lr`` and ``schedule`` may
     differ from the run's). ``initial_loss``: for a run that starts from a trained state,
     the loss of the model as initialised, which the guard's stall rule compares with
-    (``None``: the loop's own first loss).
+    (``None``: the loop's own first loss). ``train_data``: ``(dataset, order)`` the loop
+    trains on from the prepared state on (:meth:`lrpilot.train.Engine.switch_data`; the
+    order gives the epoch in progress the samples it had), e.g. the autopilot's whole
+    training set once its decisions are made; ``None``: the task's.
     """
 
     config: FitConfig
     initial_loss: float | None = None
+    train_data: tuple[Any, Any] | None = None
 
 
 def resolve_raw(config: FitConfig | Mapping[str, Any] | str | Path) -> dict[str, Any]:

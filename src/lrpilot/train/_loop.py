@@ -37,6 +37,7 @@ import gc
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -184,10 +185,15 @@ def _start(
             check_prepared(cfg, prepared.config)
             cfg = prepared.config
             if trainer.engine.state.step == 0:  # nothing kept: built afresh for the config
+                if prepared.train_data is not None:  # (and its data: the schedule's steps)
+                    task = replace(task, train_set=prepared.train_data[0])
                 trainer = _Run(cfg, task, run_dir, progress, callbacks)
             trainer.cfg = cfg
             if prepared.initial_loss is not None and trainer.guard is not None:
                 trainer.guard.guard.initial_level = float(prepared.initial_loss)
+            if prepared.train_data is not None:
+                trainer.engine.switch_data(*prepared.train_data)
+                trainer.task = trainer.engine.task
         # the prepare step keeps its own record; the loop resumes once it had started
         resume = resume and (run_dir / "config.yaml").is_file()
         check_run_dir(run_dir, cfg, resume)
