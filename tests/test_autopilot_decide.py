@@ -177,6 +177,15 @@ def test_plan_never_exceeds_its_budget(n, budget, epochs):
     assert p.decided_at <= p.total_steps
 
 
+def test_a_plan_for_fewer_candidates_buys_longer_holds():
+    four = make_plan(4000, 3800, 64, 15, 1.3, 2000)
+    three = make_plan(4000, 3800, 64, 15, 1.3, 2000, candidates=3)
+    assert (four.n1, three.n1) == (4, 3)
+    assert three.hold1 > four.hold1
+    assert three.expected_multiple <= 1.3 - RESCUE_RESERVE + 1e-9
+    assert make_plan(4000, 3800, 64, 15, 1.3, 2000, candidates=2).n1 == 2
+
+
 def test_plan_prefers_more_candidates_with_more_budget():
     small = make_plan(4000, 3600, 64, 15, 1.1, 2000)
     big = make_plan(4000, 3600, 64, 15, 2.0, 2000)

@@ -17,7 +17,14 @@ import pytest
 import torch
 import yaml
 
-from lrpilot.autopilot._decide import Probe, anchored_peak, blend_peak, choose_peak, prior_lr
+from lrpilot.autopilot._decide import (
+    Probe,
+    anchored_peak,
+    blend_peak,
+    choose_peak,
+    first_round,
+    prior_lr,
+)
 from lrpilot.cli import main
 from lrpilot.train import Callback
 
@@ -94,6 +101,14 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
     r2 = [p for p in probes if p.round == 2]
     initial = info["initial_score"]
     assert initial > 0
+    # the ladder: 3 candidates around a finder suggestion, 4 up from the default without
+    suggestion = prior_lr(info["prior"])
+    assert 2 <= info["plan"]["n1"] <= (3 if suggestion is not None else 4)
+    family = "sgd" if info["optimizer"]["name"] == "sgd" else "adam"
+    ladder = first_round(info["prior"], family, info["plan"]["n1"]).value
+    assert [p.lr for p in r1] == ladder
+    if suggestion is not None and len(ladder) == 3:
+        assert ladder == [pytest.approx(suggestion * 10**k, rel=1e-3) for k in (-0.5, 0, 0.5)]
     first = "round1_pick" if r2 else "peak_lr"
     kept = anchored_peak(r1, prior_lr(info["prior"]), initial=initial, name="prior_pick")
     if "prior_pick" in recorded:
@@ -229,6 +244,39 @@ class _CrashAtEpochEnd(Callback):
     def on_epoch_end(self, engine, record):  # type: ignore[no-untyped-def]
         if record["epoch"] == self.epoch:
             raise _Crash(f"crash at the end of epoch {self.epoch}")
+
+
+class _RecordBeta1(Callback):
+    """Records Adam's beta1 after every step of the final run (the next step's value)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, float] = {}
+
+    def on_step_end(self, engine, outcome):  # type: ignore[no-untyped-def]
+        self.seen[outcome.step] = engine.optimizer.param_groups[0]["betas"][0]
+
+
+def test_one_cycle_cycles_adams_beta1_through_probes_and_the_final_run(tmp_path):
+    import lrpilot
+    from lrpilot.autopilot._shapes import cycle_momentum
+    from lrpilot.schedules import from_config
+
+    rec = _RecordBeta1()
+    result = lrpilot.auto(
+        "mnist1d-mlp", epochs=3, out_dir=tmp_path / "run", progress="none", callbacks=[rec]
+    )
+    info = json.loads((tmp_path / "run" / "autopilot.json").read_text())
+    shape = next(d for d in info["decisions"] if d["name"] == "schedule")
+    assert shape["value"] == "one_cycle" and "0.95 -> 0.85" in shape["evidence"]["momentum"]
+    total = info["plan"]["total_steps"]
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["schedule"]["momentum"] == cycle_momentum(total)
+    m = from_config(cycle_momentum(total))
+    assert m(0) == 0.95 and m(round(0.3 * total)) == 0.85
+    # the final run's steps (from the decision on) under the cycle, step by step
+    assert min(rec.seen) == info["decided_at_step"] + 1 and max(rec.seen) == total
+    assert all(rec.seen[s] == pytest.approx(m(s), abs=1e-12) for s in rec.seen)
+    assert result.summary["status"] == "completed"
 
 
 def test_the_final_run_trains_on_the_decision_split_after_the_switch_and_resumes_exactly(

@@ -90,6 +90,31 @@ def test_momentum_schedule_written(kind):
         train(opt, params, sched, 1, [])
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_set_momentum_swaps_the_momentum_schedule_at_the_current_step(kind):
+    opt, params = make_opt(kind)
+    sched = S.attach(opt, S.one_cycle(0.1, 20))
+
+    def beta1() -> float:
+        g = opt.param_groups[0]
+        return g["betas"][0] if kind == "adamw" else g["momentum"]
+
+    before = beta1()
+    train(opt, params, sched, 3, [])
+    assert beta1() == before  # no momentum schedule: the optimizer's own value stays
+    mom = S.linear(0.95, 0.85, 20)
+    sched.set_momentum(mom)
+    assert beta1() == mom(3)  # written at once, for the current step
+    train(opt, params, sched, 2, [])
+    assert beta1() == mom(5)
+    sched.set_momentum(None)
+    train(opt, params, sched, 1, [])
+    assert beta1() == mom(5)
+    plain = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ConfigError, match="neither 'momentum' nor 'betas'"):
+        S.attach(plain, SCHEDULE).set_momentum(mom)
+
+
 def test_bad_arguments():
     opt, _ = make_opt(groups=2)
     with pytest.raises(ConfigError, match=r"multipliers has 1 entries.*\(2\)"):

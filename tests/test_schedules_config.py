@@ -305,6 +305,27 @@ def test_momentum_from_config_one_cycle():
     assert wrapped(10 + 24) == 0.8  # the cycle's trough, shifted by the warmup
 
 
+def test_a_momentum_key_gives_any_schedule_a_momentum_schedule():
+    up = {"name": "linear", "start_lr": 0.95, "end_lr": 0.85, "steps": 30}
+    cfg = {"name": "cosine", "lr": 0.1, "momentum": {"name": "join", "boundaries": [30],
+           "schedules": [up, {"name": "cosine", "lr": 0.85, "final_lr": 0.95}]}}  # fmt: skip
+    m = momentum_from_config(cfg, total_steps=100)
+    ref = S.join([S.linear(0.95, 0.85, 30), S.cosine(0.85, 70, final_lr=0.95)], [30])
+    assert m == ref and same(m, ref, 100)
+    assert from_config(cfg, total_steps=100) == S.cosine(0.1, 100)  # the LR: unchanged
+    for bad, match in [
+        ({"name": "constant", "lr": 1.0}, r"schedule.momentum is 1.0 at step 0; allowed: \[0, 1\)"),
+        (up | {"end_lr": 1.2}, r"is 1.2 at step 30"),
+        ({"name": "constnt", "lr": 0.9}, r"schedule.momentum.name='constnt' is not a schedule"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            momentum_from_config({**cfg, "momentum": bad}, total_steps=100)
+    with pytest.raises(ConfigError, match="one_cycle already cycles the momentum"):
+        from_config({"name": "one_cycle", "max_lr": 0.1, "steps": 10, "momentum": up})
+    off = {"name": "one_cycle", "max_lr": 0.1, "steps": 30, "cycle_momentum": False}
+    assert momentum_from_config({**off, "momentum": up}) == S.linear(0.95, 0.85, 30)
+
+
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),

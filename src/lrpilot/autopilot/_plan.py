@@ -1,6 +1,6 @@
 """How the autopilot spends its budget: a pure function of the run's sizes.
 
-The run (``T`` optimizer steps on the training data minus the decision split) is::
+The run (on the training data minus the decision split until its decisions are made) is::
 
     trunk warmup (w)  | round 1: n1 branches x (hold r1 + cooldown m1) | [round 2: n2 x (r2 + m2)] | rest
     shared, once      | the winner's hold is kept                       | [winner's hold kept]      | final schedule
@@ -34,11 +34,15 @@ from lrpilot.errors import ConfigError
 #: (first-round candidates, hold as a fraction of the run), in order of preference: one
 #: round of longer holds (the short-horizon bias falls with the horizon; the a1 method's
 #: second round of 3 x 6% moved the pick by a quarter decade, below the probes' noise)
+#: (a plan for at most ``candidates`` uses the options with no more)
 OPTIONS: tuple[tuple[int, float], ...] = (
     (4, 0.08),
     (4, 0.07),
     (4, 0.06),
     (4, 0.05),
+    (3, 0.08),
+    (3, 0.07),
+    (3, 0.06),
     (3, 0.05),
     (3, 0.04),
     (3, 0.03),
@@ -110,11 +114,19 @@ def check_budget(budget: object) -> float:
 
 
 def make_plan(
-    n_full: int, n_fit: int, batch: int, epochs: int, budget: float, finder_samples: int
+    n_full: int,
+    n_fit: int,
+    batch: int,
+    epochs: int,
+    budget: float,
+    finder_samples: int,
+    candidates: int = 4,
 ) -> ProbePlan:
     """The plan (module doc). ``n_full``: training-set size a run is measured against;
     ``n_fit``: the part trained on until the decisions are made (the rest is the decision
-    split); ``finder_samples``: what the finder's sweep would cost (0: no sweep)."""
+    split); ``finder_samples``: what the finder's sweep would cost (0: no sweep);
+    ``candidates``: the most first-round candidates (4 without a prior, 3 around the
+    finder's suggestion: :func:`lrpilot.autopilot._decide.first_round`)."""
     check_budget(budget)
     spe, spe_full = math.ceil(n_fit / batch), math.ceil(n_full / batch)
     length = epochs * spe  # the probes' lengths are fractions of this
@@ -122,7 +134,7 @@ def make_plan(
     allowed = (budget - RESCUE_RESERVE) * epochs * n_full
     warm = max(1, round(WARMUP_FRACTION * length))
     for use_finder in (True, False) if finder_samples > 0 else (False,):
-        for n1, frac in OPTIONS:
+        for n1, frac in (o for o in OPTIONS if o[0] <= candidates):
             hold = max(2, round(frac * length))
             cool = max(1, round(hold / 3))
             if warm + 2 * hold > length // 2:

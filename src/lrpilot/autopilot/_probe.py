@@ -144,6 +144,10 @@ class Outcome:
     first_loss: float | None = None
     #: the first epoch of the final run on all the training data (the split included)
     switch_epoch: int = 0
+    #: the plan the probes followed (:attr:`Prober.prior_plan` once the finder suggested)
+    plan: ProbePlan | None = None
+    #: the momentum schedule config of the whole run (one-cycle's cycle), or None
+    momentum: dict | None = None
 
 
 @dataclass
@@ -164,6 +168,27 @@ class Prober:
     say: Callable[[str], None] = lambda _msg: None
     #: the schedule the engine was built with (the run config's placeholder)
     initial: list = field(default_factory=lambda: [(1, {"name": "constant", "lr": 1e-3})])
+    #: the plan once the finder has a suggestion (its ladder has fewer candidates); ``plan``
+    #: is the one without (it decides whether the finder runs at all)
+    prior_plan: ProbePlan | None = None
+    #: whether a one-cycle shape cycles the optimizer's momentum (SGD with momentum, Adam)
+    cycles_momentum: bool = False
+
+    def _momentum(self, shape: Decision, total: int) -> tuple[Decision, dict | None]:
+        """One-cycle's momentum cycle over the whole run, set on the engine now (every
+        branch and the final run step under it); the shape decision records it."""
+        if shape.value != "one_cycle" or not self.cycles_momentum:
+            return shape, None
+        from lrpilot.schedules import from_config
+
+        config = shapes.cycle_momentum(total)
+        self.engine.adapter.set_momentum(from_config(config))
+        why = (
+            f"{shapes.MOMENTUM_HIGH} -> {shapes.MOMENTUM_LOW} at the LR's peak -> "
+            f"{shapes.MOMENTUM_HIGH} (one-cycle's momentum cycle, as PyTorch's OneCycleLR "
+            "and lrpilot fit's one_cycle; the optimizer's own momentum / beta1 is replaced)"
+        )
+        return replace(shape, evidence={**shape.evidence, "momentum": why}), config
 
     def _schedule(self, segments: Sequence[shapes.Segment]) -> None:
         self.engine.set_schedule(shapes.to_schedule(segments))
@@ -277,13 +302,16 @@ class Prober:
     def run(self) -> Outcome:
         """The procedure of the module doc; the engine is left at the chosen state with the
         final schedule set."""
-        plan = self.plan
         prior, finder_samples = self._prior()
+        if self.prior_plan is not None and prior_lr(prior) is not None:
+            self.plan = self.prior_plan
+        plan = self.plan
         initial = self._initial()
         decisions: list[Decision] = []
         if plan.n1 == 0 or self.fixed_lr is not None:
             return self._no_search(prior, finder_samples, decisions)
         shape = choose_shape(plan.total_steps, plan.decided_at, self.user_shape)
+        shape, momentum = self._momentum(shape, plan.total_steps)
         # one-cycle: the probes hold at one-cycle's level at the decision point
         level = shapes.cycle_level(plan.decided_at, plan.total_steps)
         level = level if shape.value == "one_cycle" else 1.0
@@ -336,6 +364,8 @@ class Prober:
             prior,
             self.store.state.get("first_loss"),
             plan.switch_epoch,
+            plan,
+            momentum,
         )
 
     def _round2(self, r1, pick1, best1, history, initial, decisions, level=1.0):  # type: ignore[no-untyped-def]
@@ -380,7 +410,7 @@ class Prober:
             peak, why = DEFAULT_LR[self.family], f"{plan.reason}; the calibrated default"
         decisions.append(Decision("peak_lr", peak, why, {"prior": prior}))
         total = plan.full_steps  # nothing to decide: all the data from step 0
-        shape = choose_shape(total, plan.warmup, self.user_shape)
+        shape, momentum = self._momentum(choose_shape(total, plan.warmup, self.user_shape), total)
         decisions.append(shape)
         level = shapes.cycle_level(plan.warmup, total)
         level = level if shape.value == "one_cycle" else 1.0
@@ -390,5 +420,6 @@ class Prober:
         ]
         self._restore("start", full)
         return Outcome(
-            decisions, [], full, peak, shape.value, plan.warmup, 0, finder_samples, prior
-        )
+            decisions, [], full, peak, shape.value, plan.warmup, 0, finder_samples, prior,
+            plan=plan, momentum=momentum,
+        )  # fmt: skip

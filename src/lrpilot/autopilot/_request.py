@@ -113,8 +113,16 @@ class Settings:
     n_fit: int
     base: dict[str, Any]
     cfg: Any
-    plan: ProbePlan | None
+    plan: ProbePlan | None  # without a finder suggestion (the most candidates)
     choice: BatchChoice | None
+    #: the plan once the finder has a suggestion (its ladder has fewer candidates)
+    prior_plan: ProbePlan | None = None
+
+    @property
+    def cycles_momentum(self) -> bool:
+        """Whether a one-cycle shape cycles the momentum: Adam's beta1, or SGD's momentum
+        when it is not 0 (PyTorch's SGD has no momentum buffer at 0)."""
+        return self.cfg.optimizer.name != "sgd" or self.cfg.optimizer.momentum > 0
 
     @property
     def one_run(self) -> int:
@@ -146,6 +154,8 @@ class Settings:
             raw["schedule"] = self.fixed_schedule
         else:
             raw["schedule"] = shapes.to_config(outcome.history)
+            if outcome.momentum is not None:
+                raw["schedule"]["momentum"] = outcome.momentum
         return parse_config(raw, task=self.fit_task)
 
     def header(self) -> dict[str, Any]:
@@ -186,17 +196,19 @@ class Settings:
     def report(self, outcome: Outcome, store: ProbeStore) -> dict[str, Any]:
         """``autopilot.json`` before the final run (the compute is added after it)."""
         decisions = [d.to_dict() for d in outcome.decisions]
-        schedule: dict[str, Any] = shapes.to_config(outcome.history)
+        from lrpilot.train._builders import schedule_mapping
+
+        # the schedule trained with (restart: the user's, the peak filled in; else the
+        # trajectory and its momentum cycle)
+        schedule: dict[str, Any] = schedule_mapping(self.final_config(outcome))
         if self.mode == "restart":
             decisions = [d for d in decisions if d["name"] != "schedule"]
-            from lrpilot.train._builders import schedule_mapping
-
-            schedule = schedule_mapping(self.final_config(outcome))  # the peak filled in
             why = "fixed by the user; the final run trains from step 0 under it at the chosen peak"
             decisions.append(Decision("schedule", self.fixed_schedule, why).to_dict())
         if self.choice is not None:
             decisions.insert(0, self.batch_decision().to_dict())
-        assert self.plan is not None
+        plan = outcome.plan or self.plan
+        assert plan is not None
         return {
             **self.header(),
             "decision_split": {
@@ -204,7 +216,7 @@ class Settings:
                 "of": self.n_full,
                 "trained_on_from_epoch": outcome.switch_epoch,  # 0-based, as in metrics.jsonl
             },
-            "plan": self.plan.to_dict(),
+            "plan": plan.to_dict(),
             "prior": outcome.prior,
             "candidates": [p.to_dict() for p in outcome.probes],
             "decisions": decisions,
@@ -283,9 +295,9 @@ def settings(req: Request, choice: BatchChoice | None = None) -> Settings:
         lr = lr * choice.lr_factor
     base, cfg = _base_config(req, opt, epochs, batch, acc, lr, mode, choice, fit_task)
     acc = cfg.accumulate
-    plan = (
-        None if mode == "batch" else _plan(n_full, n_fit, batch * acc, epochs, budget, choice, mode)
-    )
+    sizes = (n_full, n_fit, batch * acc, epochs, budget, choice, mode)
+    plan = None if mode == "batch" else _plan(*sizes)
+    prior_plan = None if mode == "batch" else _plan(*sizes, candidates=PRIOR_CANDIDATES)
     fixed: dict[str, Any] = {
         k: v for k, v in (("lr", req.lr), ("batch_size", req.batch_size)) if v not in (None, AUTO)
     }
@@ -295,7 +307,7 @@ def settings(req: Request, choice: BatchChoice | None = None) -> Settings:
         task, fit_task, decision_set, opt, epochs, batch, acc, reference, budget, req.seed, lr,
         req.schedule if isinstance(req.schedule, str) else None,
         dict(req.schedule) if isinstance(req.schedule, Mapping) else None,
-        req.free, fixed, mode, n_full, n_fit, base, cfg, plan, choice,
+        req.free, fixed, mode, n_full, n_fit, base, cfg, plan, choice, prior_plan,
     )  # fmt: skip
 
 
@@ -329,7 +341,14 @@ def _base_config(req, opt, epochs, batch, acc, lr, mode, choice, fit_task):  # t
     return base, parse_config(base, task=fit_task)
 
 
-def _plan(n_full, n_fit, batch, epochs, budget, choice, mode) -> ProbePlan:  # type: ignore[no-untyped-def]
+#: first-round candidates around a finder suggestion (:func:`~lrpilot.autopilot._decide.first_round`):
+#: the suggestion and a half decade each side. (Method a7m tried a fourth, 10x the
+#: suggestion: it had the lowest decision loss in 1 of its 24 panel runs with a suggestion;
+#: its branch pays for training on the decision split after the decision.)
+PRIOR_CANDIDATES = 3
+
+
+def _plan(n_full, n_fit, batch, epochs, budget, choice, mode, candidates=4) -> ProbePlan:  # type: ignore[no-untyped-def]
     """The probe plan within what the batch decision left of the budget; in ``restart`` mode
     the probes' kept holds are spent too (the final run starts again from step 0)."""
     from lrpilot.autopilot._plan import MIN_BUDGET
@@ -340,7 +359,7 @@ def _plan(n_full, n_fit, batch, epochs, budget, choice, mode) -> ProbePlan:  # t
     left = budget - (0 if choice is None else choice.samples / one_run)
     b = max(MIN_BUDGET, left)
     for _ in range(40):
-        plan = make_plan(n_full, n_fit, batch, epochs, b, finder)
+        plan = make_plan(n_full, n_fit, batch, epochs, b, finder, candidates)
         if mode != "restart" or plan.n1 == 0:
             return plan
         # restart: the kept holds are spent too, and the final run is all the data from

@@ -224,7 +224,10 @@ def _probe(st: Settings, engine: Any, store: ProbeStore, say: Callable[[str], No
         return finder_prior(eng, st.fit_task, st.batch * st.accumulate, st.seed)
 
     family = OPTIMIZER_FAMILY[st.opt["name"]]
-    prober = Prober(engine, st.plan, scorer, family, store, prior, st.shape, st.lr, say=say)
+    prober = Prober(
+        engine, st.plan, scorer, family, store, prior, st.shape, st.lr, say=say,
+        prior_plan=st.prior_plan, cycles_momentum=st.cycles_momentum,
+    )  # fmt: skip
     return prober.run()
 
 

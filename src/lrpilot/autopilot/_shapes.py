@@ -99,6 +99,29 @@ def final(lr: float, shape: str, at: int, total: int, start: float | None = None
     return ([(flat, {"name": "constant", "lr": lr})] if flat > 0 else []) + tail
 
 
+#: one-cycle's momentum (SGD's ``momentum``, Adam's ``beta1``): from the high value down to
+#: the low one where the LR peaks, back up by the end (PyTorch's ``OneCycleLR`` defaults)
+MOMENTUM_LOW, MOMENTUM_HIGH = 0.85, 0.95
+
+
+def cycle_momentum(total: int) -> dict[str, Any]:
+    """One-cycle's momentum over a run of ``total`` steps, as a schedule config: cosine from
+    ``MOMENTUM_HIGH`` to ``MOMENTUM_LOW`` until the LR's peak (``ONE_CYCLE_PEAK`` of the
+    run), then cosine back up (Smith 2018, "A disciplined approach to neural network
+    hyper-parameters": a high LR with a low momentum, and the reverse).
+
+    >>> from lrpilot.schedules import from_config
+    >>> m = from_config(cycle_momentum(100))
+    >>> m(0), m(30), m(99) > 0.949
+    (0.95, 0.85, True)
+    """
+    peak = max(1, min(total - 1, round(ONE_CYCLE_PEAK * total)))
+    down = {"name": "cosine", "lr": MOMENTUM_HIGH, "final_lr": MOMENTUM_LOW, "steps": peak}
+    up = {"name": "cosine", "lr": MOMENTUM_LOW, "final_lr": MOMENTUM_HIGH}
+    up["steps"] = max(1, total - peak)
+    return {"name": "join", "schedules": [down, up], "boundaries": [peak]}
+
+
 def to_config(segments: Sequence[Segment]) -> dict[str, Any]:
     """The ``join`` config of ``segments`` (a single segment is returned as it is; the last
     segment runs on past its length, holding its final value)."""

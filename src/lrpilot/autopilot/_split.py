@@ -1,8 +1,10 @@
 """The decision split: a part of the training data the autopilot judges candidates on.
 
 Decisions are never made on the validation set a benchmark (or the user) reports: a fixed,
-seeded random part of the *training* set is held out of training for the whole autopilot
-run, and every candidate is scored on it. Its size is ``FRACTION`` (5%) of the training
+seeded random part of the *training* set is held out of training until the last decision,
+and every candidate is scored on it; from the first epoch boundary after the decision the
+final run trains on it too (:class:`~lrpilot.train._data.PhasedOrder`, the plan's
+``switch_epoch``). Its size is ``FRACTION`` (5%) of the training
 set, at least ``MIN_SPLIT`` and at most ``MAX_SPLIT`` samples, and never more than a
 quarter of it. (Version a1 held out 10%, at least 256: 18% of the digits rows' data. The
 decisions compare mean losses that differ by 10-50% between ladder steps, well above the

@@ -83,19 +83,7 @@ class ScheduleAdapter(LRScheduler):
             mults = tuple(
                 check_range(f"multipliers[{i}]", m, low=0.0) for i, m in enumerate(multipliers)
             )
-        self._betas = False
-        if momentum is not None:
-            if not callable(momentum):
-                raise ConfigError(f"momentum must be a schedule (callable), got {momentum!r}")
-            if "momentum" in optimizer.defaults:
-                self._betas = False
-            elif "betas" in optimizer.defaults:
-                self._betas = True
-            else:
-                raise ConfigError(
-                    f"momentum schedule given but {type(optimizer).__name__} has neither "
-                    "'momentum' nor 'betas'"
-                )
+        self._betas = _writes_betas(optimizer, momentum)
         if plateau is not None and not isinstance(plateau, Plateau):
             raise ConfigError(f"plateau must be a lrpilot Plateau, got {plateau!r}")
         self.optimizer = optimizer
@@ -150,6 +138,13 @@ class ScheduleAdapter(LRScheduler):
             else:
                 for group in groups:
                     group["momentum"] = mom
+
+    def set_momentum(self, momentum: Callable[[int], float] | None) -> None:
+        """Swap the momentum schedule (``None``: the optimizer's momentum stays as it is
+        from now on) and write the current step's value now."""
+        self._betas = _writes_betas(self.optimizer, momentum)
+        self.momentum = momentum
+        self._apply()
 
     def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
         """Advance one optimizer step (or jump to step ``epoch``) and write the new LRs."""
@@ -280,4 +275,19 @@ def attach(
     """
     return ScheduleAdapter(
         optimizer, schedule, momentum=momentum, multipliers=multipliers, plateau=plateau
+    )
+
+
+def _writes_betas(optimizer: torch.optim.Optimizer, momentum: object) -> bool:
+    """Whether a momentum schedule goes to Adam's ``betas[0]`` (else SGD's ``momentum``)."""
+    if momentum is None:
+        return False
+    if not callable(momentum):
+        raise ConfigError(f"momentum must be a schedule (callable), got {momentum!r}")
+    if "momentum" in optimizer.defaults:
+        return False
+    if "betas" in optimizer.defaults:
+        return True
+    raise ConfigError(
+        f"momentum schedule given but {type(optimizer).__name__} has neither 'momentum' nor 'betas'"
     )

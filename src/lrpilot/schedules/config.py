@@ -21,7 +21,10 @@ polynomial, one_cycle or wsd is omitted, the schedule spans
 the whole run after its warmup: ``total_steps - warmup steps``. For ``inverse_sqrt`` and
 ``wsd``, ``warmup`` is the family's own warmup length (an integer), not the nested
 combinator. ``one_cycle`` also accepts ``base_momentum``, ``max_momentum`` and
-``cycle_momentum`` (read by :func:`momentum_from_config`). Unknown names and keys raise
+``cycle_momentum`` (read by :func:`momentum_from_config`). Any other schedule may carry a
+top-level ``momentum:`` key, itself a schedule config whose values are the momentum (SGD's
+``momentum``, Adam's ``beta1``) at each step, in ``[0, 1)``; e.g. the autopilot's one-cycle
+shape cycles it 0.95 -> 0.85 -> 0.95 like one_cycle's own. Unknown names and keys raise
 ``ConfigError`` listing the valid ones.
 
 >>> s = from_config({"name": "cosine", "lr": 0.1, "warmup": {"steps": 10}}, total_steps=110)
@@ -410,7 +413,29 @@ def _resolve(
 ) -> tuple[Schedule, Schedule | None]:
     spe = _optional_int("steps_per_epoch", steps_per_epoch)
     total = _optional_int("total_steps", total_steps)
-    return _build(mapping, "schedule", spe, total, "steps")
+    if not isinstance(mapping, Mapping) or "momentum" not in mapping:
+        return _build(mapping, "schedule", spe, total, "steps")
+    rest = {k: v for k, v in mapping.items() if k != "momentum"}
+    schedule, own = _build(rest, "schedule", spe, total, "steps")
+    if own is not None:
+        raise ConfigError(
+            "schedule.momentum: one_cycle already cycles the momentum; allowed: "
+            "cycle_momentum: false with a momentum schedule, or no momentum key"
+        )
+    momentum, _ = _build(mapping["momentum"], "schedule.momentum", spe, total, "steps")
+    _check_momentum(momentum, total)
+    return schedule, momentum
+
+
+def _check_momentum(momentum: Schedule, total: int | None) -> None:
+    """Momentum values (SGD's ``momentum``, Adam's ``beta1``) in ``[0, 1)`` at step 0, at
+    every boundary and at the last step."""
+    end = total if total is not None else 1
+    steps = sorted({0, end - 1, *(b for b in momentum.boundaries(end) if b < end)})
+    for step in steps:
+        value = momentum(step)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"schedule.momentum is {value!r} at step {step}; allowed: [0, 1)")
 
 
 def from_config(
@@ -430,14 +455,19 @@ def momentum_from_config(
     steps_per_epoch: int | None = None,
     total_steps: int | None = None,
 ) -> Schedule | None:
-    """The momentum schedule implied by ``mapping``: for ``one_cycle`` (unless
-    ``cycle_momentum: false``) the matching :func:`one_cycle_momentum` (held at its first
-    value during a nested warmup), else ``None``.
+    """The momentum schedule implied by ``mapping``: its top-level ``momentum`` schedule;
+    for ``one_cycle`` (unless ``cycle_momentum: false``) the matching
+    :func:`one_cycle_momentum` (held at its first value during a nested warmup); else
+    ``None``.
 
     >>> m = momentum_from_config({"name": "one_cycle", "max_lr": 0.1, "steps": 100})
     >>> m(0), m(29)
     (0.95, 0.85)
     >>> momentum_from_config({"name": "cosine", "lr": 0.1, "steps": 100}) is None
     True
+    >>> m = momentum_from_config({"name": "cosine", "lr": 0.1, "steps": 100,
+    ...     "momentum": {"name": "linear", "start_lr": 0.95, "end_lr": 0.85, "steps": 100}})
+    >>> m(0), round(m(50), 3)
+    (0.95, 0.9)
     """
     return _resolve(mapping, steps_per_epoch, total_steps)[1]
