@@ -412,3 +412,25 @@ def test_snapshots_that_could_never_be_restored_are_skipped(
     expected = [e + k * every for e in (0, 32) for k in range(1, per_epoch + 1)]
     assert within == expected, taken
     assert set(epoch_ends) <= set(taken)
+
+
+def test_a_rebound_whose_level_disarmed_in_the_same_step_is_explained() -> None:
+    """The step that makes the majority can also close a block whose noise disarms the
+    level (``rebound_at`` back to None): the verdict stands on the steps judged at the
+    armed level, and the rescue's reason names that level (it used to raise a TypeError
+    formatting None: seen on the autopilot panel, mnist1d-cnn/AdamW)."""
+    from lrpilot.train._builtin import GuardCallback
+    from lrpilot.train._callbacks import StepOutcome
+
+    losses = _decline_then_rebound(random.Random(0), back=90)
+    guard = DivergenceGuard()
+    for v in losses:
+        if guard.observe(v) == "diverged":
+            break
+    assert guard.cause == "rebound" and guard.rebound_judged_at == guard.rebound_at
+    armed = guard.rebound_at
+    guard.rebound_at = None  # what _arm() leaves when the recent blocks' noise grew
+    callback = GuardCallback(guard, factor=0.5, snapshot_every=4)
+    outcome = StepOutcome(170, 3, 2.0, 1.0, 0.1, 64, False, "diverged")
+    reason = callback.reason(outcome)
+    assert f"loss back above {armed:.4g} in most of the last {guard.horizon} steps" in reason

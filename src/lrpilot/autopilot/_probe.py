@@ -174,19 +174,24 @@ class Prober:
     #: whether a one-cycle shape cycles the optimizer's momentum (SGD with momentum, Adam)
     cycles_momentum: bool = False
 
-    def _momentum(self, shape: Decision, total: int) -> tuple[Decision, dict | None]:
-        """One-cycle's momentum cycle over the whole run, set on the engine now (every
-        branch and the final run step under it); the shape decision records it."""
+    def _momentum(self, shape: Decision, total: int, start: int) -> tuple[Decision, dict | None]:
+        """One-cycle's momentum cycle from the decision (step ``start``) to the end of the
+        run, set on the engine now; the probes before it stepped under the optimizer's own
+        momentum (the decisions' evidence was gathered under it). The shape decision
+        records it."""
         if shape.value != "one_cycle" or not self.cycles_momentum:
             return shape, None
         from lrpilot.schedules import from_config
 
-        config = shapes.cycle_momentum(total)
+        group = self.engine.optimizer.param_groups[0]
+        own = float(group["betas"][0] if "betas" in group else group["momentum"])
+        config = shapes.cycle_momentum(total, start, own if start > 0 else shapes.MOMENTUM_HIGH)
         self.engine.adapter.set_momentum(from_config(config))
         why = (
-            f"{shapes.MOMENTUM_HIGH} -> {shapes.MOMENTUM_LOW} at the LR's peak -> "
-            f"{shapes.MOMENTUM_HIGH} (one-cycle's momentum cycle, as PyTorch's OneCycleLR "
-            "and lrpilot fit's one_cycle; the optimizer's own momentum / beta1 is replaced)"
+            f"from the decision on, {config['schedules'][-2]['lr']:g} -> {shapes.MOMENTUM_LOW} "
+            f"at the LR's peak -> {shapes.MOMENTUM_HIGH} by the end (one-cycle's momentum "
+            "cycle, as PyTorch's OneCycleLR and lrpilot fit's one_cycle; the optimizer's own "
+            "momentum / beta1 is replaced)"
         )
         return replace(shape, evidence={**shape.evidence, "momentum": why}), config
 
@@ -311,7 +316,6 @@ class Prober:
         if plan.n1 == 0 or self.fixed_lr is not None:
             return self._no_search(prior, finder_samples, decisions)
         shape = choose_shape(plan.total_steps, plan.decided_at, self.user_shape)
-        shape, momentum = self._momentum(shape, plan.total_steps)
         # one-cycle: the probes hold at one-cycle's level at the decision point
         level = shapes.cycle_level(plan.decided_at, plan.total_steps)
         level = level if shape.value == "one_cycle" else 1.0
@@ -347,6 +351,7 @@ class Prober:
                 )
                 probes += r2
         decided_at = shapes.length(history)
+        shape, momentum = self._momentum(shape, plan.total_steps, decided_at)
         decisions.append(shape)
         held = best1.lr if best1 is not None and not plan.n2 else peak
         tail = shapes.final(peak, shape.value, decided_at, plan.total_steps, held * level)
@@ -410,7 +415,9 @@ class Prober:
             peak, why = DEFAULT_LR[self.family], f"{plan.reason}; the calibrated default"
         decisions.append(Decision("peak_lr", peak, why, {"prior": prior}))
         total = plan.full_steps  # nothing to decide: all the data from step 0
-        shape, momentum = self._momentum(choose_shape(total, plan.warmup, self.user_shape), total)
+        shape, momentum = self._momentum(
+            choose_shape(total, plan.warmup, self.user_shape), total, 0
+        )
         decisions.append(shape)
         level = shapes.cycle_level(plan.warmup, total)
         level = level if shape.value == "one_cycle" else 1.0

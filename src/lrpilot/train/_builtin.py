@@ -143,7 +143,8 @@ class GuardCallback(Callback):
             return "non-finite gradient norm"
         if guard.cause == "rebound":
             return (
-                f"loss back above {guard.rebound_at:.4g} in most of the last {guard.horizon} "
+                f"loss back above {guard.rebound_judged_at:.4g} in most of the last "
+                f"{guard.horizon} "
                 f"steps: {guard.rebound:.0%} of its progress from {guard.first_level:.4g} "
                 f"to {guard.best_level:.4g} lost"
             )

@@ -282,6 +282,9 @@ class DivergenceGuard:
         self.best_level: float | None = None  # lowest block median
         self._noises: deque[float] = deque(maxlen=REBOUND_NOISE_BLOCKS)
         self.rebound_at: float | None = None  # the armed rebound level
+        # the level the steps in ``_above`` were judged against (the level can disarm while
+        # they are still counted: the noise of the recent blocks grew)
+        self.rebound_judged_at: float | None = None
         self._above: deque[bool] = deque(maxlen=self.horizon)
         self._n_above = 0
         # stall rule: blocks left to judge after a rescue (None: not watching), the lowest
@@ -309,6 +312,8 @@ class DivergenceGuard:
             self.initial_level = loss
         if self.rebound is not None or self._watch is not None:
             above = self.rebound_at is not None and loss > self.rebound_at
+            if above:
+                self.rebound_judged_at = self.rebound_at
             if len(self._above) == self.horizon:
                 self._n_above -= self._above[0]
             self._above.append(above)
