@@ -644,6 +644,9 @@ def main(argv=None) -> int:
     parser.add_argument("stage", choices=["grid", "run", "table"])
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--seeds", default=",".join(map(str, SEEDS)), help="run: seeds (the table: 0-2)"
+    )
     args = parser.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     if args.stage == "table":
@@ -655,7 +658,7 @@ def main(argv=None) -> int:
         runs = Runs()
         for row in rows:
             for method in args.methods.split(","):
-                for seed in SEEDS:
+                for seed in (int(x) for x in args.seeds.split(",") if x):
                     run_method(runs, method, row, seed)
         return 0
     for row in rows:
