@@ -304,13 +304,18 @@ class Prober:
             self.store.put_snapshot("trunk", self.engine.snapshot(), trunk)
         return trunk, int(self.store.state["trunk_samples"])
 
+    def _choose_plan(self, prior: dict) -> ProbePlan:
+        """The plan the probes follow: :attr:`prior_plan` (fewer candidates) once the
+        finder has a suggestion."""
+        if self.prior_plan is not None and prior_lr(prior) is not None:
+            self.plan = self.prior_plan
+        return self.plan
+
     def run(self) -> Outcome:
         """The procedure of the module doc; the engine is left at the chosen state with the
         final schedule set."""
         prior, finder_samples = self._prior()
-        if self.prior_plan is not None and prior_lr(prior) is not None:
-            self.plan = self.prior_plan
-        plan = self.plan
+        plan = self._choose_plan(prior)
         initial = self._initial()
         decisions: list[Decision] = []
         if plan.n1 == 0 or self.fixed_lr is not None:
@@ -358,20 +363,10 @@ class Prober:
         full = [*history, *tail]
         self._restore(start, full)
         return Outcome(
-            decisions,
-            probes,
-            full,
-            peak,
-            shape.value,
-            decided_at,
-            trunk_samples,
-            finder_samples,
-            prior,
-            self.store.state.get("first_loss"),
-            plan.switch_epoch,
-            plan,
-            momentum,
-        )
+            decisions, probes, full, peak, shape.value, decided_at, trunk_samples,
+            finder_samples, prior, self.store.state.get("first_loss"), plan.switch_epoch,
+            plan, momentum,
+        )  # fmt: skip
 
     def _round2(self, r1, pick1, best1, history, initial, decisions, level=1.0):  # type: ignore[no-untyped-def]
         """Round 2 from the round-1 winner's snapshot; ``(history, start, peak, probes)``."""
