@@ -19,7 +19,10 @@ with no probe at all on all the data (the prior's value, said so in the decision
 >>> (p.n1, p.hold1, p.cool1, p.n2, p.warmup, p.switch_epoch, p.total_steps)
 (4, 45, 15, 0, 45, 2, 939)
 >>> round(p.expected_multiple, 3)
-1.233
+1.232
+>>> p = make_plan(4000, 3800, 64, 15, 1.3, 2000, candidates=3)  # around a finder suggestion
+>>> (p.n1, p.hold1, p.cool1, p.switch_epoch, p.total_steps), round(p.expected_multiple, 3)
+((3, 63, 21, 2, 939), 1.224)
 """
 
 from __future__ import annotations
