@@ -22,7 +22,7 @@ with no probe at all on all the data (the prior's value, said so in the decision
 1.232
 >>> p = make_plan(4000, 3800, 64, 15, 1.3, 2000, candidates=3)  # around a finder suggestion
 >>> (p.n1, p.hold1, p.cool1, p.switch_epoch, p.total_steps), round(p.expected_multiple, 3)
-((3, 63, 21, 2, 939), 1.224)
+((3, 63, 21, 2, 939), 1.226)
 """
 
 from __future__ import annotations
