@@ -27,7 +27,14 @@ Procedure (``plan`` = :class:`~lrpilot.autopilot._plan.ProbePlan`):
 5. optional round 2 (``plan.n2 > 0``): from the pick's snapshot, three LRs a quarter
    decade apart, same scoring, :func:`~lrpilot.autopilot._decide.choose_peak`;
 6. the engine is left at the pick's snapshot with the final schedule set: for one-cycle a
-   linear ramp from the hold LR to the peak at 30% of the run, then cosine to 0.
+   linear ramp from the hold LR to the peak at 30% of the run, then cosine to 0, and from
+   the decision on one-cycle's momentum cycle (:func:`~lrpilot.autopilot._shapes.cycle_momentum`;
+   the probes step under the optimizer's own momentum). The final run trains on the
+   decision split too from the plan's ``switch_epoch`` (:meth:`lrpilot.train.Engine.switch_data`).
+
+The first round has ``plan.n1`` candidates: the plan once the finder has suggested
+(``prior_plan``, 3 candidates around the suggestion) or without a suggestion (4, up from the
+calibrated default); the plan's hold lengths follow from its candidates and the budget.
 """
 
 from __future__ import annotations
