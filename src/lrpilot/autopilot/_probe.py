@@ -200,7 +200,9 @@ class Prober:
             "cycle, as PyTorch's OneCycleLR and lrpilot fit's one_cycle; the optimizer's own "
             "momentum / beta1 is replaced)"
         )
-        return replace(shape, evidence={**shape.evidence, "momentum": why}), config
+        reason = f"{shape.reason}; momentum cycle {config['schedules'][-2]['lr']:g} -> "
+        reason += f"{shapes.MOMENTUM_LOW} -> {shapes.MOMENTUM_HIGH}"
+        return replace(shape, reason=reason, evidence={**shape.evidence, "momentum": why}), config
 
     def _schedule(self, segments: Sequence[shapes.Segment]) -> None:
         self.engine.set_schedule(shapes.to_schedule(segments))

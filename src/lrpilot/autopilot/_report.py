@@ -57,6 +57,14 @@ def decision_rows(info: dict) -> list[tuple[str, str, str]]:
         rows.append(
             ("warmup", f"{plan['warmup']} steps", "5% of the run (shared trunk of the probes)")
         )
+    split = info.get("decision_split")
+    if split:
+        when = split.get("trained_on_from_epoch", 0)
+        rows.append(
+            ("decision split", f"{split['samples']} of {split['of']}",
+             "held out of training until the decision, scored on; trained on from epoch "
+             f"{when + 1}" if when else "trained on from the start (no decision to make)")
+        )  # fmt: skip
     comp = info.get("compute")
     if comp:
         rows.append(
