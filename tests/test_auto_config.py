@@ -201,6 +201,10 @@ def test_fit_with_lr_auto_keeps_a_fixed_schedule_from_step_0(tmp_path: Path) -> 
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if r.get("type") == "step"]
     total = summary["steps_planned"]
+    # a new run: all the training data from step 0 (the decision split included)
+    assert info["decision_split"]["trained_on_from_epoch"] == 0
+    n_full, batch = info["decision_split"]["of"], info["batch_size"]
+    assert total == info["epochs"] * -(-n_full // batch)
     ref = from_config({**schedule, "lr": peak}, total_steps=total)
     # a record is numbered by the steps done; its LR is the one that step trained at
     assert [r["step"] for r in steps] == list(range(1, total + 1))
@@ -231,3 +235,4 @@ def test_fit_with_schedule_auto_keeps_the_fixed_lr(tmp_path: Path) -> None:
     peak = next(d for d in info["decisions"] if d["name"] == "peak_lr")
     assert peak["value"] == 0.004 and peak["reason"] == "fixed by the user"
     assert info["candidates"] == []  # nothing searched: only the shape and warmup
+    assert info["decision_split"]["trained_on_from_epoch"] == 0  # nothing to decide
