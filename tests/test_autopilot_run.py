@@ -319,3 +319,18 @@ def test_the_final_run_trains_on_the_decision_split_after_the_switch_and_resumes
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.summary["samples_seen"] == ref.summary["samples_seen"]
     assert resumed.summary["final"]["val_loss"] == ref.summary["final"]["val_loss"]
+
+
+def test_under_torchrun_the_autopilot_is_refused_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    assert _auto(out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "lrpilot auto: error: WORLD_SIZE=2 is not supported by the autopilot; allowed: 1 "
+        "(lrpilot auto "
+        "and auto values in a fit config run in one process, not under torchrun)"
+    ]
+    assert not out.exists()

@@ -226,6 +226,19 @@ class Settings:
         }
 
 
+def _check_one_process() -> None:
+    """The autopilot runs in one process: its probes branch one engine, and its final run
+    switches the training data (not under a process group)."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        raise ConfigError(
+            f"WORLD_SIZE={world} is not supported by the autopilot; allowed: 1 (lrpilot auto "
+            "and auto values in a fit config run in one process, not under torchrun)"
+        )
+
+
 def _check_lr(lr: object) -> None:
     if lr is not None and (
         isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf
@@ -263,6 +276,7 @@ def _mode(req: Request) -> str:
 def settings(req: Request, choice: BatchChoice | None = None) -> Settings:
     """Validate the request (``ConfigError`` naming the value and the allowed range); with
     ``choice`` (the batch decision) the settings at the chosen batch."""
+    _check_one_process()
     task = req.task
     budget = check_budget(req.budget)
     opt = optimizer_settings(task, req.optimizer)
