@@ -195,7 +195,7 @@ class Prober:
         config = shapes.cycle_momentum(total, start, own if start > 0 else shapes.MOMENTUM_HIGH)
         self.engine.adapter.set_momentum(from_config(config))
         why = (
-            f"from the decision on, {config['schedules'][-2]['lr']:g} -> {shapes.MOMENTUM_LOW} "
+            f"from step {start} on, {config['schedules'][-2]['lr']:g} -> {shapes.MOMENTUM_LOW} "
             f"at the LR's peak -> {shapes.MOMENTUM_HIGH} by the end (one-cycle's momentum "
             "cycle, as PyTorch's OneCycleLR and lrpilot fit's one_cycle; the optimizer's own "
             "momentum / beta1 is replaced)"
