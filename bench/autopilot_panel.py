@@ -143,6 +143,7 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
+    # a9 (of record): a8b, and the one-cycle shape cycles the momentum from step 0;
     # a9f: a9 with the cycle from the decision on only (the probes step under the
     # optimizer's own momentum, as in a8b); a9: a8b, and the one-cycle shape cycles the momentum (SGD momentum / Adam beta1
     # 0.95 -> 0.85 -> 0.95, as the grid's OneCycleLR) through probes and the final run;
@@ -151,7 +152,7 @@ METHOD_VERSION = {
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
     # floor); a7: the same method before that rebase
-    "auto": "a9f",
+    "auto": "a9",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",

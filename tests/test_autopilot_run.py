@@ -267,13 +267,14 @@ def test_one_cycle_cycles_adams_beta1_through_probes_and_the_final_run(tmp_path)
     )
     info = json.loads((tmp_path / "run" / "autopilot.json").read_text())
     shape = next(d for d in info["decisions"] if d["name"] == "schedule")
-    assert shape["value"] == "one_cycle" and "0.9 -> 0.85" in shape["evidence"]["momentum"]
-    total, at = info["plan"]["total_steps"], info["decided_at_step"]
+    assert shape["value"] == "one_cycle"
+    assert "0.95 -> 0.85 -> 0.95" in shape["evidence"]["momentum"]
+    total = info["plan"]["total_steps"]
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    # AdamW's own beta1 (0.9) until the decision, then the cycle down to 0.85 and up to 0.95
-    assert config["schedule"]["momentum"] == cycle_momentum(total, at, 0.9)
-    m = from_config(cycle_momentum(total, at, 0.9))
-    assert m(0) == m(at) == 0.9 and m(round(0.3 * total)) == 0.85 and m(total) > 0.949
+    # from step 0 (the probes included): 0.95 down to 0.85 at the LR's peak, up to 0.95
+    assert config["schedule"]["momentum"] == cycle_momentum(total)
+    m = from_config(cycle_momentum(total))
+    assert m(0) == 0.95 and m(round(0.3 * total)) == 0.85 and m(total) > 0.949
     # the final run's steps (from the decision on) under the cycle, step by step
     assert min(rec.seen) == info["decided_at_step"] + 1 and max(rec.seen) == total
     assert all(rec.seen[s] == pytest.approx(m(s), abs=1e-12) for s in rec.seen)

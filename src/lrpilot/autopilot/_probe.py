@@ -27,9 +27,9 @@ Procedure (``plan`` = :class:`~lrpilot.autopilot._plan.ProbePlan`):
 5. optional round 2 (``plan.n2 > 0``): from the pick's snapshot, three LRs a quarter
    decade apart, same scoring, :func:`~lrpilot.autopilot._decide.choose_peak`;
 6. the engine is left at the pick's snapshot with the final schedule set: for one-cycle a
-   linear ramp from the hold LR to the peak at 30% of the run, then cosine to 0, and from
-   the decision on one-cycle's momentum cycle (:func:`~lrpilot.autopilot._shapes.cycle_momentum`;
-   the probes step under the optimizer's own momentum). The final run trains on the
+   linear ramp from the hold LR to the peak at 30% of the run, then cosine to 0, under
+   one-cycle's momentum cycle (:func:`~lrpilot.autopilot._shapes.cycle_momentum`, set
+   before the trunk: the probes step under it too). The final run trains on the
    decision split too from the plan's ``switch_epoch`` (:meth:`lrpilot.train.Engine.switch_data`).
 
 The first round has ``plan.n1`` candidates: the plan once the finder has suggested
@@ -181,27 +181,23 @@ class Prober:
     #: whether a one-cycle shape cycles the optimizer's momentum (SGD with momentum, Adam)
     cycles_momentum: bool = False
 
-    def _momentum(self, shape: Decision, total: int, start: int) -> tuple[Decision, dict | None]:
-        """One-cycle's momentum cycle from the decision (step ``start``) to the end of the
-        run, set on the engine now; the probes before it stepped under the optimizer's own
-        momentum (the decisions' evidence was gathered under it). The shape decision
-        records it."""
+    def _momentum(self, shape: Decision, total: int) -> tuple[Decision, dict | None]:
+        """One-cycle's momentum cycle over the whole run, set on the engine now, before the
+        trunk: the probes gather their evidence under the momentum the run they continue
+        steps under. The shape decision records it."""
         if shape.value != "one_cycle" or not self.cycles_momentum:
             return shape, None
         from lrpilot.schedules import from_config
 
-        group = self.engine.optimizer.param_groups[0]
-        own = float(group["betas"][0] if "betas" in group else group["momentum"])
-        config = shapes.cycle_momentum(total, start, own if start > 0 else shapes.MOMENTUM_HIGH)
+        config = shapes.cycle_momentum(total)
         self.engine.adapter.set_momentum(from_config(config))
+        cycle = f"{shapes.MOMENTUM_HIGH} -> {shapes.MOMENTUM_LOW} -> {shapes.MOMENTUM_HIGH}"
         why = (
-            f"from step {start} on, {config['schedules'][-2]['lr']:g} -> {shapes.MOMENTUM_LOW} "
-            f"at the LR's peak -> {shapes.MOMENTUM_HIGH} by the end (one-cycle's momentum "
-            "cycle, as PyTorch's OneCycleLR and lrpilot fit's one_cycle; the optimizer's own "
-            "momentum / beta1 is replaced)"
+            f"{cycle}: down to {shapes.MOMENTUM_LOW} where the LR peaks, back up by the end, "
+            "from step 0 (probes included), as PyTorch's OneCycleLR and lrpilot fit's "
+            "one_cycle; the optimizer's own momentum / beta1 is replaced"
         )
-        reason = f"{shape.reason}; momentum cycle {config['schedules'][-2]['lr']:g} -> "
-        reason += f"{shapes.MOMENTUM_LOW} -> {shapes.MOMENTUM_HIGH}"
+        reason = f"{shape.reason}; momentum cycle {cycle}"
         return replace(shape, reason=reason, evidence={**shape.evidence, "momentum": why}), config
 
     def _schedule(self, segments: Sequence[shapes.Segment]) -> None:
@@ -330,6 +326,7 @@ class Prober:
         if plan.n1 == 0 or self.fixed_lr is not None:
             return self._no_search(prior, finder_samples, decisions)
         shape = choose_shape(plan.total_steps, plan.decided_at, self.user_shape)
+        shape, momentum = self._momentum(shape, plan.total_steps)
         # one-cycle: the probes hold at one-cycle's level at the decision point
         level = shapes.cycle_level(plan.decided_at, plan.total_steps)
         level = level if shape.value == "one_cycle" else 1.0
@@ -365,7 +362,6 @@ class Prober:
                 )
                 probes += r2
         decided_at = shapes.length(history)
-        shape, momentum = self._momentum(shape, plan.total_steps, decided_at)
         decisions.append(shape)
         held = best1.lr if best1 is not None and not plan.n2 else peak
         tail = shapes.final(peak, shape.value, decided_at, plan.total_steps, held * level)
@@ -419,9 +415,7 @@ class Prober:
             peak, why = DEFAULT_LR[self.family], f"{plan.reason}; the calibrated default"
         decisions.append(Decision("peak_lr", peak, why, {"prior": prior}))
         total = plan.full_steps  # nothing to decide: all the data from step 0
-        shape, momentum = self._momentum(
-            choose_shape(total, plan.warmup, self.user_shape), total, 0
-        )
+        shape, momentum = self._momentum(choose_shape(total, plan.warmup, self.user_shape), total)
         decisions.append(shape)
         level = shapes.cycle_level(plan.warmup, total)
         level = level if shape.value == "one_cycle" else 1.0

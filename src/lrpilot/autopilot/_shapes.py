@@ -104,30 +104,23 @@ def final(lr: float, shape: str, at: int, total: int, start: float | None = None
 MOMENTUM_LOW, MOMENTUM_HIGH = 0.85, 0.95
 
 
-def cycle_momentum(total: int, start: int = 0, first: float = MOMENTUM_HIGH) -> dict[str, Any]:
-    """One-cycle's momentum over a run of ``total`` steps, as a schedule config: ``first``
-    held for the ``start`` steps before the decision (the probes step under the optimizer's
-    own momentum), then cosine to ``MOMENTUM_LOW`` where the LR peaks (``ONE_CYCLE_PEAK``
-    of the run) and cosine up to ``MOMENTUM_HIGH`` by the end (Smith 2018, "A disciplined
-    approach to neural network hyper-parameters": a high LR with a low momentum, and the
-    reverse; PyTorch's ``OneCycleLR`` cycles 0.95 -> 0.85 -> 0.95 from step 0).
+def cycle_momentum(total: int) -> dict[str, Any]:
+    """One-cycle's momentum over a run of ``total`` steps, as a schedule config: cosine from
+    ``MOMENTUM_HIGH`` to ``MOMENTUM_LOW`` where the LR peaks (``ONE_CYCLE_PEAK`` of the
+    run), then cosine back up by the end (Smith 2018, "A disciplined approach to neural
+    network hyper-parameters": a high LR with a low momentum, and the reverse; PyTorch's
+    ``OneCycleLR`` with ``cycle_momentum``).
 
     >>> from lrpilot.schedules import from_config
     >>> m = from_config(cycle_momentum(100))
     >>> m(0), m(30), m(99) > 0.949
     (0.95, 0.85, True)
-    >>> m = from_config(cycle_momentum(100, start=10, first=0.9))
-    >>> m(9), m(10), m(30)
-    (0.9, 0.9, 0.85)
     """
-    peak = max(start + 1, min(total - 1, round(ONE_CYCLE_PEAK * total)))
-    down = {"name": "cosine", "lr": first, "final_lr": MOMENTUM_LOW, "steps": peak - start}
+    peak = max(1, min(total - 1, round(ONE_CYCLE_PEAK * total)))
+    down = {"name": "cosine", "lr": MOMENTUM_HIGH, "final_lr": MOMENTUM_LOW, "steps": peak}
     up = {"name": "cosine", "lr": MOMENTUM_LOW, "final_lr": MOMENTUM_HIGH}
     up["steps"] = max(1, total - peak)
-    if start <= 0:
-        return {"name": "join", "schedules": [down, up], "boundaries": [peak]}
-    held = {"name": "constant", "lr": first}
-    return {"name": "join", "schedules": [held, down, up], "boundaries": [start, peak]}
+    return {"name": "join", "schedules": [down, up], "boundaries": [peak]}
 
 
 def to_config(segments: Sequence[Segment]) -> dict[str, Any]:
