@@ -143,11 +143,10 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    # a9 (of record): a8b, and the one-cycle shape cycles the momentum from step 0;
-    # a9f: a9 with the cycle from the decision on only (the probes step under the
-    # optimizer's own momentum, as in a8b); a9: a8b, and the one-cycle shape cycles the momentum (SGD momentum / Adam beta1
-    # 0.95 -> 0.85 -> 0.95, as the grid's OneCycleLR) through probes and the final run;
-    # a8b: a8 with 3 candidates around a finder suggestion (4 without one), holds back to
+    # a9 (of record): a8b, and the one-cycle shape cycles the momentum (SGD momentum /
+    # Adam beta1 0.95 -> 0.85 -> 0.95, as the grid's OneCycleLR) from step 0, probes
+    # included; a9f: the same cycle from the decision on only (the probes step under the
+    # optimizer's own momentum, as in a8b); a8b: a8 with 3 candidates around a finder suggestion (4 without one), holds back to
     # 6-8%; a8: a7m, and the final run trains on the decision split too from the first
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale

@@ -335,3 +335,14 @@ def test_under_torchrun_the_autopilot_is_refused_before_anything_is_written(
         "and auto values in a fit config run in one process, not under torchrun)"
     ]
     assert not out.exists()
+
+
+def test_a_world_size_that_is_not_a_number_is_named(monkeypatch):
+    from lrpilot._distributed import launched_world_size
+    from lrpilot.errors import ConfigError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launched_world_size() == 1
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE='two' is not an integer"):
+        launched_world_size()

@@ -68,13 +68,24 @@ def current_env() -> DistEnv:
     return DistEnv()
 
 
+def launched_world_size() -> int:
+    """The processes ``torchrun`` launched (``WORLD_SIZE``; 1 when it is unset)."""
+    raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"WORLD_SIZE={raw!r} is not an integer; allowed: a process count >= 1"
+        ) from None
+
+
 def init_from_env(device: str = "auto") -> DistEnv:
     """Start the process group from ``torchrun``'s environment (see module docstring).
 
     Returns the environment; a no-op when ``WORLD_SIZE`` is unset or 1, or when a group
     already exists.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world <= 1:
         return DistEnv()
     if dist.is_initialized():

@@ -229,10 +229,10 @@ class Settings:
 def _check_one_process() -> None:
     """The autopilot runs in one process: its probes branch one engine, and its final run
     switches the training data (not under a process group)."""
-    import os
+    from lrpilot._distributed import launched_world_size
 
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.strip() not in ("", "1"):
+    world = launched_world_size()
+    if world != 1:
         raise ConfigError(
             f"WORLD_SIZE={world} is not supported by the autopilot; allowed: 1 (lrpilot auto "
             "and auto values in a fit config run in one process, not under torchrun)"

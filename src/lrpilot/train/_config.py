@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lrpilot._distributed import launched_world_size
 from lrpilot.batch.noise import parse_noise_scale
 from lrpilot.batch.scaling import parse_lr_scaling
 from lrpilot.errors import ConfigError, check_int, check_range, short_repr
@@ -445,7 +445,7 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
         device=_device(cfg.get("device", "auto")),
         lr_scaling=parse_lr_scaling(cfg.get("lr_scaling")),
         noise_scale=parse_noise_scale(
-            cfg.get("noise_scale"), cfg.get("accumulate", 1), int(os.environ.get("WORLD_SIZE", "1"))
+            cfg.get("noise_scale"), cfg.get("accumulate", 1), launched_world_size()
         ),
         loss=parse_loss(cfg.get("loss"), task),
         model=parse_model(cfg.get("model"), task),

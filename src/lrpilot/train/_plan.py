@@ -44,7 +44,7 @@ def plan_run(config: FitConfig | Mapping[str, Any], task: Task | None = None) ->
     task = task if task is not None else get_task(cfg.task)
     order = make_order(dataset_len(task.train_set), cfg.batch_size, cfg.accumulate, cfg.seed)
     spe = order.steps_per_epoch()
-    total = spe * cfg.epochs
+    total = order.total_steps(cfg.epochs)
     schedule, momentum, plateau = build_schedule(cfg, spe, total)
     effective = distributed.effective_batch(cfg.batch_size, cfg.accumulate)
     return RunPlan(
