@@ -240,3 +240,23 @@ def test_the_stall_rule_ends_a_hopeless_run_with_a_clear_message(tmp_path: Path)
         fit(config, tmp_path / "run", progress="none")
     history = History.read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [e["action"] for e in history.events][-1] == "guard_abort"
+
+
+def test_an_optimizer_factory_builds_the_optimizer_and_the_schedule_drives_it() -> None:
+    from lrpilot.schedules import from_config
+
+    made = []
+
+    def factory(groups):  # type: ignore[no-untyped-def]
+        opt = torch.optim.Adagrad(groups, lr=123.0)
+        made.append(opt)
+        return opt
+
+    schedule = {"name": "linear", "start_lr": 0.1, "end_lr": 0.0, "steps": 10}
+    cfg = parse_config({"task": "mnist1d-mlp", "epochs": 1, "device": "cpu", "schedule": schedule})
+    engine = Engine(cfg, optimizer_factory=factory)
+    assert made == [engine.optimizer] and isinstance(engine.optimizer, torch.optim.Adagrad)
+    ref = from_config(schedule)
+    assert engine.optimizer.param_groups[0]["lr"] == ref(0)
+    engine.run_steps(3)
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(ref(3))

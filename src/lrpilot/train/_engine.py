@@ -190,13 +190,13 @@ class Engine(LaggedSteps):
     ) -> torch.optim.Optimizer:
         """``factory(groups)``, else ``cfg.optimizer`` with its kernel resolved for the
         model's parameters (:func:`lrpilot.optim.resolve_implementation`)."""
+        if factory is not None:
+            return factory(groups)  # its own kernel: nothing of cfg.optimizer to resolve
         implementation = resolve_implementation(
             self.cfg.optimizer.implementation,
             [p for group in groups for p in group["params"]],
             sparse_grads=makes_sparse_grads(self.model),
         )
-        if factory is not None:
-            return factory(groups)
         return build_optimizer(self.cfg, groups, implementation)
 
     def _choose_lagged(self, forced: bool | None) -> bool:
