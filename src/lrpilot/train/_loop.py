@@ -193,7 +193,6 @@ def _start(
                 trainer.guard.guard.initial_level = float(prepared.initial_loss)
             if prepared.train_data is not None:
                 trainer.engine.switch_data(*prepared.train_data)
-                trainer.task = trainer.engine.task
         # the prepare step keeps its own record; the loop resumes once it had started
         resume = resume and (run_dir / "config.yaml").is_file()
         check_run_dir(run_dir, cfg, resume)
@@ -221,7 +220,7 @@ class _Run:
         notes: Sequence[str] = (),
     ) -> None:
         # Build (and validate) everything before the run directory is touched.
-        self.cfg, self.task, self.run_dir = cfg, task, run_dir
+        self.cfg, self.run_dir = cfg, run_dir
         #: run.json's content (run id, config fingerprint, threads, device, torch)
         self.identity = identity or {"run_id": None, "config": None}
         #: what the start of the run said (resume notes), kept in summary.json
