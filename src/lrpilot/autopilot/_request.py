@@ -193,14 +193,15 @@ class Settings:
         evidence.update(rule=c.rule, lr_factor=c.lr_factor, lr=applied, samples=c.samples)
         return Decision("batch_size", c.effective, c.reason, evidence)
 
-    def report(self, outcome: Outcome, store: ProbeStore) -> dict[str, Any]:
-        """``autopilot.json`` before the final run (the compute is added after it)."""
+    def report(self, outcome: Outcome, store: ProbeStore, final: Any) -> dict[str, Any]:
+        """``autopilot.json`` before the final run (the compute is added after it);
+        ``final``: the final run's config (:meth:`final_config`)."""
         decisions = [d.to_dict() for d in outcome.decisions]
         from lrpilot.train._builders import schedule_mapping
 
         # the schedule trained with (restart: the user's, the peak filled in; else the
         # trajectory and its momentum cycle)
-        schedule: dict[str, Any] = schedule_mapping(self.final_config(outcome))
+        schedule: dict[str, Any] = schedule_mapping(final)
         if self.mode == "restart":
             decisions = [d for d in decisions if d["name"] != "schedule"]
             why = "fixed by the user; the final run trains from step 0 under it at the chosen peak"
