@@ -120,6 +120,16 @@ def test_first_round_uses_a_usable_suggestion_else_the_default():
     assert "noisy" in noisy.reason
     sgd = first_round({}, "sgd", 4)
     assert DEFAULT_LR["sgd"] in sgd.value
+    # without a suggestion the ladder spans the same 1.5 decades at any size, evenly
+    for family, n in itertools.product(("adam", "sgd"), (2, 3, 4, 5)):
+        lrs = first_round({"verdict": "noisy"}, family, n).value
+        assert lrs == sorted(lrs) and len(lrs) == n
+        assert lrs[-1] / lrs[0] == pytest.approx(10**1.5, rel=1e-3)
+        ratios = [b / a for a, b in itertools.pairwise(lrs)]
+        assert ratios == pytest.approx([ratios[0]] * (n - 1), rel=1e-3)
+        assert lrs[0] == pytest.approx(
+            DEFAULT_LR[family] * (1 if family == "adam" else 10**-0.5), rel=1e-3
+        )
     nan = first_round({"verdict": "ok", "suggestion": NAN}, "sgd", 3)
     assert "no usable suggestion" in nan.reason
 

@@ -93,6 +93,33 @@ def test_compute_multiple_recomputed_from_the_recorded_candidates(run_dir):
     assert info["compute"]["compute_multiple"] <= info["budget"] + 1e-9
 
 
+def test_the_final_runs_guard_may_replay_only_what_the_budget_left(run_dir):
+    """``guard.max_replay`` is the budget's steps left after the run (no rescue here, so
+    the run spent ``compute_multiple``; the plan counts an epoch's last, smaller batch as a
+    full one: up to one step per epoch less), and ``snapshot_every`` fits two rescues."""
+    info = json.loads((run_dir / "autopilot.json").read_text())
+    guard = yaml.safe_load((run_dir / "config.yaml").read_text())["guard"]
+    assert json.loads((run_dir / "summary.json").read_text())["guard"]["rescues"] == 0
+    one_run = info["epochs"] * info["decision_split"]["of"]
+    left_steps = (
+        (info["budget"] - info["compute"]["compute_multiple"]) * one_run / info["batch_size"]
+    )
+    assert left_steps - info["epochs"] - 1 <= guard["max_replay"] <= left_steps
+    assert guard["snapshot_every"] == max(1, min(50, guard["max_replay"] // 4))
+
+
+def test_a_guard_setting_the_user_fixed_is_kept(tmp_path):
+    import lrpilot
+
+    result = lrpilot.auto(
+        "mnist1d-mlp", epochs=2, out_dir=tmp_path / "r", progress="none",
+        fit_config={"guard": {"snapshot_every": 7, "max_rescues": 3}},
+    )  # fmt: skip
+    guard = yaml.safe_load((result.run_dir / "config.yaml").read_text())["guard"]
+    assert (guard["snapshot_every"], guard["max_rescues"]) == (7, 3)
+    assert guard["max_replay"] is not None  # not fixed: sized to the budget
+
+
 def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
     info = json.loads((run_dir / "autopilot.json").read_text())
     probes = [Probe.from_dict(c) for c in info["candidates"]]

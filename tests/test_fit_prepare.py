@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lrpilot.train import fit, parse_config
 
@@ -76,12 +77,40 @@ def test_the_loop_continues_where_prepare_left_the_engine(tmp_path: Path) -> Non
     assert result.summary["samples_seen"] == 4000  # every sample of the epoch, once
 
 
-def test_prepare_may_change_only_the_lr_and_the_schedule(tmp_path: Path) -> None:
+def test_prepare_may_change_only_the_lr_the_schedule_and_the_guards_replay(
+    tmp_path: Path,
+) -> None:
     def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
         return parse_config({**FAST, "epochs": 2})
 
     with pytest.raises(
-        ValueError, match=r"only optimizer\.lr and schedule; changed: epochs: 1 -> 2"
+        ValueError,
+        match=r"only optimizer\.lr, schedule, guard\.snapshot_every and guard\.max_replay; "
+        r"changed: epochs: 1 -> 2",
     ):
         fit(FAST, tmp_path / "run", progress="none", prepare=prepare)
     assert not (tmp_path / "run").exists()
+
+
+def test_prepare_sets_the_guards_snapshot_interval_and_replay_limit(tmp_path: Path) -> None:
+    """The loop's guard takes the prepared config's ``snapshot_every`` and ``max_replay``
+    (the autopilot sizes them to its budget): a NaN planted at step 11, after 3 prepared
+    steps, is rescued from a step snapshot (the run's own ``snapshot_every`` of 50 has only
+    the fit's first one, step 3) without running steps again (``max_replay: 0``)."""
+    import math
+
+    from test_fit_syncfree import PlantedLoss, config, make_task
+
+    task = make_task(PlantedLoss({11}, math.nan))
+    cfg = config()
+
+    def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
+        engine.run_steps(3)  # a kept trainer: its guard callback is updated in place
+        return parse_config({**cfg, "guard": {"snapshot_every": 2, "max_replay": 0}}, task=task)
+
+    result = fit(cfg, tmp_path / "run", task=task, progress="none", prepare=prepare)
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())["guard"]
+    assert (saved["snapshot_every"], saved["max_replay"]) == (2, 0)
+    (rescue,) = [e for e in result.summary["guard"]["actions"] if e["action"] == "guard_rescue"]
+    assert rescue["step"] == 11 and rescue["restored_step"] == 7
+    assert rescue["replayed"] is False and result.summary["steps_rewound"] == 0

@@ -60,6 +60,10 @@ LADDER_STEP = 10**0.5
 REFINE_STEP = 10**0.25
 #: the calibrated defaults the autopilot falls back to (AlgoPerf's "one good default")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+#: the first round's range without a finder suggestion: the 4-step half-decade ladder's
+#: (fewer candidates make it coarser, not shorter: 3 once spanned 1e-3 to 1e-2 for Adam, and
+#: a GRU whose optimum was 0.1 learned at none of them)
+NO_PRIOR_SPAN = 10**1.5
 
 
 @dataclass(frozen=True)
@@ -410,8 +414,12 @@ def first_round(prior: Mapping[str, Any], family: str, n: int) -> Decision:
     A usable suggestion centres the ladder on it (the finder's interval is only a prior: on
     kinds it was not calibrated on it is often 4x off, so the ladder spans about
     ``(n - 1) / 2`` half-decades on each side). Without one (``noisy``, ``flat``, no sweep)
-    the ladder starts at the calibrated default and goes up (the default is conservative
-    for Adam on small models, rarely too high for SGD at batch 64); the reason says which.
+    the ladder spans :data:`NO_PRIOR_SPAN` evenly for any ``n``: Adam from the calibrated
+    default up (conservative on small models), SGD from a half decade below it (rarely too
+    high at batch 64). The reason says which.
+
+    >>> first_round({"verdict": "noisy"}, "adam", 3).value
+    [0.001, 0.005623, 0.03162]
     """
     verdict = prior.get("verdict")
     sugg = prior_lr(prior)
@@ -420,11 +428,11 @@ def first_round(prior: Mapping[str, Any], family: str, n: int) -> Decision:
         why = f"half-decade ladder centred on the finder's suggestion {sugg:.3g}"
     else:
         base = DEFAULT_LR[family]
-        skew = (n - 1) // 2 if family == "adam" else 0
-        lrs = ladder(base, n, skew=skew)
+        low = base if family == "adam" else base / LADDER_STEP
+        lrs = [float(f"{low * NO_PRIOR_SPAN ** (i / max(n - 1, 1)):.4g}") for i in range(n)]
         why = (
-            f"finder gave no usable suggestion (verdict {verdict!r}); half-decade ladder "
-            f"from the calibrated default {base:g}"
+            f"finder gave no usable suggestion (verdict {verdict!r}); {n} LRs from "
+            f"{lrs[0]:.3g} to {lrs[-1]:.3g} around the calibrated default {base:g}"
         )
     return Decision("round1_candidates", lrs, why, {"prior": dict(prior), "family": family})
 

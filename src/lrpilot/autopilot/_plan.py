@@ -60,8 +60,12 @@ WARMUP_FRACTION = 0.05
 MIN_BUDGET = 1.0
 #: the part of the budget a plan with probes leaves unplanned, for the divergence guard's
 #: replays (a rescue goes back to its last good snapshot and ``compute_multiple`` counts
-#: the steps again): on the panel, runs with 1-2 rescues spent 0.02-0.1 over their plan
+#: the steps again): on the panel, runs with 1-2 rescues spent 0.02-0.1 over their plan.
+#: The final run's ``guard.max_replay`` is what is left (past it a rescue does not replay),
+#: so ``compute_multiple`` never exceeds the budget
 RESCUE_RESERVE = 0.05
+#: rescues the final run's leftover budget is sized for (:func:`rescue_snapshot_every`)
+RESERVED_RESCUES = 2
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,26 @@ def no_probe_plan(n_full: int, n_fit: int, batch: int, epochs: int, reason: str)
     return ProbePlan(
         epochs * spe_full, spe, warm, 0, 0, 0, 0, 0, 0, False, 1.0, reason, 0, epochs * spe_full
     )
+
+
+def rescue_snapshot_every(left_samples: float, step_samples: int, default: int) -> int:
+    """The final run's ``guard.snapshot_every`` so that :data:`RESERVED_RESCUES` rescues fit
+    in what its budget left: a rescue goes back to the older of the guard's two snapshots,
+    so it redoes at most about ``2 x snapshot_every`` steps, which ``compute_multiple``
+    counts. ``left_samples``: ``budget x one run`` minus what was spent and what the rest
+    of the run will spend without a rescue.
+
+    ``snapshot_every = clamp(floor(left / step_samples / (2 x RESERVED_RESCUES)), 1, default)``
+
+    >>> rescue_snapshot_every(0.06 * 60_000, step_samples=64, default=50)  # a 15-epoch run
+    14
+    >>> rescue_snapshot_every(0.05 * 16_000, step_samples=256, default=50)  # 63 steps in all
+    1
+    """
+    if step_samples < 1:
+        raise ValueError(f"step_samples={step_samples!r} is out of range; allowed: [1, inf]")
+    steps = max(0.0, left_samples) / step_samples
+    return max(1, min(default, int(steps // (2 * RESERVED_RESCUES))))
 
 
 def compute_multiple(

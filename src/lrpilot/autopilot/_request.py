@@ -146,10 +146,42 @@ class Settings:
         )  # fmt: skip
         return self.task.train_set, order
 
-    def final_config(self, outcome: Outcome) -> Any:
+    def rescue_guard(self, outcome: Outcome, step: int) -> dict[str, int]:
+        """The final run's guard settings, from ``step`` on, that keep its rescues within
+        the budget: ``max_replay``, the steps the budget has left to run again, and
+        ``snapshot_every`` so that two rescues fit in them
+        (:func:`~lrpilot.autopilot._plan.rescue_snapshot_every`); a key the user's
+        ``guard`` fixes is left out, and so is everything when the guard is off."""
+        from lrpilot.autopilot._plan import compute_multiple, rescue_snapshot_every
+
+        guard = self.base.get("guard")
+        fixed = dict(guard) if isinstance(guard, Mapping) else {}
+        if not self.cfg.guard.enabled:
+            return {}
+        step_samples = self.batch * self.accumulate
+        rest = self.final_data(outcome)[1].total_steps(self.epochs) - step
+        spent = self.one_run * compute_multiple(
+            outcome.probes, outcome.trunk_samples, 0, self.one_run,
+            outcome.finder_samples + self.batch_samples,
+        )  # fmt: skip
+        left = self.budget * self.one_run - spent - rest * step_samples
+        out = {
+            "max_replay": max(0, int(left // step_samples)),
+            "snapshot_every": rescue_snapshot_every(
+                left, step_samples, self.cfg.guard.snapshot_every
+            ),
+        }
+        return {k: v for k, v in out.items() if k not in fixed}
+
+    def final_config(self, outcome: Outcome, guard: Mapping[str, int] | None = None) -> Any:
+        """The final run's ``lrpilot fit`` config: the chosen peak and schedule (restart:
+        the user's); ``guard``: settings added to its guard's (:meth:`rescue_guard`)."""
         from lrpilot.train._config import parse_config
 
         raw = {**self.base, "optimizer": {**self.opt, "lr": outcome.peak}}
+        if guard:
+            given = self.base.get("guard")
+            raw["guard"] = {**(dict(given) if isinstance(given, Mapping) else {}), **guard}
         if self.mode == "restart":
             raw["schedule"] = self.fixed_schedule
         else:

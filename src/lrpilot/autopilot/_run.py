@@ -143,7 +143,7 @@ def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks,
             engine.set_schedule(shapes.to_schedule([(int(n), p) for n, p in taken]))
             engine.restore(store.get_snapshot("start"))
             outcome = replace(outcome, switch_epoch=0)  # a new run: all the data at once
-        final = st.final_config(outcome)
+        final = st.final_config(outcome, st.rescue_guard(outcome, engine.state.step))
         held.update(outcome=outcome, at=engine.state.samples, info=st.report(outcome, store, final))
         write_plan_report(rd, held["info"], outcome)
         # the final run starts from a trained state: its guard's stall rule compares with

@@ -32,6 +32,7 @@ from lrpilot.train._checkpoint import (
 from lrpilot.train._early_stop import BestTracker
 from lrpilot.train._engine import Engine
 from lrpilot.train._guard import DIVERGED, OK, STALL_BLOCKS, DivergenceGuard, copy_into
+from lrpilot.train._summary import steps_rewound
 
 #: ``checkpoint_every: auto`` writes a checkpoint when this much wall time has passed since
 #: the last one (checked after every optimizer step), and always at the end of the run
@@ -93,8 +94,16 @@ class PlateauCallback(Callback):
 class GuardCallback(Callback):
     """The divergence guard in the loop (rule: :mod:`lrpilot.train._guard`)."""
 
-    def __init__(self, guard: DivergenceGuard, factor: float, snapshot_every: int) -> None:
+    def __init__(
+        self,
+        guard: DivergenceGuard,
+        factor: float,
+        snapshot_every: int,
+        max_replay: int | None = None,
+    ) -> None:
         self.guard, self.factor, self.snapshot_every = guard, factor, snapshot_every
+        #: steps the rescues may run again in all (None: no limit; ``guard.max_replay``)
+        self.max_replay = max_replay
         # the last two good states (a rescue restores the older one); CPU copies
         self.snapshots: list[dict] = []
         self._weights: list[Any] = []
@@ -178,23 +187,40 @@ class GuardCallback(Callback):
         snapshot = self.snapshots[0]
         self.snapshots = [snapshot]
         new_scale = adapter.lr_scale * self.factor
-        engine.restore(snapshot)
+        replay = self.may_replay(engine, snapshot["step"])
+        engine.restore(snapshot, weights_only=not replay)
         adapter.set_lr_scale(new_scale)  # re-writes the LRs (and momentum) now
         guard.record_rescue()
         event = {**base, "action": "guard_rescue", "reason": reason, "loss": outcome.loss}
         event.update(
             restored_step=snapshot["step"],
+            replayed=replay,
             schedule_step=adapter.last_epoch,
             lr_scale=new_scale,
             lr=engine.optimizer.param_groups[0]["lr"],
             rescue=guard.rescues,
         )
+        back = (
+            f"back to the state of step {snapshot['step']}"
+            if replay
+            else f"the weights of step {snapshot['step']} put back, on from step {state.step} "
+            f"(guard.max_replay={self.max_replay} leaves no room to run the steps again)"
+        )
         engine.record_event(
             event,
             f"lrpilot fit: guard rescue {guard.rescues}/{guard.max_rescues} at step "
-            f"{state.step} ({reason}); back to the state of step {snapshot['step']}, "
-            f"schedule scaled by {new_scale:g}",
+            f"{state.step} ({reason}); {back}, schedule scaled by {new_scale:g}",
         )
+
+    def may_replay(self, engine: Engine, restored_step: int) -> bool:
+        """Whether going back to the snapshot of ``restored_step`` keeps the steps run
+        again within ``max_replay`` (:func:`~lrpilot.train._summary.steps_rewound` of the
+        rescues so far and this one)."""
+        if self.max_replay is None:
+            return True
+        rescues = [e for e in engine.state.events if e.get("action") == "guard_rescue"]
+        rescues.append({"step": engine.state.step, "restored_step": restored_step})
+        return steps_rewound(rescues) <= self.max_replay
 
 
 class BestCallback(Callback):

@@ -109,6 +109,7 @@ GUARD_KEYS = (
     "horizon",
     "min_history",
     "snapshot_every",
+    "max_replay",
     "rebound",
     "rebound_progress",
 )
@@ -162,6 +163,9 @@ class GuardConfig:
     horizon: int = 10
     min_history: int = 3
     snapshot_every: int = 50
+    #: steps the rescues may run again in all (None: no limit); past it a rescue puts back
+    #: the good weights and goes on from the current step (a compute budget: lrpilot auto)
+    max_replay: int | None = None
     rebound: float | None = 0.8
     rebound_progress: float = 6.0
 
@@ -323,6 +327,9 @@ def _guard(raw: Any) -> GuardConfig:
         snapshot_every=check_int(
             "guard.snapshot_every", g.get("snapshot_every", d.snapshot_every), low=1
         ),
+        max_replay=None
+        if g.get("max_replay", d.max_replay) is None
+        else check_int("guard.max_replay", g.get("max_replay"), low=0),
         rebound=None
         if g.get("rebound", d.rebound) is None
         else check_range(

@@ -435,15 +435,21 @@ class Engine(LaggedSteps):
             )
         return snap
 
-    def restore(self, snap: dict) -> None:
+    def restore(self, snap: dict, *, weights_only: bool = False) -> None:
         """Put a :meth:`snapshot` back (the snapshot stays usable). A snapshot without the
-        counters (the guard's) keeps the global step counting."""
+        counters (the guard's) keeps the global step counting. ``weights_only``: only the
+        model, optimizer and scaler state; the schedule and data positions stay, so the
+        steps since the snapshot are not redone (queued lagged steps are dropped)."""
         restore_snapshot(snap, self.model, self.optimizer)
+        if self.scaler is not None and snap["scaler"] is not None:
+            self.scaler.load_state_dict(snap["scaler"])
+        if weights_only:
+            self._launched.clear()
+            self._ready.clear()
+            return
         if "schedule_fn" in snap:
             self.set_schedule(snap["schedule_fn"])
         self.adapter.load_state_dict(snap["schedule"])
-        if self.scaler is not None and snap["scaler"] is not None:
-            self.scaler.load_state_dict(snap["scaler"])
         state = self.state
         state.epoch = snap["epoch"]
         state.micro = snap["micro"]

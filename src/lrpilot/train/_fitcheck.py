@@ -20,8 +20,8 @@ from lrpilot.train._sources import load_yaml
 class Prepared:
     """What a ``prepare`` step hands to fit's loop.
 
-    ``config``: the config the loop runs under (only ``optimizer.lr`` and ``schedule`` may
-    differ from the run's). ``initial_loss``: for a run that starts from a trained state,
+    ``config``: the config the loop runs under (only ``optimizer.lr``, ``schedule``,
+    ``guard.snapshot_every`` and ``guard.max_replay`` may differ from the run's). ``initial_loss``: for a run that starts from a trained state,
     the loss of the model as initialised, which the guard's stall rule compares with
     (``None``: the loop's own first loss). ``train_data``: ``(dataset, order)`` the loop
     trains on from the prepared state on (:meth:`lrpilot.train.Engine.switch_data`; the
@@ -74,15 +74,19 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def check_prepared(built: FitConfig, prepared: FitConfig) -> None:
-    """``prepare`` may set the LR and the schedule only (the engine was built for the rest)."""
+    """``prepare`` may set the LR, the schedule and the guard's snapshot interval and replay
+    limit only (the engine was built for the rest)."""
     a, b = built.to_dict(), prepared.to_dict()
     for d in (a, b):
         d.pop("schedule")
         d["optimizer"].pop("lr")
+        d["guard"].pop("snapshot_every")
+        d["guard"].pop("max_replay")
     diff = config_diff(b, a)
     if diff:
         raise ValueError(
-            "prepare may change only optimizer.lr and schedule; changed: " + "; ".join(diff)
+            "prepare may change only optimizer.lr, schedule, guard.snapshot_every and "
+            "guard.max_replay; changed: " + "; ".join(diff)
         )
 
 

@@ -45,7 +45,9 @@ no later snapshot could follow it, so it could never be the older one (with 63 s
 epoch and ``snapshot_every = 50`` that halves the snapshots and changes no rescue). The
 whole schedule is then multiplied by ``factor`` (``ScheduleAdapter.set_lr_scale``) and
 training goes on from there, so the rewound steps are redone at the lower LR and the run
-still ends where its schedule ends.
+still ends where its schedule ends. With ``max_replay`` (steps the rescues may redo in all)
+a rescue past it puts back only the snapshot's weights and optimizer state and goes on from
+the current step (``"replayed": false``): a compute budget is kept (``lrpilot auto``).
 The global step counter keeps counting (``metrics.jsonl`` never repeats a step; the
 rewound steps show in ``steps_run``). Each rescue is a ``guard_rescue`` event; after
 ``max_rescues`` of them the next divergence raises ``TrainingAborted``.

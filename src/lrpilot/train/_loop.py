@@ -189,8 +189,11 @@ def _start(
                     task = replace(task, train_set=prepared.train_data[0])
                 trainer = _Run(cfg, task, run_dir, progress, callbacks)
             trainer.cfg = cfg
-            if prepared.initial_loss is not None and trainer.guard is not None:
-                trainer.guard.guard.initial_level = float(prepared.initial_loss)
+            if trainer.guard is not None:
+                trainer.guard.snapshot_every = cfg.guard.snapshot_every
+                trainer.guard.max_replay = cfg.guard.max_replay
+                if prepared.initial_loss is not None:
+                    trainer.guard.guard.initial_level = float(prepared.initial_loss)
             if prepared.train_data is not None:
                 trainer.engine.switch_data(*prepared.train_data)
         # the prepare step keeps its own record; the loop resumes once it had started
@@ -242,7 +245,7 @@ class _Run:
                 rebound=g.rebound,
                 rebound_progress=g.rebound_progress,
             )
-            self.guard = GuardCallback(rule, g.factor, g.snapshot_every)
+            self.guard = GuardCallback(rule, g.factor, g.snapshot_every, g.max_replay)
         es = cfg.early_stopping
         if es is not None:
             tracker = BestTracker(es.monitor, es.mode, patience=es.patience, min_delta=es.min_delta)

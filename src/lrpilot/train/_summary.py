@@ -50,14 +50,20 @@ def atomic_json(obj: Any, path: Path) -> None:
 def steps_rewound(rescues: list[dict]) -> int:
     """Optimizer steps run again because of guard rescues: a rescue at step ``s`` back to
     the snapshot taken at step ``r`` discards the steps since that state was last current,
-    ``r`` or the step of an earlier rescue back to the same snapshot.
+    ``r`` or the step of an earlier rescue back to the same snapshot. A rescue that put
+    back only the weights (``"replayed": false``, ``guard.max_replay``) runs nothing again.
 
     >>> steps_rewound([{"step": 20, "restored_step": 16}, {"step": 24, "restored_step": 16}])
+    8
+    >>> steps_rewound([{"step": 20, "restored_step": 16, "replayed": False},
+    ...                {"step": 24, "restored_step": 16}])
     8
     """
     current_at: dict[int, int] = {}
     total = 0
     for event in rescues:
+        if event.get("replayed") is False:
+            continue
         step, restored = int(event["step"]), int(event["restored_step"])
         total += step - current_at.get(restored, restored)
         current_at[restored] = step
