@@ -143,7 +143,10 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    # a9 (of record): a8b, and the one-cycle shape cycles the momentum (SGD momentum /
+    # a10 (of record): a9, and the final run's guard replays only what the budget left
+    # (guard.max_replay; snapshot_every sized for two rescues); without a finder suggestion
+    # the first round spans 1.5 decades at any size (4 candidates: a9's ladder);
+    # a9: a8b, and the one-cycle shape cycles the momentum (SGD momentum /
     # Adam beta1 0.95 -> 0.85 -> 0.95, as the grid's OneCycleLR) from step 0, probes
     # included; a9f: the same cycle from the decision on only (the probes step under the
     # optimizer's own momentum, as in a8b); a8b: a8 with 3 candidates around a finder suggestion (4 without one), holds back to
@@ -151,7 +154,7 @@ METHOD_VERSION = {
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
     # floor); a7: the same method before that rebase
-    "auto": "a9",
+    "auto": "a10",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",
