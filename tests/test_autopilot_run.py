@@ -106,6 +106,11 @@ def test_the_final_runs_guard_may_replay_only_what_the_budget_left(run_dir):
     )
     assert left_steps - info["epochs"] - 1 <= guard["max_replay"] <= left_steps
     assert guard["snapshot_every"] == max(1, min(50, guard["max_replay"] // 4))
+    recorded = info["rescue_budget"]
+    assert (recorded["max_replay"], recorded["snapshot_every"]) == (
+        guard["max_replay"],
+        guard["snapshot_every"],
+    )
 
 
 def test_a_guard_setting_the_user_fixed_is_kept(tmp_path):

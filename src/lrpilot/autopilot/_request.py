@@ -256,6 +256,12 @@ class Settings:
             "schedule": schedule,
             "decided_at_step": 0 if self.mode == "restart" else outcome.decided_at,
             "initial_score": store.state.get("initial_score"),
+            "rescue_budget": {
+                "max_replay": final.guard.max_replay,
+                "snapshot_every": final.guard.snapshot_every,
+                "reason": "the final run's guard may run again only the steps the budget "
+                "leaves after the plan; its snapshots are spaced so that two rescues fit",
+            },
         }
 
 

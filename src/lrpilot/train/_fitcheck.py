@@ -21,9 +21,10 @@ class Prepared:
     """What a ``prepare`` step hands to fit's loop.
 
     ``config``: the config the loop runs under (only ``optimizer.lr``, ``schedule``,
-    ``guard.snapshot_every`` and ``guard.max_replay`` may differ from the run's). ``initial_loss``: for a run that starts from a trained state,
-    the loss of the model as initialised, which the guard's stall rule compares with
-    (``None``: the loop's own first loss). ``train_data``: ``(dataset, order)`` the loop
+    ``guard.snapshot_every`` and ``guard.max_replay`` may differ from the run's).
+    ``initial_loss``: for a run that starts from a trained state, the loss of the model as
+    initialised, which the guard's stall rule compares with (``None``: the loop's own first
+    loss). ``train_data``: ``(dataset, order)`` the loop
     trains on from the prepared state on (:meth:`lrpilot.train.Engine.switch_data`; the
     order gives the epoch in progress the samples it had), e.g. the autopilot's whole
     training set once its decisions are made; ``None``: the task's.
