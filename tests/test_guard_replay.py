@@ -82,3 +82,20 @@ def test_steps_rewound_skips_rescues_that_did_not_replay() -> None:
 def test_max_replay_must_be_a_non_negative_integer(bad) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=r"guard\.max_replay"):
         parse_config({"task": "mnist1d-mlp", "guard": {"max_replay": bad}})
+
+
+def test_a_weights_only_rescue_on_the_lagged_path_ends_finite(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The sync-free engine (forced on the CPU) learns of the NaN late: the queued steps
+    after it are dropped with the weights they made, and nothing is run again."""
+    import lrpilot.train._engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_FORCE_LAGGED", True)
+    task = make_task(PlantedLoss({11}, math.nan))
+    cfg = config(guard={"snapshot_every": 4, "max_replay": 0})
+    result = fit(cfg, tmp_path / "r", task=task, progress="none")
+    (rescue,) = _rescues(result)
+    assert rescue["replayed"] is False and rescue["restored_step"] < 11
+    s = result.summary
+    assert s["steps_rewound"] == 0 and s["steps_run"] == s["steps_planned"]
+    assert s["status"] == "completed"
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
