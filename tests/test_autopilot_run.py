@@ -378,3 +378,49 @@ def test_a_world_size_that_is_not_a_number_is_named(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match=r"WORLD_SIZE='two' is not an integer"):
         launched_world_size()
+
+
+def _friedman_regression():  # type: ignore[no-untyped-def]
+    """A regression task (Friedman #1, tanh MLP, MSE): SGD at LR 1.0 with momentum 0.9
+    overflows its loss to inf within a probe's hold."""
+    from sklearn.datasets import make_friedman1
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from lrpilot.tasks import Task
+
+    x_np, y_np = make_friedman1(n_samples=5000, n_features=10, noise=0.5, random_state=0)
+    x = torch.tensor(x_np, dtype=torch.float32)
+    y = torch.tensor(y_np, dtype=torch.float32).unsqueeze(1)
+    y = (y - y[:4000].mean()) / y[:4000].std()
+    return Task(
+        name="friedman",
+        build_model=lambda: nn.Sequential(
+            nn.Linear(10, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+        ),
+        train_set=TensorDataset(x[:4000], y[:4000]),
+        val_set=TensorDataset(x[4000:], y[4000:]),
+        loss_fn=torch.nn.functional.mse_loss,
+    )
+
+
+def test_a_candidate_whose_loss_overflows_is_recorded_as_diverged(tmp_path, capsys):
+    """Regression, no finder suggestion (the sweep is ``noisy``): the ladder's top, 1.0,
+    diverges to an infinite loss. The report stays strict JSON (the non-finite values are
+    ``null``; it used to raise ``ValueError`` writing ``inf``), the decision is re-derived
+    from it, and the run trains at a finite LR below the failure."""
+    import lrpilot
+
+    task = _friedman_regression()
+    sgd = {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
+    result = lrpilot.auto(task, optimizer=sgd, epochs=4, batch_size=32, out_dir=tmp_path / "r")
+    text = (tmp_path / "r" / "autopilot.json").read_text()
+    info = json.loads(text)  # strict: json.loads accepts Infinity, so check the text too
+    assert "Infinity" not in text and "NaN" not in text
+    diverged = [c for c in info["candidates"] if c["diverged"]]
+    assert diverged and all(c["score"] is None for c in diverged)
+    probes = [Probe.from_dict(c) for c in info["candidates"]]
+    recorded = next(d["value"] for d in info["decisions"] if d["name"] == "peak_lr")
+    assert choose_peak(probes).value == recorded < min(c["lr"] for c in diverged)
+    assert math.isfinite(result.summary["final"]["val_loss"])
+    assert result.summary["status"] == "completed"

@@ -11,7 +11,12 @@ from lrpilot._atomic_io import atomic_write_bytes
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes((json.dumps(obj, indent=2, allow_nan=False) + "\n").encode(), path)
+    """Strict JSON: a non-finite number (a diverged candidate's loss in the evidence) is
+    written as ``null``."""
+    from lrpilot.finder.result import json_safe
+
+    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(text.encode(), path)
 
 
 def write_plan_report(run_dir: Path, info: dict, outcome: Any) -> None:

@@ -89,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
             "compute_multiple": info["compute"]["compute_multiple"],
             "summary": result.summary,
         }
-        print(json.dumps(payload, indent=2))
+        from lrpilot.finder.result import json_safe
+
+        print(json.dumps(json_safe(payload), indent=2, allow_nan=False))
         return 0
     from rich.console import Console
     from rich.table import Table
