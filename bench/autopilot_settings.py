@@ -16,6 +16,8 @@ decay 1e-2):
 * F: digits-cnn-nobn / SGD, 30 epochs, batch 128
 * G: synth-mlp-ln / AdamW, 3 epochs, batch 256
 * H: mnist1d-cnn / AdamW, 10 epochs, batch 512
+* I: friedman-mlp / AdamW, 10 epochs, batch 64 (regression: validation MSE, lower is better)
+* J: friedman-mlp / SGD, 20 epochs, batch 32
 
 Columns: the grid (one-cycle and warmup (1 epoch) + cosine at half-decade peaks, SGD
 0.01-3.16, AdamW 3e-4-0.1; its best (schedule, LR) by mean), the calibrated default (SGD 0.1
@@ -64,7 +66,11 @@ SETTINGS: dict[str, dict] = {
     "F": {"task": "heldout_tasks:digits_cnn_nobn", "opt": "sgd", "epochs": 30, "batch": 128},
     "G": {"task": "heldout_tasks:synth_mlp_ln", "opt": "adamw", "epochs": 3, "batch": 256},
     "H": {"task": "mnist1d-cnn", "opt": "adamw", "epochs": 10, "batch": 512},
+    "I": {"task": "heldout_tasks:friedman_mlp", "opt": "adamw", "epochs": 10, "batch": 64},
+    "J": {"task": "heldout_tasks:friedman_mlp", "opt": "sgd", "epochs": 20, "batch": 32},
 }
+#: settings scored by a validation loss (lower is better): the table prints the loss
+LOSS_SCORED = ("tiny_lm", "friedman_mlp")
 GRID_LRS = {
     "sgd": (0.01, 0.0316, 0.1, 0.316, 1.0, 3.16),
     "adamw": (0.0003, 0.001, 0.00316, 0.01, 0.0316, 0.1),
@@ -83,8 +89,9 @@ def optimizer_config(kind: str, lr: float | None = None) -> dict:
 
 
 def score_of(summary: dict) -> float:
-    """Validation accuracy in %, or minus the validation loss (tiny-lm): higher is better;
-    a run that ended non-finite or was aborted scores -99 (tiny-lm) or 10 (chance)."""
+    """Validation accuracy in %, or minus the validation loss (tiny-lm, friedman-mlp):
+    higher is better; a run that ended non-finite or was aborted scores -99 (loss-scored
+    settings) or 10 (chance)."""
     final = summary.get("final") or {}
     if "val_accuracy" in final:
         return 100.0 * final["val_accuracy"]
@@ -92,8 +99,12 @@ def score_of(summary: dict) -> float:
     return -loss if math.isfinite(loss) else -99.0
 
 
+def _loss_scored(setting: dict) -> bool:
+    return any(name in setting["task"] for name in LOSS_SCORED)
+
+
 def _failed(setting: dict) -> float:
-    return -99.0 if "lm" in setting["task"] else 10.0
+    return -99.0 if _loss_scored(setting) else 10.0
 
 
 def run_fit(setting: dict, seed: int, lr: float, shape: str) -> dict:
@@ -196,7 +207,8 @@ def _mean(values: list[float]) -> float:
 def table() -> str:
     data = load()
     lines = [
-        "setting | grid best (schedule@LR) | default | lrpilot auto | auto - grid best "
+        "setting | grid best (schedule@LR) | default | lrpilot auto | auto - grid best (loss: "
+        "share of the best loss; negative: worse) "
         "| auto: LR per seed | auto: compute",
         "--- | --- | --- | --- | --- | --- | ---",
     ]
@@ -212,18 +224,20 @@ def table() -> str:
             continue
         best = max(grid, key=lambda n: _mean(grid[n]))
         autos = [data[f"{sid}|{auto_key}|{seed}"] for seed in SEEDS]
-        fmt = (lambda v: f"{-v:.3f}") if "lm" in s["task"] else (lambda v: f"{v:.1f}")
+        fmt = (lambda v: f"{-v:.3f}") if _loss_scored(s) else (lambda v: f"{v:.1f}")
         gap = _mean(cells[auto_key]) - _mean(grid[best])
+        # a loss: the gap as a share of the grid's best loss (negative: auto's is higher)
+        shortfall = f"{gap / -_mean(grid[best]):+.1%}" if _loss_scored(s) else f"{gap:+.2f}"
         lrs = ", ".join(f"{a['lr']:.3g}" if a.get("lr") else "-" for a in autos)
         lines.append(
             f"{sid}: {s['task'].split(':')[-1]}/{s['opt']}, {s['epochs']} epochs x batch "
             f"{s['batch']} | {fmt(_mean(grid[best]))} ({best}) | "
             f"{fmt(_mean(cells.get('default', [math.nan])))} | {fmt(_mean(cells[auto_key]))} | "
-            f"{gap:+.2f} | {lrs} | {max(a.get('compute', math.nan) for a in autos):.3f}"
+            f"{shortfall} | {lrs} | {max(a.get('compute', math.nan) for a in autos):.3f}"
         )
     lines.append(
         f"seeds {list(SEEDS)} (each cell a mean); accuracy in % (tiny-lm: validation loss, "
-        "nats/byte, lower is better); grid: one-cycle and warmup+cosine at half-decade peaks, "
+        "nats/byte; friedman-mlp: validation MSE; lower is better); grid: one-cycle and warmup+cosine at half-decade peaks, "
         f"{len(SHAPES) * 6} runs per seed; auto: version {AUTO_VERSION}, budget 1.3, "
         "compute: the largest multiple of the seeds"
     )

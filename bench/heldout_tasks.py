@@ -302,3 +302,36 @@ def tiny_lm() -> Task:
         metrics={},
         description="byte-level 2-layer causal transformer on stdlib source (benchmark only)",
     )
+
+
+# --------------------------------------------------------------------------------------
+# A regression task for the autopilot's settings benchmark (bench/autopilot_settings.py),
+# added after the autopilot's constants were chosen and kept out of every fit.
+
+
+@_factory
+def friedman_mlp() -> Task:
+    """Regression: scikit-learn's ``make_friedman1`` (5 000 samples, 10 features of which 5
+    matter, noise 0.5, ``random_state=0``), target standardised with the training
+    statistics, 4 000 train / 1 000 validation; a tanh MLP 10-64-64-1 without normalisation,
+    mean squared error. Scored by validation MSE (lower is better)."""
+    from sklearn.datasets import make_friedman1
+
+    x_np, y_np = make_friedman1(n_samples=5000, n_features=10, noise=0.5, random_state=0)
+    x = torch.tensor(x_np, dtype=torch.float32)
+    y = torch.tensor(y_np, dtype=torch.float32).unsqueeze(1)
+    y = (y - y[:4000].mean()) / y[:4000].std()
+
+    def build() -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(10, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+        )
+
+    return Task(
+        name="friedman-mlp",
+        build_model=build,
+        train_set=TensorDataset(x[:4000], y[:4000]),
+        val_set=TensorDataset(x[4000:], y[4000:]),
+        loss_fn=nn.functional.mse_loss,
+        description="Friedman #1 regression, tanh MLP 10-64-64-1, MSE (benchmark only)",
+    )
