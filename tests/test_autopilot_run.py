@@ -113,6 +113,17 @@ def test_the_final_runs_guard_may_replay_only_what_the_budget_left(run_dir):
     )
 
 
+def test_the_decision_table_shows_the_replay_limit(run_dir):
+    from lrpilot.autopilot._report import decision_rows
+
+    info = json.loads((run_dir / "autopilot.json").read_text())
+    guard = yaml.safe_load((run_dir / "config.yaml").read_text())["guard"]
+    rows = {name: (value, why) for name, value, why in decision_rows(info)}
+    value, why = rows["guard replays"]
+    assert value == f"<= {guard['max_replay']} steps"
+    assert f"snapshots every {guard['snapshot_every']} steps" in why
+
+
 def test_a_guard_setting_the_user_fixed_is_kept(tmp_path):
     import lrpilot
 

@@ -70,6 +70,12 @@ def decision_rows(info: dict) -> list[tuple[str, str, str]]:
              "held out of training until the decision, scored on; trained on from epoch "
              f"{when + 1}" if when else "trained on from the start (no decision to make)")
         )  # fmt: skip
+    rescue = info.get("rescue_budget")
+    if rescue and rescue.get("max_replay") is not None:
+        rows.append(
+            ("guard replays", f"<= {rescue['max_replay']} steps",
+             f"what the budget leaves; snapshots every {rescue['snapshot_every']} steps")
+        )  # fmt: skip
     comp = info.get("compute")
     if comp:
         rows.append(
