@@ -99,3 +99,30 @@ def test_a_weights_only_rescue_on_the_lagged_path_ends_finite(tmp_path, monkeypa
     assert s["steps_rewound"] == 0 and s["steps_run"] == s["steps_planned"]
     assert s["status"] == "completed"
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_a_run_crashed_after_a_weights_only_rescue_resumes_bit_identically(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The NaN at step 11 is rescued without a replay; a crash at step 12 leaves the
+    checkpoint of step 7; the resumed run meets the NaN again at step 11 (its 4th loss
+    call) and ends exactly as the run that never stopped: metrics, guard actions, weights."""
+    import json
+
+    from test_fit_syncfree import Crash
+
+    cfg = config(checkpoint_every=7, guard={"snapshot_every": 4, "max_replay": 0})
+    reference = fit(cfg, tmp_path / "ref", task=make_task(PlantedLoss({11}, math.nan)),
+                    progress="none", callbacks=[Crash(None)])  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "r", task=make_task(PlantedLoss({11}, math.nan)), progress="none",
+            callbacks=[Crash(12)])  # fmt: skip
+    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 7
+    resumed = fit(cfg, tmp_path / "r", task=make_task(PlantedLoss({4}, math.nan)),
+                  progress="none", resume=True, callbacks=[Crash(None)])  # fmt: skip
+    (rescue,) = _rescues(reference)
+    assert rescue["replayed"] is False
+    assert resumed.history.steps == reference.history.steps
+    actions = [json.dumps(r.summary["guard"]["actions"]) for r in (resumed, reference)]
+    assert actions[0] == actions[1]
+    for p, q in zip(reference.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
