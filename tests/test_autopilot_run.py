@@ -134,6 +134,21 @@ def test_a_guard_setting_the_user_fixed_is_kept(tmp_path):
     guard = yaml.safe_load((result.run_dir / "config.yaml").read_text())["guard"]
     assert (guard["snapshot_every"], guard["max_rescues"]) == (7, 3)
     assert guard["max_replay"] is not None  # not fixed: sized to the budget
+    record = json.loads((result.run_dir / "autopilot.json").read_text())["rescue_budget"]
+    assert record["snapshot_every"] == 7 and "snapshot_every as the user fixed" in record["reason"]
+
+
+def test_with_the_guard_off_nothing_is_sized_and_the_record_says_why(tmp_path):
+    import lrpilot
+
+    result = lrpilot.auto(
+        "mnist1d-mlp", epochs=2, out_dir=tmp_path / "r", progress="none",
+        fit_config={"guard": False},
+    )  # fmt: skip
+    guard = yaml.safe_load((result.run_dir / "config.yaml").read_text())["guard"]
+    assert guard["enabled"] is False and guard["max_replay"] is None
+    record = json.loads((result.run_dir / "autopilot.json").read_text())["rescue_budget"]
+    assert record["max_replay"] is None and "the guard is off" in record["reason"]
 
 
 def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):

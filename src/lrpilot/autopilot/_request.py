@@ -256,12 +256,28 @@ class Settings:
             "schedule": schedule,
             "decided_at_step": 0 if self.mode == "restart" else outcome.decided_at,
             "initial_score": store.state.get("initial_score"),
-            "rescue_budget": {
-                "max_replay": final.guard.max_replay,
-                "snapshot_every": final.guard.snapshot_every,
-                "reason": "the final run's guard may run again only the steps the budget "
-                "leaves after the plan; its snapshots are spaced so that two rescues fit",
-            },
+            "rescue_budget": self._rescue_record(final),
+        }
+
+    def _rescue_record(self, final: Any) -> dict[str, Any]:
+        """``autopilot.json``'s record of the final run's guard replay settings and why."""
+        guard = self.base.get("guard")
+        fixed = sorted(
+            k for k in ("max_replay", "snapshot_every") if isinstance(guard, Mapping) and k in guard
+        )
+        if not final.guard.enabled:
+            why = "the guard is off (the user's guard settings): no rescue, nothing replayed"
+        else:
+            why = (
+                "the final run's guard may run again only the steps the budget leaves after "
+                "the plan; its snapshots are spaced so that two rescues fit"
+            )
+            if fixed:
+                why += f" ({' and '.join(fixed)} as the user fixed)"
+        return {
+            "max_replay": final.guard.max_replay,
+            "snapshot_every": final.guard.snapshot_every,
+            "reason": why,
         }
 
 
