@@ -244,18 +244,22 @@ class Runs:
         return self._load(method).get(self.key(method, row, seed))
 
     def put(self, method: str, row: str, seed: int, value: dict) -> None:
-        """Add one run under an exclusive lock (processes running the same method share
-        the file): re-read, add, write to a temporary file of this process, rename."""
-        import fcntl
+        """Add one run (processes running the same method share the file: :func:`locked_put`)."""
+        locked_put(self.path(method), self.key(method, row, seed), value)
 
-        path = self.path(method)
-        with open(path.with_name(path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._load(method)  # re-read: another process may have added runs
-            data[self.key(method, row, seed)] = value
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, sort_keys=True))
-            os.replace(tmp, path)
+
+def locked_put(path: Path, key: str, value: dict) -> None:
+    """Add ``key: value`` to the JSON cache ``path`` under an exclusive lock (processes
+    share the file): re-read, add, write to a temporary file of this process, rename."""
+    import fcntl
+
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.is_file() else {}  # others may have added
+        data[key] = value
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def run_default(row: str, seed: int) -> dict:

@@ -49,6 +49,8 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+import autopilot_panel as P  # noqa: E402
+
 RESULTS = BENCH / "results"
 CACHE = RESULTS / "autopilot_settings_runs.json"
 TABLE = RESULTS / "autopilot_settings_table.md"
@@ -88,23 +90,19 @@ def optimizer_config(kind: str, lr: float | None = None) -> dict:
     return out if lr is None else {**out, "lr": lr}
 
 
-def score_of(summary: dict) -> float:
-    """Validation accuracy in %, or minus the validation loss (tiny-lm, friedman-mlp):
-    higher is better; a run that ended non-finite or was aborted scores -99 (loss-scored
-    settings) or 10 (chance)."""
-    final = summary.get("final") or {}
-    if "val_accuracy" in final:
-        return 100.0 * final["val_accuracy"]
-    loss = final.get("val_loss", math.nan)
-    return -loss if math.isfinite(loss) else -99.0
-
-
 def _loss_scored(setting: dict) -> bool:
     return any(name in setting["task"] for name in LOSS_SCORED)
 
 
 def _failed(setting: dict) -> float:
     return -99.0 if _loss_scored(setting) else 10.0
+
+
+def _score(setting: dict, summary: dict) -> float:
+    """The panel's score (accuracy in %, or minus the validation loss: higher is better);
+    a run that ended non-finite scores as failed (:func:`_failed`)."""
+    score = P.score_of(setting["task"], summary)
+    return score if math.isfinite(score) else _failed(setting)
 
 
 def run_fit(setting: dict, seed: int, lr: float, shape: str) -> dict:
@@ -128,7 +126,7 @@ def run_fit(setting: dict, seed: int, lr: float, shape: str) -> dict:
             result = fit(config, Path(tmp) / "r", progress="none")
         except TrainingAborted:
             return {"score": _failed(setting), "aborted": True}
-    return {"score": score_of(result.summary), "rescues": result.summary["guard"]["rescues"]}
+    return {"score": _score(setting, result.summary), "rescues": result.summary["guard"]["rescues"]}
 
 
 def run_auto(setting: dict, seed: int) -> dict:
@@ -148,7 +146,7 @@ def run_auto(setting: dict, seed: int) -> dict:
         info = json.loads((out / "autopilot.json").read_text())
     ap = result.summary["autopilot"]
     return {
-        "score": score_of(result.summary),
+        "score": _score(setting, result.summary),
         "compute": ap["compute_multiple"],
         "lr": ap["decisions"].get("peak_lr"),
         "rescues": result.summary["guard"]["rescues"],
@@ -177,16 +175,7 @@ def load() -> dict:
 
 
 def put(key: str, value: dict) -> None:
-    """Add one run under an exclusive lock (re-read, add, write a temporary file, rename)."""
-    import fcntl
-
-    with open(CACHE.with_name(CACHE.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = load()
-        data[key] = value
-        tmp = CACHE.with_name(f"{CACHE.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True, indent=0))
-        os.replace(tmp, CACHE)
+    P.locked_put(CACHE, key, value)
 
 
 def run(settings: str, methods: list[str], seeds: tuple[int, ...]) -> None:

@@ -85,7 +85,7 @@ def test_prepare_may_change_only_the_lr_the_schedule_and_the_guards_replay(
 
     with pytest.raises(
         ValueError,
-        match=r"only optimizer\.lr, schedule, guard\.snapshot_every and guard\.max_replay; "
+        match=r"only optimizer\.lr, schedule, guard\.snapshot_every, guard\.max_replay; "
         r"changed: epochs: 1 -> 2",
     ):
         fit(FAST, tmp_path / "run", progress="none", prepare=prepare)

@@ -146,20 +146,25 @@ class Settings:
         )  # fmt: skip
         return self.task.train_set, order
 
-    def rescue_guard(self, outcome: Outcome, step: int) -> dict[str, int]:
+    @property
+    def user_guard(self) -> dict[str, Any]:
+        """The ``guard`` settings the user wrote (``guard: true/false``: none)."""
+        guard = self.base.get("guard")
+        return dict(guard) if isinstance(guard, Mapping) else {}
+
+    def rescue_guard(self, outcome: Outcome, step: int, order: Any) -> dict[str, int]:
         """The final run's guard settings, from ``step`` on, that keep its rescues within
         the budget: ``max_replay``, the steps the budget has left to run again, and
         ``snapshot_every`` so that two rescues fit in them
-        (:func:`~lrpilot.autopilot._plan.rescue_snapshot_every`); a key the user's
-        ``guard`` fixes is left out, and so is everything when the guard is off."""
+        (:func:`~lrpilot.autopilot._plan.rescue_snapshot_every`); ``order``: the final
+        run's data order (:meth:`final_data`). A key the user's ``guard`` fixes is left out,
+        and so is everything when the guard is off."""
         from lrpilot.autopilot._plan import compute_multiple, rescue_snapshot_every
 
-        guard = self.base.get("guard")
-        fixed = dict(guard) if isinstance(guard, Mapping) else {}
         if not self.cfg.guard.enabled:
             return {}
         step_samples = self.batch * self.accumulate
-        rest = self.final_data(outcome)[1].total_steps(self.epochs) - step
+        rest = order.total_steps(self.epochs) - step
         spent = self.one_run * compute_multiple(
             outcome.probes, outcome.trunk_samples, 0, self.one_run,
             outcome.finder_samples + self.batch_samples,
@@ -171,7 +176,7 @@ class Settings:
                 left, step_samples, self.cfg.guard.snapshot_every
             ),
         }
-        return {k: v for k, v in out.items() if k not in fixed}
+        return {k: v for k, v in out.items() if k not in self.user_guard}
 
     def final_config(self, outcome: Outcome, guard: Mapping[str, int] | None = None) -> Any:
         """The final run's ``lrpilot fit`` config: the chosen peak and schedule (restart:
@@ -180,8 +185,7 @@ class Settings:
 
         raw = {**self.base, "optimizer": {**self.opt, "lr": outcome.peak}}
         if guard:
-            given = self.base.get("guard")
-            raw["guard"] = {**(dict(given) if isinstance(given, Mapping) else {}), **guard}
+            raw["guard"] = {**self.user_guard, **guard}
         if self.mode == "restart":
             raw["schedule"] = self.fixed_schedule
         else:
@@ -261,10 +265,7 @@ class Settings:
 
     def _rescue_record(self, final: Any) -> dict[str, Any]:
         """``autopilot.json``'s record of the final run's guard replay settings and why."""
-        guard = self.base.get("guard")
-        fixed = sorted(
-            k for k in ("max_replay", "snapshot_every") if isinstance(guard, Mapping) and k in guard
-        )
+        fixed = sorted(k for k in ("max_replay", "snapshot_every") if k in self.user_guard)
         if not final.guard.enabled:
             why = "the guard is off (the user's guard settings): no rescue, nothing replayed"
         else:

@@ -143,13 +143,14 @@ def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks,
             engine.set_schedule(shapes.to_schedule([(int(n), p) for n, p in taken]))
             engine.restore(store.get_snapshot("start"))
             outcome = replace(outcome, switch_epoch=0)  # a new run: all the data at once
-        final = st.final_config(outcome, st.rescue_guard(outcome, engine.state.step))
+        data = st.final_data(outcome)
+        final = st.final_config(outcome, st.rescue_guard(outcome, engine.state.step, data[1]))
         held.update(outcome=outcome, at=engine.state.samples, info=st.report(outcome, store, final))
         write_plan_report(rd, held["info"], outcome)
         # the final run starts from a trained state: its guard's stall rule compares with
         # the loss of the model as initialised, the trunk's first; it trains on the
         # decision split too from outcome.switch_epoch on
-        return Prepared(final, outcome.first_loss, train_data=st.final_data(outcome))
+        return Prepared(final, outcome.first_loss, train_data=data)
 
     result = fit(
         st.cfg, run_dir, resume=resume, progress=progress, task=st.fit_task,

@@ -74,20 +74,25 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+#: the settings a ``prepare`` step may change (dotted paths into the config)
+PREPARABLE = ("optimizer.lr", "schedule", "guard.snapshot_every", "guard.max_replay")
+
+
 def check_prepared(built: FitConfig, prepared: FitConfig) -> None:
-    """``prepare`` may set the LR, the schedule and the guard's snapshot interval and replay
-    limit only (the engine was built for the rest)."""
+    """``prepare`` may change only the :data:`PREPARABLE` settings (the engine was built for
+    the rest)."""
     a, b = built.to_dict(), prepared.to_dict()
-    for d in (a, b):
-        d.pop("schedule")
-        d["optimizer"].pop("lr")
-        d["guard"].pop("snapshot_every")
-        d["guard"].pop("max_replay")
+    for config in (a, b):
+        for path in PREPARABLE:
+            *parents, key = path.split(".")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            node.pop(key)
     diff = config_diff(b, a)
     if diff:
         raise ValueError(
-            "prepare may change only optimizer.lr, schedule, guard.snapshot_every and "
-            "guard.max_replay; changed: " + "; ".join(diff)
+            f"prepare may change only {', '.join(PREPARABLE)}; changed: " + "; ".join(diff)
         )
 
 
