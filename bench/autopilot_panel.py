@@ -154,7 +154,7 @@ METHOD_VERSION = {
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
     # floor); a7: the same method before that rebase
-    "auto": "a10",
+    "auto": "a11",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",

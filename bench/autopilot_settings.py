@@ -18,6 +18,12 @@ decay 1e-2):
 * H: mnist1d-cnn / AdamW, 10 epochs, batch 512
 * I: friedman-mlp / AdamW, 10 epochs, batch 64 (regression: validation MSE, lower is better)
 * J: friedman-mlp / SGD, 20 epochs, batch 32
+* K: deep-mlp-digits / AdamW, 10 epochs, batch 64 (a 9-layer plain ReLU MLP)
+* L: transformer-mnist1d / AdamW, 8 epochs, batch 64 (attention)
+* M: diabetes-bn / AdamW, 20 epochs, batch 32 (350 samples; validation Huber loss)
+* N: lstm-lm / AdamW, 10 epochs, batch 32 (a recurrent LM; validation loss)
+
+K-N were added in the thirteenth session, four kinds no autopilot constant was chosen on.
 
 Columns: the grid (one-cycle and warmup (1 epoch) + cosine at half-decade peaks, SGD
 0.01-3.16, AdamW 3e-4-0.1; its best (schedule, LR) by mean), the calibrated default (SGD 0.1
@@ -57,7 +63,7 @@ TABLE = RESULTS / "autopilot_settings_table.md"
 SEEDS = (0, 1)
 #: the autopilot's version (the panel's ``METHOD_VERSION["auto"]``): its runs are cached
 #: under it; the grid and the default do not change with it
-AUTO_VERSION = "a10"
+AUTO_VERSION = "a11"
 
 SETTINGS: dict[str, dict] = {
     "A": {"task": "mnist1d-cnn", "opt": "sgd", "epochs": 4, "batch": 256},
@@ -70,9 +76,13 @@ SETTINGS: dict[str, dict] = {
     "H": {"task": "mnist1d-cnn", "opt": "adamw", "epochs": 10, "batch": 512},
     "I": {"task": "heldout_tasks:friedman_mlp", "opt": "adamw", "epochs": 10, "batch": 64},
     "J": {"task": "heldout_tasks:friedman_mlp", "opt": "sgd", "epochs": 20, "batch": 32},
+    "K": {"task": "heldout_tasks:deep_mlp_digits", "opt": "adamw", "epochs": 10, "batch": 64},
+    "L": {"task": "heldout_tasks:transformer_mnist1d", "opt": "adamw", "epochs": 8, "batch": 64},
+    "M": {"task": "heldout_tasks:diabetes_bn", "opt": "adamw", "epochs": 20, "batch": 32},
+    "N": {"task": "heldout_tasks:lstm_lm", "opt": "adamw", "epochs": 10, "batch": 32},
 }
 #: settings scored by a validation loss (lower is better): the table prints the loss
-LOSS_SCORED = ("tiny_lm", "friedman_mlp")
+LOSS_SCORED = ("tiny_lm", "friedman_mlp", "diabetes_bn", "lstm_lm")
 GRID_LRS = {
     "sgd": (0.01, 0.0316, 0.1, 0.316, 1.0, 3.16),
     "adamw": (0.0003, 0.001, 0.00316, 0.01, 0.0316, 0.1),
@@ -225,8 +235,9 @@ def table() -> str:
             f"{shortfall} | {lrs} | {max(a.get('compute', math.nan) for a in autos):.3f}"
         )
     lines.append(
-        f"seeds {list(SEEDS)} (each cell a mean); accuracy in % (tiny-lm: validation loss, "
-        "nats/byte; friedman-mlp: validation MSE; lower is better); grid: one-cycle and warmup+cosine at half-decade peaks, "
+        f"seeds {list(SEEDS)} (each cell a mean); accuracy in % (tiny-lm, lstm-lm: validation "
+        "loss, nats/byte; friedman-mlp: validation MSE; diabetes-bn: validation Huber loss; "
+        "lower is better); grid: one-cycle and warmup+cosine at half-decade peaks, "
         f"{len(SHAPES) * 6} runs per seed; auto: version {AUTO_VERSION}, budget 1.3, "
         "compute: the largest multiple of the seeds"
     )

@@ -335,3 +335,121 @@ def friedman_mlp() -> Task:
         loss_fn=nn.functional.mse_loss,
         description="Friedman #1 regression, tanh MLP 10-64-64-1, MSE (benchmark only)",
     )
+
+
+# --------------------------------------------------------------------------------------
+# Four more kinds for the settings benchmark, added in the thirteenth session after every
+# autopilot constant was chosen (an attention classifier, a recurrent LM, a deep plain MLP,
+# a small regression with batch norm and a Huber loss); kept out of every fit.
+
+
+class _PatchTransformer(nn.Module):
+    """A 2-layer post-norm transformer encoder (width 64, 4 heads, feed-forward 128) over the
+    40 scalars of an MNIST-1D example read as 10 tokens of 4; learned positions, mean pool,
+    a linear head. Input ``(batch, 40)``; output ``(batch, classes)``."""
+
+    def __init__(self, width: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, width)
+        self.pos = nn.Parameter(torch.zeros(1, 10, width))
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
+        self.blocks = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.view(x.shape[0], 10, 4)) + self.pos
+        return self.head(self.blocks(h).mean(dim=1))
+
+
+@_factory
+def transformer_mnist1d() -> Task:
+    """MNIST-1D (the built-in data) as 10 tokens of 4 scalars, classified by a 2-layer
+    transformer encoder (attention, LayerNorm): :class:`_PatchTransformer`."""
+    from lrpilot.tasks import get_task
+
+    flat = get_task("mnist1d-mlp")
+    return _classification_task(
+        "transformer-mnist1d",
+        _PatchTransformer,
+        flat.train_set,
+        flat.val_set,
+        "MNIST-1D as 10 tokens, 2-layer transformer encoder classifier (benchmark only)",
+    )
+
+
+class _ByteLSTM(nn.Module):
+    """A one-layer LSTM language model over bytes (embedding 48, hidden 96, vocabulary 128);
+    output ``(batch, length, 128)`` next-byte logits."""
+
+    def __init__(self, vocab: int = 128) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 48)
+        self.lstm = nn.LSTM(48, 96, batch_first=True)
+        self.head = nn.Linear(96, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embed(x))
+        return self.head(h)
+
+
+@_factory
+def lstm_lm() -> Task:
+    """The tiny LM's text and windows (:func:`_lm_windows`) modelled by an LSTM instead of a
+    transformer (a recurrent language model); metric ``val_loss`` in nats per byte."""
+    train, val = _lm_windows()
+    return Task(
+        name="lstm-lm",
+        build_model=_ByteLSTM,
+        train_set=TensorDataset(train[:, :-1].contiguous(), train[:, 1:].contiguous()),
+        val_set=TensorDataset(val[:, :-1].contiguous(), val[:, 1:].contiguous()),
+        loss_fn=lm_loss,
+        metrics={},
+        description="byte-level LSTM LM on stdlib source (benchmark only)",
+    )
+
+
+@_factory
+def deep_mlp_digits() -> Task:
+    """``load_digits`` (the built-in split) through a 9-layer ReLU MLP of width 64 with
+    PyTorch's default initialisation and no normalisation (a deep plain network)."""
+    flat = digits_mlp()
+
+    def build() -> nn.Module:
+        layers: list[nn.Module] = [nn.Linear(64, 64), nn.ReLU()]
+        for _ in range(7):
+            layers += [nn.Linear(64, 64), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(64, 10))
+
+    return _classification_task(
+        "deep-mlp-digits", build, flat.train_set, flat.val_set,
+        "digits, 9-layer ReLU MLP without normalisation (benchmark only)",
+    )  # fmt: skip
+
+
+@_factory
+def diabetes_bn() -> Task:
+    """Regression on scikit-learn's ``load_diabetes`` (442 patients, 10 standardised
+    features, the target standardised with the training statistics): the first 350 of a
+    seeded permutation train, the other 92 validate; an MLP 10-64-1 with BatchNorm, Huber
+    loss. Scored by the validation Huber loss (lower is better)."""
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    order = torch.randperm(len(data.target), generator=torch.Generator().manual_seed(0))
+    x = torch.tensor(data.data, dtype=torch.float32)[order]
+    y = torch.tensor(data.target, dtype=torch.float32)[order].unsqueeze(1)
+    mean, std = x[:350].mean(0), x[:350].std(0)
+    x = (x - mean) / std
+    y = (y - y[:350].mean()) / y[:350].std()
+
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Linear(10, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 1))
+
+    return Task(
+        name="diabetes-bn",
+        build_model=build,
+        train_set=TensorDataset(x[:350], y[:350]),
+        val_set=TensorDataset(x[350:], y[350:]),
+        loss_fn=nn.functional.huber_loss,
+        description="diabetes regression, MLP with BatchNorm, Huber loss (benchmark only)",
+    )

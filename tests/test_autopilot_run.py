@@ -24,6 +24,7 @@ from lrpilot.autopilot._decide import (
     choose_peak,
     first_round,
     prior_lr,
+    probe_bias,
 )
 from lrpilot.cli import main
 from lrpilot.train import Callback
@@ -171,7 +172,7 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
     kept = anchored_peak(r1, prior_lr(info["prior"]), initial=initial, name="prior_pick")
     if "prior_pick" in recorded:
         assert kept.value == recorded["prior_pick"]
-    assert blend_peak(kept, r1).value == recorded[first]
+    assert blend_peak(kept, r1, bias=probe_bias(family)).value == recorded[first]
     if r2:
         assert choose_peak(r2, initial=initial).value == recorded["peak_lr"]
     # the final schedule: the pick's peak is reached exactly once the ramp ends at 30%

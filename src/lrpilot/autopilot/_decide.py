@@ -51,6 +51,14 @@ DOWN_GAP = 0.5
 #: calibration rows the lowest-loss LR sat 1.5-3x above the one-cycle grid's best on
 #: 6 of 7 rows (digits-cnn/SGD: 0.8x)
 PROBE_BIAS = 10**0.25
+#: the bias by optimizer family (:func:`probe_bias`): half a decade for Adam. The best peak
+#: of a long Adam run moves further below the short horizon's best than SGD's does
+#: (Bjorck et al. 2024, "Scaling Optimal LR Across Token Horizons"). With a quarter
+#: decade, auto's Adam picks sat 2-3x above a half-decade grid's best on the held-out
+#: kinds of ``bench/autopilot_settings.py`` (a transformer classifier, an LSTM LM,
+#: tiny-lm); with half a decade the panel's Adam rows moved by -0.3 to +0.01 (inside
+#: their seed noise) and settings L, N, E by +6.0 points, -3.4% and -2.5% of the loss
+FAMILY_PROBE_BIAS = {"sgd": PROBE_BIAS, "adam": 10**0.5}
 #: a candidate "learned" when its score is at least this fraction below the start's
 #: (:func:`learned`; the divergence guard's stall rule uses the same 1%)
 STALL_MARGIN = 0.01
@@ -334,7 +342,8 @@ def blend_peak(
 ) -> Decision:
     """The peak: the geometric mean of the prior's decision (:func:`anchored_peak`) and the
     probes' own estimate, their lowest-loss LR divided by ``bias`` (probes held at
-    one-cycle's level favour LRs about a quarter decade above the best one-cycle peak):
+    one-cycle's level favour LRs above the best one-cycle peak: a quarter decade by
+    default, :func:`probe_bias` per optimizer family):
     ``sqrt(anchored x lowest / bias)``. Two noisy estimates with different errors (the
     finder's suggestion varies 3x between seeds; the probes' pick by a ladder step) are
     averaged in log LR. The run continues from the usable probe nearest to the peak in
@@ -369,6 +378,15 @@ def blend_peak(
         f"one-cycle's level favour larger LRs); continues from {near.name} ({near.lr:.3g})"
     )
     return Decision(name, value, why, evidence)
+
+
+def probe_bias(family: str) -> float:
+    """:func:`blend_peak`'s ``bias`` for an optimizer family (:data:`FAMILY_PROBE_BIAS`).
+
+    >>> round(probe_bias("sgd"), 3), round(probe_bias("adam"), 3)
+    (1.778, 3.162)
+    """
+    return FAMILY_PROBE_BIAS[family]
 
 
 def learned(probe: Probe, initial: float | None) -> bool:
@@ -464,37 +482,3 @@ def second_round(round1: Sequence[Probe], peak: Decision) -> Decision:
         why = "a quarter decade on each side of the pick"
     out = [float(f"{v:.4g}") for v in out]
     return Decision("round2_candidates", out, why, {"round1_pick": pick})
-
-
-def choose_shape(total_steps: int, decided_at: int, user: str | None = None) -> Decision:
-    """The schedule after the decision point: ``wsd`` holds the peak and decays linearly
-    over the last 20% of the run, ``cosine`` decays from the decision point to 0,
-    ``one_cycle`` ramps to the peak at 30% of the run (from one-cycle's level at the
-    decision point, where the probes held) and decays as a cosine to 0.
-
-    Rule (not a probe: the shapes only differ after the decision, which is the part the
-    budget cannot afford to try twice): ``one_cycle`` when the decision point is at most
-    30% of the run (the tuned grids of ``bench/results/finder_quality_runs.json`` put
-    one-cycle at or above warmup+cosine in 7 of 10 task/optimizer pairs), ``cosine``
-    otherwise; a schedule the user fixed is kept.
-
-    >>> choose_shape(1000, 200).value, choose_shape(1000, 400).value
-    ('one_cycle', 'cosine')
-    """
-    frac = decided_at / max(total_steps, 1)
-    if user is not None:
-        return Decision("schedule", user, "fixed by the user", {"decided_at": frac})
-    if frac <= 0.3:
-        return Decision(
-            "schedule",
-            "one_cycle",
-            f"decision at {frac:.0%} of the run: ramp to the peak at 30%, then a "
-            "cosine decay (one-cycle shape)",
-            {"decided_at": frac},
-        )
-    return Decision(
-        "schedule",
-        "cosine",
-        f"decision at {frac:.0%} of the run (past one-cycle's 30% peak): cosine decay from there",
-        {"decided_at": frac},
-    )

@@ -12,7 +12,7 @@ Procedure (``plan`` = :class:`~lrpilot.autopilot._plan.ProbePlan`):
 
 1. optional prior: the finder's sweep on the engine's model (``lrpilot.find_lr`` restores
    everything; the engine's snapshot from before it is put back after it);
-2. the shape is chosen first (:func:`~lrpilot.autopilot._decide.choose_shape`, a function
+2. the shape is chosen first (:func:`~lrpilot.autopilot._shapes.choose_shape`, a function
    of the plan); for one-cycle every candidate peak ``c`` is *held* at
    ``c x level``, one-cycle's LR at the decision point as a fraction of its peak
    (:func:`~lrpilot.autopilot._shapes.cycle_level`), so the trajectory is one-cycle-like;
@@ -53,9 +53,9 @@ from lrpilot.autopilot._decide import (
     anchored_peak,
     blend_peak,
     choose_peak,
-    choose_shape,
     first_round,
     prior_lr,
+    probe_bias,
     second_round,
 )
 from lrpilot.autopilot._plan import ProbePlan
@@ -325,7 +325,7 @@ class Prober:
         decisions: list[Decision] = []
         if plan.n1 == 0 or self.fixed_lr is not None:
             return self._no_search(prior, finder_samples, decisions)
-        shape = choose_shape(plan.total_steps, plan.decided_at, self.user_shape)
+        shape = shapes.choose_shape(plan.total_steps, plan.decided_at, self.user_shape)
         shape, momentum = self._momentum(shape, plan.total_steps)
         # one-cycle: the probes hold at one-cycle's level at the decision point
         level = shapes.cycle_level(plan.decided_at, plan.total_steps)
@@ -342,7 +342,9 @@ class Prober:
         ]
         anchor = prior_lr(prior)
         kept = anchored_peak(r1, anchor, initial=initial, name="prior_pick")
-        pick1 = blend_peak(kept, r1, name="round1_pick" if plan.n2 else "peak_lr")
+        pick1 = blend_peak(
+            kept, r1, bias=probe_bias(self.family), name="round1_pick" if plan.n2 else "peak_lr"
+        )
         decisions += [kept, pick1] if "anchored" in pick1.evidence else [pick1]
         # the run continues from the pick's own probe, or (a margin below the prior) the
         # prior's probe
@@ -415,7 +417,9 @@ class Prober:
             peak, why = DEFAULT_LR[self.family], f"{plan.reason}; the calibrated default"
         decisions.append(Decision("peak_lr", peak, why, {"prior": prior}))
         total = plan.full_steps  # nothing to decide: all the data from step 0
-        shape, momentum = self._momentum(choose_shape(total, plan.warmup, self.user_shape), total)
+        shape, momentum = self._momentum(
+            shapes.choose_shape(total, plan.warmup, self.user_shape), total
+        )
         decisions.append(shape)
         level = shapes.cycle_level(plan.warmup, total)
         level = level if shape.value == "one_cycle" else 1.0

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lrpilot.autopilot._decide import Decision
+
 Segment = tuple[int, dict[str, Any]]
 
 #: the schedule shapes the autopilot can choose after its decision point
@@ -148,3 +150,37 @@ def to_schedule(segments: Sequence[Segment]):  # type: ignore[no-untyped-def]
 def length(segments: Sequence[Segment]) -> int:
     """Steps covered by ``segments``."""
     return sum(n for n, _ in segments)
+
+
+def choose_shape(total_steps: int, decided_at: int, user: str | None = None) -> Decision:
+    """The schedule after the decision point: ``wsd`` holds the peak and decays linearly
+    over the last 20% of the run, ``cosine`` decays from the decision point to 0,
+    ``one_cycle`` ramps to the peak at 30% of the run (from one-cycle's level at the
+    decision point, where the probes held) and decays as a cosine to 0.
+
+    Rule (not a probe: the shapes only differ after the decision, which is the part the
+    budget cannot afford to try twice): ``one_cycle`` when the decision point is at most
+    30% of the run (the tuned grids of ``bench/results/finder_quality_runs.json`` put
+    one-cycle at or above warmup+cosine in 7 of 10 task/optimizer pairs), ``cosine``
+    otherwise; a schedule the user fixed is kept.
+
+    >>> choose_shape(1000, 200).value, choose_shape(1000, 400).value
+    ('one_cycle', 'cosine')
+    """
+    frac = decided_at / max(total_steps, 1)
+    if user is not None:
+        return Decision("schedule", user, "fixed by the user", {"decided_at": frac})
+    if frac <= 0.3:
+        return Decision(
+            "schedule",
+            "one_cycle",
+            f"decision at {frac:.0%} of the run: ramp to the peak at 30%, then a "
+            "cosine decay (one-cycle shape)",
+            {"decided_at": frac},
+        )
+    return Decision(
+        "schedule",
+        "cosine",
+        f"decision at {frac:.0%} of the run (past one-cycle's 30% peak): cosine decay from there",
+        {"decided_at": frac},
+    )
