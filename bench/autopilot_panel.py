@@ -143,7 +143,9 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    # a10 (of record): a9, and the final run's guard replays only what the budget left
+    # a11 (of record): a10 with the blend's probe bias half a decade for Adam (a quarter
+    # for SGD, as before: SGD runs and Adam runs without a finder suggestion are a10's);
+    # a10: a9, and the final run's guard replays only what the budget left
     # (guard.max_replay; snapshot_every sized for two rescues); without a finder suggestion
     # the first round spans 1.5 decades at any size (4 candidates: a9's ladder);
     # a9: a8b, and the one-cycle shape cycles the momentum (SGD momentum /
