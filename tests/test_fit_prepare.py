@@ -114,3 +114,39 @@ def test_prepare_sets_the_guards_snapshot_interval_and_replay_limit(tmp_path: Pa
     (rescue,) = [e for e in result.summary["guard"]["actions"] if e["action"] == "guard_rescue"]
     assert rescue["step"] == 11 and rescue["restored_step"] == 7
     assert rescue["replayed"] is False and result.summary["steps_rewound"] == 0
+
+
+def test_qualify_findings_rewrites_the_diagnosis_before_it_is_printed_and_saved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lrpilot.diagnosis import diagnose
+    from lrpilot.history import History
+    from lrpilot.train._loop import Prepared
+
+    seen: list[list[str]] = []
+
+    def qualify(findings):  # type: ignore[no-untyped-def]
+        seen.append([f.kind for f in findings])
+        return [replace(f, advice="QUALIFIED " + f.advice) for f in findings]
+
+    def prepare(engine, run_dir):  # type: ignore[no-untyped-def]
+        return Prepared(parse_config(FAST), qualify_findings=qualify)
+
+    result = fit(FAST, tmp_path / "run", progress="plain", prepare=prepare)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())["diagnosis"]
+    # the qualifier saw exactly what the diagnosis of the run's metrics finds
+    plain = diagnose(History.read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    assert seen == [[f.kind for f in plain]]
+    assert [f["advice"] for f in saved] == ["QUALIFIED " + f.advice for f in plain]
+    assert result.summary["diagnosis"] == saved
+    printed = [x for x in capsys.readouterr().out.splitlines() if "diagnosis:" in x]
+    assert printed and all("QUALIFIED" in x for x in printed)
+
+
+def test_without_a_qualifier_the_diagnosis_is_the_plain_one(tmp_path: Path) -> None:
+    from lrpilot.diagnosis import diagnose
+    from lrpilot.history import History
+
+    result = fit(FAST, tmp_path / "run", progress="none", prepare=lambda e, d: None)
+    plain = diagnose(History.read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    assert result.summary["diagnosis"] == [f.to_dict() for f in plain]

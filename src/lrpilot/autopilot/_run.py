@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lrpilot.autopilot import _shapes as shapes
+from lrpilot.autopilot._advice import qualify_lr_advice
 from lrpilot.autopilot._batch import measure_and_choose
 from lrpilot.autopilot._plan import compute_multiple
 from lrpilot.autopilot._probe import Outcome, Prober, ProbeStore
@@ -150,7 +151,9 @@ def _search(st: Settings, run_dir: Path, resume: bool, progress: str, callbacks,
         # the final run starts from a trained state: its guard's stall rule compares with
         # the loss of the model as initialised, the trunk's first; it trains on the
         # decision split too from outcome.switch_epoch on
-        return Prepared(final, outcome.first_loss, train_data=data)
+        # the diagnosis's LR advice is weighed against the candidates measured (_advice)
+        qualify = partial(qualify_lr_advice, probes=outcome.probes, pick=outcome.peak)
+        return Prepared(final, outcome.first_loss, train_data=data, qualify_findings=qualify)
 
     result = fit(
         st.cfg, run_dir, resume=resume, progress=progress, task=st.fit_task,

@@ -5,7 +5,7 @@ change."""
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,16 @@ class Prepared:
     trains on from the prepared state on (:meth:`lrpilot.train.Engine.switch_data`; the
     order gives the epoch in progress the samples it had), e.g. the autopilot's whole
     training set once its decisions are made; ``None``: the task's.
+    ``qualify_findings``: ``findings -> findings``, applied to the diagnosis of the run
+    before it is printed and saved, so that a prepare step that measured something the
+    curve alone cannot show (the autopilot's probes at other LRs) can say so; ``None``:
+    the diagnosis as it is.
     """
 
     config: FitConfig
     initial_loss: float | None = None
     train_data: tuple[Any, Any] | None = None
+    qualify_findings: Callable[[list[Any]], list[Any]] | None = None
 
 
 def resolve_raw(config: FitConfig | Mapping[str, Any] | str | Path) -> dict[str, Any]:

@@ -196,6 +196,7 @@ def _start(
                     trainer.guard.guard.initial_level = float(prepared.initial_loss)
             if prepared.train_data is not None:
                 trainer.engine.switch_data(*prepared.train_data)
+            trainer.qualify_findings = prepared.qualify_findings
         # the prepare step keeps its own record; the loop resumes once it had started
         resume = resume and (run_dir / "config.yaml").is_file()
         check_run_dir(run_dir, cfg, resume)
@@ -229,6 +230,8 @@ class _Run:
         #: what the start of the run said (resume notes), kept in summary.json
         self.notes: list[str] = list(notes)
         self.main = is_main_process()
+        #: a prepare step's qualifier of the diagnosis (``Prepared.qualify_findings``)
+        self.qualify_findings: Callable[[list[Any]], list[Any]] | None = None
         self.engine = Engine(cfg, task)
         self.user = list(callbacks)
         CallbackList(self.user)  # type check now, before any file is written

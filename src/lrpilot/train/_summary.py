@@ -17,8 +17,8 @@ from lrpilot.train._builders import implementation_of
 
 
 def diagnose_run(run: Any) -> tuple[History | None, list[dict]]:
-    """``(history, findings)``: ``lrpilot.diagnose`` of the run's ``metrics.jsonl``,
-    printed and returned as dicts (a failure of the diagnosis is reported, never fatal to
+    """``(history, findings)``: ``lrpilot.diagnose`` of the run's ``metrics.jsonl`` (through
+    the prepare step's ``qualify_findings`` when it gave one), printed and returned as dicts (a failure of the diagnosis is reported, never fatal to
     the run)."""
     from lrpilot.diagnosis import diagnose
 
@@ -29,6 +29,8 @@ def diagnose_run(run: Any) -> tuple[History | None, list[dict]]:
         # every record is written by now: the same history is returned by run()
         history = History.read_jsonl(run.run_dir / "metrics.jsonl")
         findings = diagnose(history)
+        if run.qualify_findings is not None:
+            findings = run.qualify_findings(findings)
     except Exception as exc:  # the run itself is done; say why there is no diagnosis
         error = f"diagnosis failed: {type(exc).__name__}: {exc}"
         if run.progress_mode != "none":
