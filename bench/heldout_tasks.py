@@ -292,15 +292,25 @@ def tiny_lm() -> Task:
     """Byte-level causal LM on Python standard-library source (see ``LM_SOURCES``): 2 048
     training windows of 32 bytes (65 536 target bytes), 256 validation windows; metric
     ``val_loss`` (nats per byte, lower is better)."""
+    return _lm_task(
+        "tiny-lm",
+        _TinyCausalLM,
+        "byte-level 2-layer causal transformer on stdlib source (benchmark only)",
+    )
+
+
+def _lm_task(name: str, build: Callable[[], nn.Module], description: str) -> Task:
+    """A next-byte task on :func:`_lm_windows` (inputs: a window's first 32 bytes,
+    targets: its last 32), scored by ``val_loss`` (:func:`lm_loss`)."""
     train, val = _lm_windows()
     return Task(
-        name="tiny-lm",
-        build_model=_TinyCausalLM,
+        name=name,
+        build_model=build,
         train_set=TensorDataset(train[:, :-1].contiguous(), train[:, 1:].contiguous()),
         val_set=TensorDataset(val[:, :-1].contiguous(), val[:, 1:].contiguous()),
         loss_fn=lm_loss,
         metrics={},
-        description="byte-level 2-layer causal transformer on stdlib source (benchmark only)",
+        description=description,
     )
 
 
@@ -327,13 +337,24 @@ def friedman_mlp() -> Task:
             nn.Linear(10, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
         )
 
+    return _regression_task(
+        "friedman-mlp", build, x, y, 4000, nn.functional.mse_loss,
+        "Friedman #1 regression, tanh MLP 10-64-64-1, MSE (benchmark only)",
+    )  # fmt: skip
+
+
+def _regression_task(  # type: ignore[no-untyped-def]
+    name: str, build, x: torch.Tensor, y: torch.Tensor, n_train: int, loss_fn, description: str
+) -> Task:
+    """A regression task: the first ``n_train`` rows train, the rest validate; scored by the
+    validation loss (no metric)."""
     return Task(
-        name="friedman-mlp",
+        name=name,
         build_model=build,
-        train_set=TensorDataset(x[:4000], y[:4000]),
-        val_set=TensorDataset(x[4000:], y[4000:]),
-        loss_fn=nn.functional.mse_loss,
-        description="Friedman #1 regression, tanh MLP 10-64-64-1, MSE (benchmark only)",
+        train_set=TensorDataset(x[:n_train], y[:n_train]),
+        val_set=TensorDataset(x[n_train:], y[n_train:]),
+        loss_fn=loss_fn,
+        description=description,
     )
 
 
@@ -396,16 +417,7 @@ class _ByteLSTM(nn.Module):
 def lstm_lm() -> Task:
     """The tiny LM's text and windows (:func:`_lm_windows`) modelled by an LSTM instead of a
     transformer (a recurrent language model); metric ``val_loss`` in nats per byte."""
-    train, val = _lm_windows()
-    return Task(
-        name="lstm-lm",
-        build_model=_ByteLSTM,
-        train_set=TensorDataset(train[:, :-1].contiguous(), train[:, 1:].contiguous()),
-        val_set=TensorDataset(val[:, :-1].contiguous(), val[:, 1:].contiguous()),
-        loss_fn=lm_loss,
-        metrics={},
-        description="byte-level LSTM LM on stdlib source (benchmark only)",
-    )
+    return _lm_task("lstm-lm", _ByteLSTM, "byte-level LSTM LM on stdlib source (benchmark only)")
 
 
 @_factory
@@ -445,11 +457,7 @@ def diabetes_bn() -> Task:
     def build() -> nn.Module:
         return nn.Sequential(nn.Linear(10, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 1))
 
-    return Task(
-        name="diabetes-bn",
-        build_model=build,
-        train_set=TensorDataset(x[:350], y[:350]),
-        val_set=TensorDataset(x[350:], y[350:]),
-        loss_fn=nn.functional.huber_loss,
-        description="diabetes regression, MLP with BatchNorm, Huber loss (benchmark only)",
-    )
+    return _regression_task(
+        "diabetes-bn", build, x, y, 350, nn.functional.huber_loss,
+        "diabetes regression, MLP with BatchNorm, Huber loss (benchmark only)",
+    )  # fmt: skip
