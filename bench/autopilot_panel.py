@@ -143,7 +143,10 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    # a11 (of record): a10 with the blend's probe bias half a decade for Adam (a quarter
+    # a12 (of record): a11 with anchored_peak's "decisively worse" a gap above half the
+    # better candidate's progress from the start, not a loss ratio above 1.5 (the ratio
+    # fired near the loss floor: 0.12 against 0.08 from 2.3);
+    # a11: a10 with the blend's probe bias half a decade for Adam (a quarter
     # for SGD, as before: SGD runs and Adam runs without a finder suggestion are a10's);
     # a10: a9, and the final run's guard replays only what the budget left
     # (guard.max_replay; snapshot_every sized for two rescues); without a finder suggestion
@@ -156,7 +159,7 @@ METHOD_VERSION = {
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
     # floor); a7: the same method before that rebase
-    "auto": "a11",
+    "auto": "a12",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",

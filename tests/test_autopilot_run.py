@@ -22,10 +22,10 @@ from lrpilot.autopilot._decide import (
     anchored_peak,
     blend_peak,
     choose_peak,
-    first_round,
     prior_lr,
     probe_bias,
 )
+from lrpilot.autopilot._ladder import first_round
 from lrpilot.cli import main
 from lrpilot.train import Callback
 

@@ -266,13 +266,15 @@ def anchored_peak(
     """The peak LR with the finder's suggestion ``anchor`` as the prior: the probes can only
     lower it, and only on decisive evidence.
 
-    With ``a`` the anchor's own probe and ``r = 1 + down_gap``:
+    With ``a`` the anchor's own probe and "decisively worse" :func:`decisively_worse`
+    (a gap above ``down_gap`` of the better one's progress from ``initial``; without
+    ``initial``, a loss ratio above ``1 + down_gap``):
 
-    1. a smaller candidate ``b`` with ``a.score > r * b.score`` (the prior is decisively
-       worse, e.g. at chance level): the best such ``b``;
-    2. else, when the next larger candidate failed (diverged, or ``score > r * a.score``:
-       the prior sits within one ladder step of the instability), a margin: ``anchor /
-       10 ** 0.25`` (the run continues from ``a``'s snapshot);
+    1. a smaller candidate ``b`` such that ``a`` is decisively worse than ``b`` (e.g. at
+       chance level): the best such ``b``;
+    2. else, when the next larger candidate failed (diverged, or decisively worse than
+       ``a``: the prior sits within one ladder step of the instability), a margin:
+       ``anchor / 10 ** 0.25`` (the run continues from ``a``'s snapshot);
     3. else the anchor. A larger LR is never taken: probes held at one-cycle's level
        favour the larger LRs (method a3 moved up on 7 of 12 calibration runs and lost
        3-20 points on each row where it did; ``bench/results/autopilot_research.md``).
@@ -292,6 +294,9 @@ def anchored_peak(
     0.01
     >>> anchored_peak([a, b, Probe("hi", 0.1, 2.3)], 0.03).value  # 0.1 at chance: margin
     0.01687
+    >>> lo, mid = Probe("lo", 0.01, 0.08), Probe("mid", 0.03, 0.124)  # near the floor:
+    >>> anchored_peak([lo, mid], 0.03).value, anchored_peak([lo, mid], 0.03, initial=2.3).value
+    (0.01, 0.03)
     """
     free = choose_peak(probes, z=z, name=name)
     ok = [p for p in probes if p.ok]
@@ -309,32 +314,62 @@ def anchored_peak(
             )
             return Decision(name, top.lr, why, {**ev, "no_progress": True})
         return Decision(name, free.value, f"{free.reason} ({why})", ev)
-    ratio = 1 + down_gap
     ev = {**free.evidence, "anchor": own.lr, "free_pick": free.value, "down_gap": down_gap}
-    lower = [p for p in ok if p.lr < own.lr and own.score > ratio * p.score]
+    lower = [p for p in ok if p.lr < own.lr and decisively_worse(own, p, down_gap, initial)]
     if lower:
         best = min(lower, key=lambda p: (p.score, -p.lr))
         why = (
-            f"the prior {own.lr:.3g} is decisively worse ({own.score:.4g} > {ratio:g} x "
-            f"{best.score:.4g} at {best.lr:.3g}): move down"
+            f"the prior {own.lr:.3g} is decisively worse ({own.score:.4g} against "
+            f"{best.score:.4g} at {best.lr:.3g}; {_worse_test(down_gap, initial)}): move down"
         )
         return Decision(name, best.lr, why, ev)
     above = [p for p in probes if p.lr > own.lr]
     nxt = min(above, key=lambda p: p.lr) if above else None
-    if nxt is not None and (not nxt.ok or nxt.score > ratio * own.score):
+    if nxt is not None and (not nxt.ok or decisively_worse(nxt, own, down_gap, initial)):
         value = float(f"{own.lr / REFINE_STEP:.4g}")
-        what = "diverged" if not nxt.ok else f"scored {nxt.score:.4g} > {ratio:g} x {own.score:.4g}"
+        what = (
+            "diverged"
+            if not nxt.ok
+            else f"scored {nxt.score:.4g} against {own.score:.4g} ({_worse_test(down_gap, initial)})"
+        )
         why = (
             f"the next LR above the prior, {nxt.lr:.3g}, {what}: a quarter-decade margin "
             f"below the prior {own.lr:.3g}"
         )
         return Decision(name, value, why, {**ev, "margin": nxt.name, "continue_from": own.name})
     why = (
-        f"the prior {own.lr:.3g} is kept (no smaller LR is decisively better: loss ratio "
-        f"> {ratio:g}; larger LRs are never taken, short probes at one-cycle's level "
-        "favour them)"
+        f"the prior {own.lr:.3g} is kept (no smaller LR is decisively better: "
+        f"{_worse_test(down_gap, initial)}; larger LRs are never taken, short probes at "
+        "one-cycle's level favour them)"
     )
     return Decision(name, own.lr, why, ev)
+
+
+def decisively_worse(worse: Probe, better: Probe, down_gap: float, initial: float | None) -> bool:
+    """Whether ``worse`` lost more than ``down_gap`` of the progress ``better`` made from
+    the decision-split loss at the start: ``worse - better > down_gap x (initial -
+    better)``. Unlike a ratio of losses this does not grow as the losses near their floor
+    (on digits a loss of 0.12 against 0.08 is a ratio of 1.5 but 2% of the progress from
+    2.3). Without a start that ``better`` improved on (``initial`` None or not above it),
+    the ratio: ``worse > (1 + down_gap) x better``.
+
+    >>> decisively_worse(Probe("a", 0.1, 0.124), Probe("b", 0.03, 0.078), 0.5, 2.3)
+    False
+    >>> decisively_worse(Probe("a", 0.1, 2.0), Probe("b", 0.03, 0.36), 0.5, 2.3)
+    True
+    >>> decisively_worse(Probe("a", 0.1, 0.124), Probe("b", 0.03, 0.078), 0.5, None)
+    True
+    """
+    if initial is None or not math.isfinite(initial) or initial <= better.score:
+        return worse.score > (1 + down_gap) * better.score
+    return worse.score - better.score > down_gap * (initial - better.score)
+
+
+def _worse_test(down_gap: float, initial: float | None) -> str:
+    """The words for :func:`decisively_worse`'s test."""
+    if initial is None or not math.isfinite(initial):
+        return f"decisive: a loss ratio above {1 + down_gap:g}"
+    return f"decisive: a gap above {down_gap:g} of the progress from {initial:.4g}"
 
 
 def blend_peak(
@@ -408,77 +443,3 @@ def prior_lr(prior: Mapping[str, Any]) -> float | None:
     if prior.get("verdict") == "ok" and isinstance(sugg, (int, float)) and math.isfinite(sugg):
         return float(sugg) if sugg > 0 else None
     return None
-
-
-def ladder(center: float, n: int, step: float = LADDER_STEP, skew: int = 0) -> list[float]:
-    """``n`` LRs a factor ``step`` apart around ``center``; ``skew`` shifts the ladder up by
-    that many steps (rounded to 4 significant digits).
-
-    >>> ladder(0.1, 3)
-    [0.03162, 0.1, 0.3162]
-    >>> ladder(1e-3, 4, skew=1)
-    [0.001, 0.003162, 0.01, 0.03162]
-    """
-    if n < 1:
-        raise ValueError(f"n={n!r} is out of range; allowed: [1, inf]")
-    first = -((n - 1) // 2) + skew
-    return [float(f"{center * step ** (first + i):.4g}") for i in range(n)]
-
-
-def first_round(prior: Mapping[str, Any], family: str, n: int) -> Decision:
-    """The first round's candidates from the prior.
-
-    ``prior``: the finder's result (``verdict``, ``suggestion``, ``interval``) or empty.
-    A usable suggestion centres the ladder on it (the finder's interval is only a prior: on
-    kinds it was not calibrated on it is often 4x off, so the ladder spans about
-    ``(n - 1) / 2`` half-decades on each side). Without one (``noisy``, ``flat``, no sweep)
-    the ladder spans :data:`NO_PRIOR_SPAN` evenly for any ``n``: Adam from the calibrated
-    default up (conservative on small models), SGD from a half decade below it (rarely too
-    high at batch 64). The reason says which.
-
-    >>> first_round({"verdict": "noisy"}, "adam", 3).value
-    [0.001, 0.005623, 0.03162]
-    """
-    verdict = prior.get("verdict")
-    sugg = prior_lr(prior)
-    if sugg is not None:
-        lrs = ladder(sugg, n)
-        why = f"half-decade ladder centred on the finder's suggestion {sugg:.3g}"
-    else:
-        base = DEFAULT_LR[family]
-        low = base if family == "adam" else base / LADDER_STEP
-        lrs = [float(f"{low * NO_PRIOR_SPAN ** (i / max(n - 1, 1)):.4g}") for i in range(n)]
-        why = (
-            f"finder gave no usable suggestion (verdict {verdict!r}); {n} LRs from "
-            f"{lrs[0]:.3g} to {lrs[-1]:.3g} around the calibrated default {base:g}"
-        )
-    return Decision("round1_candidates", lrs, why, {"prior": dict(prior), "family": family})
-
-
-def second_round(round1: Sequence[Probe], peak: Decision) -> Decision:
-    """The second round's candidates around the first round's pick: a quarter decade on
-    each side; at an edge of the first ladder (its best was the largest or smallest LR and
-    the next step was not a failure) the ladder is extended one half-decade past the edge
-    instead, keeping the pick.
-
-    >>> r = [Probe("a", 0.01, 1.0), Probe("b", 0.03, 0.9)]
-    >>> second_round(r, choose_peak(r)).value
-    [0.03, 0.05335, 0.09487]
-    """
-    lrs = sorted({p.lr for p in round1})
-    pick = peak.value
-    if pick is None:
-        return Decision("round2_candidates", [], "no first-round pick", {})
-    failed_above = any(not p.ok and p.lr > pick for p in round1)
-    failed_below = any(not p.ok and p.lr < pick for p in round1)
-    if pick >= lrs[-1] and not failed_above and len(lrs) > 1:
-        out = [pick, pick * REFINE_STEP, pick * LADDER_STEP]
-        why = "the pick is the largest LR tried: extend the ladder upwards"
-    elif pick <= lrs[0] and not failed_below and len(lrs) > 1 and all(p.ok for p in round1):
-        out = [pick / LADDER_STEP, pick / REFINE_STEP, pick]
-        why = "the pick is the smallest LR tried: extend the ladder downwards"
-    else:
-        out = [pick / REFINE_STEP, pick, pick * REFINE_STEP]
-        why = "a quarter decade on each side of the pick"
-    out = [float(f"{v:.4g}") for v in out]
-    return Decision("round2_candidates", out, why, {"round1_pick": pick})

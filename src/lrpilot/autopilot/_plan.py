@@ -133,7 +133,7 @@ def make_plan(
     ``n_fit``: the part trained on until the decisions are made (the rest is the decision
     split); ``finder_samples``: what the finder's sweep would cost (0: no sweep);
     ``candidates``: the most first-round candidates (4 without a prior, 3 around the
-    finder's suggestion: :func:`lrpilot.autopilot._decide.first_round`)."""
+    finder's suggestion: :func:`lrpilot.autopilot._ladder.first_round`)."""
     check_budget(budget)
     spe, spe_full = math.ceil(n_fit / batch), math.ceil(n_full / batch)
     length = epochs * spe  # the probes' lengths are fractions of this

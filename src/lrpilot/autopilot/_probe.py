@@ -53,11 +53,10 @@ from lrpilot.autopilot._decide import (
     anchored_peak,
     blend_peak,
     choose_peak,
-    first_round,
     prior_lr,
     probe_bias,
-    second_round,
 )
+from lrpilot.autopilot._ladder import first_round, second_round
 from lrpilot.autopilot._plan import ProbePlan
 from lrpilot.train import Callback, Control
 

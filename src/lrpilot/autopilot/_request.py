@@ -411,7 +411,7 @@ def _base_config(req, opt, epochs, batch, acc, lr, mode, choice, fit_task):  # t
     return base, parse_config(base, task=fit_task)
 
 
-#: first-round candidates around a finder suggestion (:func:`~lrpilot.autopilot._decide.first_round`):
+#: first-round candidates around a finder suggestion (:func:`~lrpilot.autopilot._ladder.first_round`):
 #: the suggestion and a half decade each side. (Method a7m tried a fourth, 10x the
 #: suggestion: it had the lowest decision loss in 1 of its 24 panel runs with a suggestion;
 #: its branch pays for training on the decision split after the decision.)
