@@ -18,8 +18,8 @@ from lrpilot.train._builders import implementation_of
 
 def diagnose_run(run: Any) -> tuple[History | None, list[dict]]:
     """``(history, findings)``: ``lrpilot.diagnose`` of the run's ``metrics.jsonl`` (through
-    the prepare step's ``qualify_findings`` when it gave one), printed and returned as dicts (a failure of the diagnosis is reported, never fatal to
-    the run)."""
+    the prepare step's ``qualify_findings`` when it gave one), printed and returned as
+    dicts (a failure of the diagnosis is reported, never fatal to the run)."""
     from lrpilot.diagnosis import diagnose
 
     history = None
