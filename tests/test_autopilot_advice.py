@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from lrpilot.autopilot._advice import SIDE_FACTOR, measured_side, qualify_lr_advice
+from lrpilot.autopilot._advice import (
+    SIDE_FACTOR,
+    measured_side,
+    qualify_from_report,
+    qualify_lr_advice,
+)
 from lrpilot.autopilot._decide import Probe
 from lrpilot.diagnosis import Finding
 
@@ -72,14 +77,18 @@ def test_other_findings_pass_through_unchanged():
     assert qualify_lr_advice([*others, SLOW], LADDER, 0.006806)[:3] == others
 
 
-def test_the_autopilot_qualifies_its_final_runs_diagnosis(tmp_path: Path, monkeypatch):
+PLANTED = Finding("too_slow", "warning", advice="raise the learning rate 3x")
+
+
+def test_the_autopilot_qualifies_its_final_runs_diagnosis(tmp_path: Path, monkeypatch, capsys):
     """End to end: whatever the diagnosis says about the final run's curve, a too_slow
-    finding reaches summary.json qualified by the run's own recorded candidates."""
+    finding reaches summary.json qualified by the run's own recorded candidates, and
+    ``lrpilot diagnose`` of the run directory says the same."""
     import lrpilot
     import lrpilot.diagnosis as diagnosis
+    from lrpilot.cli import main
 
-    planted = Finding("too_slow", "warning", advice="raise the learning rate 3x")
-    monkeypatch.setattr(diagnosis, "diagnose", lambda history: [planted])
+    monkeypatch.setattr(diagnosis, "diagnose", lambda history: [PLANTED])
     result = lrpilot.auto("mnist1d-mlp", epochs=2, out_dir=tmp_path / "r", progress="none")
     info = json.loads((tmp_path / "r" / "autopilot.json").read_text())
     pick = next(d["value"] for d in info["decisions"] if d["name"] == "peak_lr")
@@ -97,3 +106,35 @@ def test_the_autopilot_qualifies_its_final_runs_diagnosis(tmp_path: Path, monkey
         (pytest.approx(lr, rel=1e-5), pytest.approx(s, rel=1e-5)) for lr, s in above
     ]
     assert result.summary["diagnosis"][0]["evidence"]["autopilot"]["pick"] == pytest.approx(pick)
+    # lrpilot diagnose of the run directory reads autopilot.json and says the same
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "r"), "--json"]) == 0
+    (said,) = json.loads(capsys.readouterr().out)
+    assert said["severity"] == "info" and said["evidence"]["autopilot"] == ap
+    # an unreadable report is said on stderr and the diagnosis is the curve's alone
+    (tmp_path / "r" / "autopilot.json").write_text('{"decisions": 5}')
+    assert main(["diagnose", str(tmp_path / "r"), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["severity"] == "warning"
+    assert "autopilot.json not used" in out.err
+
+
+def test_qualify_from_report_reads_what_autopilot_json_records():
+    report = {
+        "decisions": [
+            {"name": "prior_pick", "value": 0.006806},
+            {"name": "peak_lr", "value": 0.006806},
+        ],
+        "candidates": [
+            {"name": "r1-0", "lr": 0.002152, "score": 1.721},
+            {"name": "r1-1", "lr": 0.006806, "score": 1.53},
+            {"name": "r1-2", "lr": 0.02152, "score": None, "diverged": True},
+            {"name": "r1-3", "lr": 0.0681, "score": 1.9},
+        ],
+    }
+    (f,) = qualify_from_report([SLOW], report)
+    assert f.evidence["autopilot"]["measured"] == [[0.0681, 1.9]]  # the diverged one is not
+    assert qualify_from_report([SLOW], {"decisions": []}) == [SLOW]
+    assert qualify_from_report([SLOW], {"decisions": [{"name": "peak_lr", "value": None}]}) == [
+        SLOW
+    ]

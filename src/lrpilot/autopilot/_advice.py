@@ -25,7 +25,7 @@ one, and in each case the autopilot had a candidate on that side.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -88,3 +88,25 @@ def qualify_lr_advice(findings: Sequence[Any], probes: Sequence[Probe], pick: fl
         }
         out.append(replace(f, severity="info", advice=advice, evidence=evidence))
     return out
+
+
+def qualify_from_report(findings: Sequence[Any], report: Mapping[str, Any]) -> list[Any]:
+    """:func:`qualify_lr_advice` with the candidates and the pick an ``autopilot.json``
+    recorded (``lrpilot diagnose`` of an autopilot run directory says what the run said).
+    A report without a peak LR or candidates leaves ``findings`` as they are."""
+    pick = next(
+        (d.get("value") for d in report.get("decisions", []) if d.get("name") == "peak_lr"),
+        None,
+    )
+    if not isinstance(pick, (int, float)) or isinstance(pick, bool):
+        return list(findings)
+    probes = [
+        Probe(
+            str(c["name"]),
+            float(c["lr"]),
+            math.nan if c.get("score") is None else float(c["score"]),
+            diverged=bool(c.get("diverged", False)),
+        )
+        for c in report.get("candidates", [])
+    ]
+    return qualify_lr_advice(findings, probes, float(pick))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from lrpilot.cli._checks import check_png
 from lrpilot.errors import ConfigError
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.png is not None:
         check_png(args.png)
     history = read_history(args.path, tags=tags, columns=columns)
-    findings = diagnose(history)
+    findings = _as_the_run_said(diagnose(history), Path(args.path))
     if args.png:
         from lrpilot.diagnosis.plot import plot_diagnosis
 
@@ -89,3 +91,20 @@ def run(args: argparse.Namespace) -> int:
         if args.png:
             print(f"plot: {args.png}")
     return 0
+
+
+def _as_the_run_said(findings: list, path: Path) -> list:
+    """An autopilot run directory's diagnosis weighs the LR advice against the candidates
+    its ``autopilot.json`` recorded, as the run itself did
+    (:func:`lrpilot.autopilot._advice.qualify_from_report`); an unreadable report is said
+    and the findings are left as they are."""
+    report = path / "autopilot.json"
+    if not (path.is_dir() and report.is_file()):
+        return findings
+    from lrpilot.autopilot._advice import qualify_from_report
+
+    try:
+        return qualify_from_report(findings, json.loads(report.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"lrpilot diagnose: {report} not used ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return findings
