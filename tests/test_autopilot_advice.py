@@ -66,6 +66,11 @@ def test_diverged_and_nan_candidates_are_not_measurements():
     assert qualify_lr_advice([SLOW], gone, 0.0068) == [SLOW]
     assert qualify_lr_advice([SLOW], [], 0.0068) == [SLOW]
     assert measured_side(gone, NAN, 1) == [] and measured_side(gone, 0.0, 1) == []
+    # a pick or a candidate LR that is not a positive number (a hand-edited report)
+    for pick in (0.0, -0.01, NAN, float("inf")):
+        assert qualify_lr_advice([SLOW], LADDER, pick) == [SLOW]
+    odd = [Probe("z", 0.0, 1.0), Probe("n", -0.1, 1.0), *LADDER]
+    assert qualify_lr_advice([SLOW], odd, 0.006806) == qualify_lr_advice([SLOW], LADDER, 0.006806)
 
 
 def test_other_findings_pass_through_unchanged():

@@ -48,9 +48,8 @@ def measured_side(probes: Sequence[Probe], pick: float, direction: int) -> list[
     """
     if not (math.isfinite(pick) and pick > 0):
         return []
-    side = [
-        p for p in probes if p.ok and direction * math.log(p.lr / pick) >= math.log(SIDE_FACTOR)
-    ]
+    usable = [p for p in probes if p.ok and math.isfinite(p.lr) and p.lr > 0]
+    side = [p for p in usable if direction * math.log(p.lr / pick) >= math.log(SIDE_FACTOR)]
     return sorted(side, key=lambda p: abs(math.log(p.lr / pick)))
 
 
@@ -59,8 +58,8 @@ def qualify_lr_advice(findings: Sequence[Any], probes: Sequence[Probe], pick: fl
     what the autopilot measured on the advised side of its ``pick`` (module doc). Every
     other finding, and one without a measured candidate on its side, is returned as it is.
     """
-    usable = [p for p in probes if p.ok]
-    if not usable:
+    usable = [p for p in probes if p.ok and math.isfinite(p.lr) and p.lr > 0]
+    if not usable or not (math.isfinite(pick) and pick > 0):
         return list(findings)
     near = min(usable, key=lambda p: abs(math.log(p.lr / pick)))
     out = []
