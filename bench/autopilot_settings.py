@@ -40,26 +40,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import torch
-
-torch.set_num_threads(1)
 
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+# the panel's import sets one thread per process (OMP_NUM_THREADS before torch loads)
 import autopilot_panel as P  # noqa: E402
 
-RESULTS = BENCH / "results"
-CACHE = RESULTS / "autopilot_settings_runs.json"
-TABLE = RESULTS / "autopilot_settings_table.md"
+CACHE = P.RESULTS / "autopilot_settings_runs.json"
+TABLE = P.RESULTS / "autopilot_settings_table.md"
 SEEDS = (0, 1)
 #: the autopilot's version (the panel's ``METHOD_VERSION["auto"]``): its runs are cached
 #: under it; the grid and the default do not change with it

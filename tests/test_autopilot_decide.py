@@ -551,3 +551,13 @@ def test_recorded_digits_probes_near_the_floor_are_not_a_failure():
     r1 = [Probe("r1-0", 0.1551, 0.425), Probe("r1-1", 0.4905, 0.3587), Probe("r1-2", 1.551, 2.0146)]  # fmt: skip
     d = anchored_peak(r1, 0.4905, initial=2.31)
     assert d.value == pytest.approx(0.4905 / 10**0.25, rel=1e-3) and d.evidence["margin"] == "r1-2"
+
+
+def test_the_reason_names_the_test_that_decided():
+    lo, mid = Probe("lo", 0.01, 0.5), Probe("mid", 0.03, 2.0)
+    # a start above the better score: the progress test
+    d = anchored_peak([lo, mid], 0.03, initial=2.3)
+    assert d.value == 0.01 and "progress from 2.3" in d.reason
+    # a start at or below it (nothing gained): the ratio, and the reason says so
+    d = anchored_peak([lo, mid], 0.03, initial=0.4)
+    assert d.value == 0.01 and "loss ratio above 1.5" in d.reason

@@ -46,11 +46,22 @@ def measured_side(probes: Sequence[Probe], pick: float, direction: int) -> list[
     >>> [p.name for p in measured_side(ps, 0.03, 1)], [p.name for p in measured_side(ps, 0.03, -1)]
     (['c'], ['a'])
     """
-    if not (math.isfinite(pick) and pick > 0):
+    if not _positive(pick):
         return []
-    usable = [p for p in probes if p.ok and math.isfinite(p.lr) and p.lr > 0]
-    side = [p for p in usable if direction * math.log(p.lr / pick) >= math.log(SIDE_FACTOR)]
+    side = [
+        p for p in _usable(probes) if direction * math.log(p.lr / pick) >= math.log(SIDE_FACTOR)
+    ]
     return sorted(side, key=lambda p: abs(math.log(p.lr / pick)))
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def _usable(probes: Sequence[Probe]) -> list[Probe]:
+    """The candidates with a finite score at a positive LR (a hand-edited report may hold
+    others)."""
+    return [p for p in probes if p.ok and _positive(p.lr)]
 
 
 def qualify_lr_advice(findings: Sequence[Any], probes: Sequence[Probe], pick: float) -> list[Any]:
@@ -58,8 +69,8 @@ def qualify_lr_advice(findings: Sequence[Any], probes: Sequence[Probe], pick: fl
     what the autopilot measured on the advised side of its ``pick`` (module doc). Every
     other finding, and one without a measured candidate on its side, is returned as it is.
     """
-    usable = [p for p in probes if p.ok and math.isfinite(p.lr) and p.lr > 0]
-    if not usable or not (math.isfinite(pick) and pick > 0):
+    usable = _usable(probes)
+    if not usable or not _positive(pick):
         return list(findings)
     near = min(usable, key=lambda p: abs(math.log(p.lr / pick)))
     out = []
@@ -99,13 +110,5 @@ def qualify_from_report(findings: Sequence[Any], report: Mapping[str, Any]) -> l
     )
     if not isinstance(pick, (int, float)) or isinstance(pick, bool):
         return list(findings)
-    probes = [
-        Probe(
-            str(c["name"]),
-            float(c["lr"]),
-            math.nan if c.get("score") is None else float(c["score"]),
-            diverged=bool(c.get("diverged", False)),
-        )
-        for c in report.get("candidates", [])
-    ]
+    probes = [Probe.from_dict(c) for c in report.get("candidates", [])]
     return qualify_lr_advice(findings, probes, float(pick))

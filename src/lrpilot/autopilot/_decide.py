@@ -320,7 +320,7 @@ def anchored_peak(
         best = min(lower, key=lambda p: (p.score, -p.lr))
         why = (
             f"the prior {own.lr:.3g} is decisively worse ({own.score:.4g} against "
-            f"{best.score:.4g} at {best.lr:.3g}; {_worse_test(down_gap, initial)}): move down"
+            f"{best.score:.4g} at {best.lr:.3g}; {_worse_test(down_gap, initial, best)}): move down"
         )
         return Decision(name, best.lr, why, ev)
     above = [p for p in probes if p.lr > own.lr]
@@ -330,7 +330,8 @@ def anchored_peak(
         what = (
             "diverged"
             if not nxt.ok
-            else f"scored {nxt.score:.4g} against {own.score:.4g} ({_worse_test(down_gap, initial)})"
+            else f"scored {nxt.score:.4g} against {own.score:.4g} "
+            f"({_worse_test(down_gap, initial, own)})"
         )
         why = (
             f"the next LR above the prior, {nxt.lr:.3g}, {what}: a quarter-decade margin "
@@ -365,9 +366,14 @@ def decisively_worse(worse: Probe, better: Probe, down_gap: float, initial: floa
     return worse.score - better.score > down_gap * (initial - better.score)
 
 
-def _worse_test(down_gap: float, initial: float | None) -> str:
-    """The words for :func:`decisively_worse`'s test."""
-    if initial is None or not math.isfinite(initial):
+def _worse_test(down_gap: float, initial: float | None, better: Probe | None = None) -> str:
+    """The words for :func:`decisively_worse`'s test (of ``better`` against another, when
+    given: the ratio when ``initial`` is not above its score)."""
+    if (
+        initial is None
+        or not math.isfinite(initial)
+        or (better is not None and initial <= better.score)
+    ):
         return f"decisive: a loss ratio above {1 + down_gap:g}"
     return f"decisive: a gap above {down_gap:g} of the progress from {initial:.4g}"
 
