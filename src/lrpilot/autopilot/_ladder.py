@@ -20,6 +20,7 @@ from lrpilot.autopilot._decide import (
     Probe,
     prior_lr,
 )
+from lrpilot.autopilot._prior import describe_sweeps
 
 
 def ladder(center: float, n: int, step: float = LADDER_STEP, skew: int = 0) -> list[float]:
@@ -64,6 +65,10 @@ def first_round(prior: Mapping[str, Any], family: str, n: int) -> Decision:
             f"finder gave no usable suggestion (verdict {verdict!r}); {n} LRs from "
             f"{lrs[0]:.3g} to {lrs[-1]:.3g} around the calibrated default {base:g}"
         )
+    sweeps = describe_sweeps(prior)  # lrpilot.autopilot._prior.combine_sweeps
+    if sweeps:
+        how = "the median" if sugg is not None else "fewer than half suggested an LR"
+        why += f" ({sweeps}; {how})"
     return Decision("round1_candidates", lrs, why, {"prior": dict(prior), "family": family})
 
 

@@ -13,7 +13,9 @@ trajectory is ``switch_epoch`` epochs of the rest and ``epochs - switch_epoch`` 
 all the data (``total_steps`` counts both). The plan is the first of :data:`OPTIONS` (most
 candidates and longest probes first) whose total, with the finder's sweep, fits
 ``(budget - RESCUE_RESERVE) x epochs x training-set size`` samples; without any, a run
-with no probe at all on all the data (the prior's value, said so in the decisions).
+with no probe at all on all the data (the prior's value, said so in the decisions). A
+budget beyond the longest plan buys more finder sweeps (:func:`with_sweeps`), never
+shorter holds.
 
 >>> p = make_plan(n_full=4000, n_fit=3800, batch=64, epochs=15, budget=1.3, finder_samples=2000)
 >>> (p.n1, p.hold1, p.cool1, p.n2, p.warmup, p.switch_epoch, p.total_steps)
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from lrpilot.errors import ConfigError
@@ -88,6 +90,9 @@ class ProbePlan:
     switch_epoch: int = 0
     #: steps of a run on all the data from step 0 (a run without probes)
     full_steps: int = 0
+    #: the finder's sweeps, each in its own data order (:func:`with_sweeps`; 0 without
+    #: the finder)
+    sweeps: int = 0
 
     @property
     def decided_at(self) -> int:
@@ -168,9 +173,66 @@ def make_plan(
                     f"{switch + 1}" + ("" if use_finder else "; no finder sweep (budget)"),
                     switch,
                     epochs * spe_full,
+                    int(use_finder),
                 )
     return no_probe_plan(n_full, n_fit, batch, epochs,
                          f"budget {budget:g} leaves no room for probes: the prior's LR, no search")  # fmt: skip
+
+
+#: the most finder sweeps a plan takes (:func:`with_sweeps`); odd, as every count it takes
+MAX_SWEEPS = 3
+#: what extra sweeps leave of the budget at least, as a multiple of one run: the guard's
+#: reserve, so they only spend a budget the longest plan left unused
+SWEEP_RESERVE_FLOOR = RESCUE_RESERVE
+
+
+def with_sweeps(
+    plans: Sequence[ProbePlan], finder_samples: int, one_run: int, budget: float
+) -> list[ProbePlan]:
+    """``plans`` with the most finder sweeps that every one of them affords: an odd count
+    up to :data:`MAX_SWEEPS` (the median of an odd count ignores one outlying sweep; two
+    sweeps' geometric mean moves half-way to it), each extra sweep paid from budget the
+    plan left, down to :data:`SWEEP_RESERVE_FLOOR`:
+    ``expected_multiple + (k - 1) x finder_samples / one_run <= budget - floor``.
+    The holds stay as planned: shorter holds move the probes' ranking (method a8), and a
+    plan shrunk to pay for sweeps (three at 5% holds instead of one at 7%) picked higher
+    LRs on SGD, up to a cliff.
+
+    The sweeps run before the finder's verdict is known, so the plan with a suggestion and
+    the one without take the same count. A plan without the finder or probes is returned
+    as it is.
+
+    >>> p = make_plan(4000, 3800, 64, 15, 1.3, 2000, candidates=3)
+    >>> round(p.expected_multiple, 3), [q.sweeps for q in with_sweeps([p], 2000, 60_000, 1.3)]
+    (1.226, [1])
+    >>> q = make_plan(4000, 3800, 64, 15, 1.4, 2000, candidates=3)
+    >>> [(r.sweeps, round(r.expected_multiple, 3)) for r in with_sweeps([q], 2000, 60_000, 1.4)]
+    [(3, 1.321)]
+    """
+    finders = [p for p in plans if p.n1 > 0 and p.finder]
+    k = next(
+        (
+            k
+            for k in range(MAX_SWEEPS, 1, -2)
+            if all(
+                p.expected_multiple + (k - 1) * finder_samples / one_run
+                <= budget - SWEEP_RESERVE_FLOOR + 1e-12
+                for p in finders
+            )
+        ),
+        1,
+    )
+    return [
+        replace(
+            p,
+            sweeps=k,
+            expected_multiple=p.expected_multiple + (k - 1) * finder_samples / one_run,
+            reason=p.reason + (f"; {k} finder sweeps" if k > 1 else ""),
+        )
+        if p in finders
+        else p
+        for p in plans
+    ]
 
 
 def no_probe_plan(n_full: int, n_fit: int, batch: int, epochs: int, reason: str) -> ProbePlan:

@@ -11,7 +11,9 @@ snapshot (weights, optimizer, data position, RNG), bit-identically.
 Procedure (``plan`` = :class:`~lrpilot.autopilot._plan.ProbePlan`):
 
 1. optional prior: the finder's sweep on the engine's model (``lrpilot.find_lr`` restores
-   everything; the engine's snapshot from before it is put back after it);
+   everything; the engine's snapshot from before it is put back after it); when the budget
+   leaves room, ``plan.sweeps`` sweeps in their own data orders and their median
+   (:mod:`lrpilot.autopilot._prior`);
 2. the shape is chosen first (:func:`~lrpilot.autopilot._shapes.choose_shape`, a function
    of the plan); for one-cycle every candidate peak ``c`` is *held* at
    ``c x level``, one-cycle's LR at the decision point as a fraction of its peak
@@ -58,6 +60,7 @@ from lrpilot.autopilot._decide import (
 )
 from lrpilot.autopilot._ladder import first_round, second_round
 from lrpilot.autopilot._plan import ProbePlan
+from lrpilot.autopilot._prior import describe_sweeps
 from lrpilot.train import Callback, Control
 
 STATE_VERSION = 3
@@ -154,6 +157,14 @@ class Outcome:
     plan: ProbePlan | None = None
     #: the momentum schedule config of the whole run (one-cycle's cycle), or None
     momentum: dict | None = None
+
+
+def _prior_line(prior: dict) -> str:
+    """The progress line for the finder's result (one sweep or several)."""
+    sugg = prior.get("suggestion")
+    said = f"suggests {sugg:.3g}" if prior_lr(prior) is not None else f"{prior.get('verdict')!r}"
+    sweeps = describe_sweeps(prior)
+    return f"finder ({sweeps}): {said}" if sweeps else f"finder: {said}"
 
 
 @dataclass
@@ -281,6 +292,7 @@ class Prober:
             before = self.engine.snapshot()
             prior = self.prior_fn(self.engine)
             self.engine.restore(before)
+            self.say(_prior_line(prior))
         self.store.state["prior"] = prior
         self.store.save()
         return prior, int(prior.get("samples", 0))

@@ -84,6 +84,27 @@ def decision_rows(info: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _plain_log_ticks(ax: Any) -> None:
+    """Log-axis labels at 1, 2 and 5 per decade in plain numbers (matplotlib's default
+    labels every minor tick in scientific notation on a narrow range, and they overlap)."""
+    from matplotlib import ticker
+
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _plot_prior(ax: Any, prior: dict) -> None:
+    """The finder's suggestion (green), and each sweep's when there were several (dotted)."""
+    for sweep in prior.get("sweeps") or []:
+        value = sweep.get("suggestion")
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            ax.axvline(value, color="green", ls=":", lw=1, alpha=0.6)
+    value = prior.get("suggestion")
+    if prior.get("verdict") == "ok" and isinstance(value, (int, float)) and value > 0:
+        ax.axvline(value, color="green", lw=1, alpha=0.8, label=f"finder {value:.3g}")
+
+
 def plot(path: Path, info: dict) -> None:
     """Left: each candidate's decision-split loss after its cooldown against its LR, per
     round (the chosen one circled). Right: the LR of the final trajectory per step."""
@@ -106,7 +127,9 @@ def plot(path: Path, info: dict) -> None:
                 ax1.axvline(c["lr"], color="red", alpha=0.3, lw=1)
     if isinstance(peak, float) and math.isfinite(peak):
         ax1.axvline(peak, color="black", ls="--", lw=1, label=f"chosen {peak:.3g}")
+    _plot_prior(ax1, info.get("prior") or {})
     ax1.set_xscale("log")
+    _plain_log_ticks(ax1)
     ax1.set_xlabel("peak LR")
     ax1.set_ylabel("decision-split loss after cooldown")
     ax1.legend(fontsize=8)

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from lrpilot.autopilot import _shapes as shapes
 from lrpilot.autopilot._batch import BatchChoice, check_possible
 from lrpilot.autopilot._decide import Decision
-from lrpilot.autopilot._plan import ProbePlan, check_budget, make_plan, no_probe_plan
+from lrpilot.autopilot._plan import ProbePlan, check_budget, make_plan, no_probe_plan, with_sweeps
 from lrpilot.autopilot._probe import Outcome, ProbeStore
 from lrpilot.autopilot._split import decision_size, split_task
 from lrpilot.errors import ConfigError, check_int
@@ -366,8 +366,11 @@ def settings(req: Request, choice: BatchChoice | None = None) -> Settings:
     base, cfg = _base_config(req, opt, epochs, batch, acc, lr, mode, choice, fit_task)
     acc = cfg.accumulate
     sizes = (n_full, n_fit, batch * acc, epochs, budget, choice, mode)
-    plan = None if mode == "batch" else _plan(*sizes)
-    prior_plan = None if mode == "batch" else _plan(*sizes, candidates=PRIOR_CANDIDATES)
+    plan = prior_plan = None
+    if mode != "batch":
+        plan, prior_plan = _sweeps(
+            [_plan(*sizes), _plan(*sizes, candidates=PRIOR_CANDIDATES)], *sizes
+        )
     fixed: dict[str, Any] = {
         k: v for k, v in (("lr", req.lr), ("batch_size", req.batch_size)) if v not in (None, AUTO)
     }
@@ -416,6 +419,21 @@ def _base_config(req, opt, epochs, batch, acc, lr, mode, choice, fit_task):  # t
 #: suggestion: it had the lowest decision loss in 1 of its 24 panel runs with a suggestion;
 #: its branch pays for training on the decision split after the decision.)
 PRIOR_CANDIDATES = 3
+
+
+def _sweeps(plans, n_full, n_fit, batch, epochs, budget, choice, mode):  # type: ignore[no-untyped-def]
+    """``plans`` with the finder sweeps they all afford (:func:`~lrpilot.autopilot._plan.with_sweeps`)
+    within what the batch decision left of the budget, as :func:`_plan` counts it. In
+    ``restart`` mode the plans were cut to fit their kept holds too: one sweep."""
+    from lrpilot.autopilot._plan import MIN_BUDGET
+    from lrpilot.finder.protocol import probe_plan
+
+    if mode == "restart":
+        return plans
+    one_run = epochs * n_full
+    left = budget - (0 if choice is None else choice.samples / one_run)
+    finder = probe_plan(n_fit, batch).samples_budget
+    return with_sweeps(plans, finder, one_run, max(MIN_BUDGET, left))
 
 
 def _plan(n_full, n_fit, batch, epochs, budget, choice, mode, candidates=4) -> ProbePlan:  # type: ignore[no-untyped-def]

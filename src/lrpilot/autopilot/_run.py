@@ -30,6 +30,7 @@ from lrpilot.autopilot import _shapes as shapes
 from lrpilot.autopilot._advice import qualify_lr_advice
 from lrpilot.autopilot._batch import measure_and_choose
 from lrpilot.autopilot._plan import compute_multiple
+from lrpilot.autopilot._prior import finder_prior
 from lrpilot.autopilot._probe import Outcome, Prober, ProbeStore
 from lrpilot.autopilot._request import OPTIMIZER_FAMILY, Request, Settings, settings, user_task
 from lrpilot.autopilot._split import sample_losses
@@ -223,8 +224,10 @@ def _probe(st: Settings, engine: Any, store: ProbeStore, say: Callable[[str], No
     def scorer(m: nn.Module) -> tuple[list[float], dict[str, float]]:
         return sample_losses(m, task.loss_fn, held_out, engine.device, metric_fns)
 
+    sweeps = st.plan.sweeps  # the plan with a suggestion and the one without agree
+
     def prior(eng: Any) -> dict:
-        return finder_prior(eng, st.fit_task, st.batch * st.accumulate, st.seed)
+        return finder_prior(eng, st.fit_task, st.batch * st.accumulate, st.seed, sweeps)
 
     family = OPTIMIZER_FAMILY[st.opt["name"]]
     prober = Prober(
@@ -232,37 +235,6 @@ def _probe(st: Settings, engine: Any, store: ProbeStore, say: Callable[[str], No
         prior_plan=st.prior_plan, cycles_momentum=st.cycles_momentum,
     )  # fmt: skip
     return prober.run()
-
-
-def finder_prior(engine: Any, fit_task: Task, batch: int, seed: int) -> dict:
-    """The finder's sweep on the engine's model and optimizer (``lrpilot.find_lr``, the
-    protocol of ``lrpilot find``: half an epoch at batch ``batch // 8``); everything it
-    touches is restored by ``find_lr``. Returns what the decisions read."""
-    from lrpilot.finder import find_lr
-    from lrpilot.finder.protocol import probe_plan
-    from lrpilot.finder.task_probe import probe_loader
-
-    pp = probe_plan(len(fit_task.train_set), batch)  # type: ignore[arg-type]
-    loader = probe_loader(fit_task.train_set, pp.batch_size, seed)
-    res = find_lr(
-        engine.model,
-        engine.optimizer,
-        fit_task.loss_fn,
-        loader,
-        start_lr=pp.start_lr,
-        end_lr=pp.end_lr,
-        steps=pp.steps,
-        schedule="one_cycle",
-        batch_ratio=batch / pp.batch_size,
-    )
-    return {
-        "verdict": res.verdict,
-        "suggestion": res.suggestion,
-        "interval": list(res.suggestion_interval) if res.suggestion_interval else None,
-        "samples": int(res.samples),
-        "probe_batch": pp.batch_size,
-        "message": getattr(res, "message", ""),
-    }
 
 
 def load_report(run_dir: str | Path) -> dict:

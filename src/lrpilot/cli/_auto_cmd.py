@@ -35,7 +35,10 @@ def register(subparsers) -> None:  # type: ignore[no-untyped-def]
         "--budget",
         type=float,
         default=1.3,
-        help="total compute as a multiple of one run of --epochs epochs (default 1.3; >= 1.0)",
+        help=(
+            "total compute as a multiple of one run of --epochs epochs (default 1.3; in "
+            "[1.0, 10]); what the longest plan leaves buys up to three finder sweeps"
+        ),
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run directory (default runs/<task>-<time>)")

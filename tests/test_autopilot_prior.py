@@ -1,0 +1,198 @@
+"""The autopilot's prior from several finder sweeps: the median rule, the plan that pays for
+the sweeps, and a run that records them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lrpilot.autopilot._plan import (
+    MAX_SWEEPS,
+    RESCUE_RESERVE,
+    SWEEP_RESERVE_FLOOR,
+    make_plan,
+    no_probe_plan,
+    with_sweeps,
+)
+from lrpilot.autopilot._prior import combine_sweeps, describe_sweeps
+from lrpilot.cli import main
+
+
+def sweep(verdict: str, suggestion: float | None, samples: int = 100) -> dict:
+    return {"verdict": verdict, "suggestion": suggestion, "interval": None, "samples": samples}
+
+
+# ------------------------------------------------------------------ the rule
+def test_one_sweep_is_returned_as_it_is():
+    one = sweep("ok", 0.03) | {"message": "m", "probe_batch": 8}
+    assert combine_sweeps([one]) == one
+    assert combine_sweeps([sweep("noisy", None)]) == sweep("noisy", None)
+
+
+def test_an_odd_count_takes_the_median_whatever_the_order():
+    values = (0.0057, 0.055, 0.066)
+    for order in itertools.permutations(values):
+        p = combine_sweeps([sweep("ok", v, samples=7) for v in order])
+        assert p["verdict"] == "ok" and p["suggestion"] == pytest.approx(0.055)
+        assert p["samples"] == 21
+        assert [s["suggestion"] for s in p["sweeps"]] == list(order)
+        assert [s["samples"] for s in p["sweeps"]] == [7, 7, 7]
+
+
+def test_an_even_count_takes_the_geometric_mean_of_the_middle_two():
+    p = combine_sweeps([sweep("ok", 0.008), sweep("ok", 0.045)])
+    assert p["suggestion"] == pytest.approx(math.sqrt(0.008 * 0.045))
+    # four sweeps: the middle two of the sorted logs
+    p = combine_sweeps([sweep("ok", v) for v in (1.0, 0.01, 100.0, 0.1)])
+    assert p["suggestion"] == pytest.approx(math.sqrt(0.1 * 1.0))
+
+
+def test_at_least_half_of_the_sweeps_must_suggest():
+    # 1 of 2: the one that suggested
+    p = combine_sweeps([sweep("noisy", None), sweep("ok", 0.1)])
+    assert p["verdict"] == "ok" and p["suggestion"] == pytest.approx(0.1)
+    # 2 of 3: the geometric mean of the two
+    p = combine_sweeps([sweep("ok", 0.084), sweep("ok", 0.089), sweep("noisy", None)])
+    assert p["verdict"] == "ok" and p["suggestion"] == pytest.approx(math.sqrt(0.084 * 0.089))
+    # 1 of 3: no prior, the first failing sweep's verdict, and the message says why
+    p = combine_sweeps([sweep("noisy", None), sweep("ok", 0.1), sweep("diverged at once", None)])
+    assert p["verdict"] == "noisy" and p["suggestion"] is None
+    assert p["message"] == "1 of 3 sweeps gave a suggestion: no prior"
+    assert p["samples"] == 300 and len(p["sweeps"]) == 3
+
+
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, 0.0, -0.1])
+def test_a_suggestion_that_is_not_a_positive_number_does_not_count(bad):
+    p = combine_sweeps([sweep("ok", bad), sweep("ok", 0.02), sweep("ok", 0.05)])
+    assert p["suggestion"] == pytest.approx(math.sqrt(0.02 * 0.05))
+    # only 1 of 3 usable: no prior, and nothing reads as a suggestion
+    p = combine_sweeps([sweep("ok", bad), sweep("ok", bad), sweep("ok", 0.05)])
+    assert p["verdict"] == "no suggestion" and p["suggestion"] is None
+
+
+def test_the_interval_comes_from_the_sweep_nearest_the_median():
+    found = [sweep("ok", v) | {"interval": [v / 2, v * 2]} for v in (0.01, 0.03, 0.2)]
+    assert combine_sweeps(found)["interval"] == [0.015, 0.06]
+
+
+def test_no_sweep_at_all_is_refused():
+    with pytest.raises(ValueError, match="at least one sweep"):
+        combine_sweeps([])
+
+
+# ------------------------------------------------------------------ the plan
+ONE_RUN = 15 * 4000
+
+
+def test_at_the_default_budget_the_plans_are_left_as_they_were():
+    three = make_plan(4000, 3800, 64, 15, 1.3, 2000, candidates=3)
+    four = make_plan(4000, 3800, 64, 15, 1.3, 2000)
+    assert with_sweeps([four, three], 2000, ONE_RUN, 1.3) == [four, three]
+    assert four.sweeps == three.sweeps == 1
+
+
+def test_a_larger_budget_buys_three_sweeps_and_keeps_the_holds():
+    three = make_plan(4000, 3800, 64, 15, 1.6, 2000, candidates=3)
+    four = make_plan(4000, 3800, 64, 15, 1.6, 2000)
+    a, b = with_sweeps([four, three], 2000, ONE_RUN, 1.6)
+    # both plans take the same count: the sweeps run before the verdict is known
+    assert a.sweeps == b.sweeps == 3
+    assert (a.n1, a.hold1, a.cool1) == (four.n1, four.hold1, four.cool1)
+    assert (b.n1, b.hold1, b.cool1) == (three.n1, three.hold1, three.cool1)
+    assert b.expected_multiple == pytest.approx(three.expected_multiple + 2 * 2000 / ONE_RUN)
+    assert "3 finder sweeps" in a.reason
+    # the plan without a suggestion costs more: at 1.4 it affords one sweep, so both take one
+    three, four = (make_plan(4000, 3800, 64, 15, 1.4, 2000, c) for c in (3, 4))
+    assert with_sweeps([three], 2000, ONE_RUN, 1.4)[0].sweeps == 3
+    assert [p.sweeps for p in with_sweeps([four, three], 2000, ONE_RUN, 1.4)] == [1, 1]
+
+
+def test_the_reserve_floor_is_the_boundary_and_two_sweeps_are_never_taken():
+    p = make_plan(4000, 3800, 64, 15, 2.0, 2000, candidates=3)
+    at = p.expected_multiple + 2 * 2000 / ONE_RUN + SWEEP_RESERVE_FLOOR
+    assert with_sweeps([p], 2000, ONE_RUN, at)[0].sweeps == 3
+    assert with_sweeps([p], 2000, ONE_RUN, at - 1e-6)[0].sweeps == 1
+    # room for exactly one more sweep: still one (a median needs an odd count)
+    assert with_sweeps([p], 2000, ONE_RUN, at - 1000 / ONE_RUN)[0].sweeps == 1
+
+
+@pytest.mark.parametrize("budget", [1.0, 1.1, 1.3, 1.6, 2.0, 4.0])
+@pytest.mark.parametrize(
+    ("n", "epochs"), [(300, 3), (1437, 15), (4000, 2), (4000, 15), (50_000, 30)]
+)
+def test_a_plan_with_sweeps_never_passes_its_budget(budget, n, epochs):
+    n_fit = n - min(max(128, round(0.05 * n)), n // 4)
+    finder = n_fit // 2
+    plans = [make_plan(n, n_fit, 64, epochs, budget, finder, c) for c in (4, 3)]
+    out = with_sweeps(plans, finder, epochs * n, budget)
+    counts = {p.sweeps for p, q in zip(out, plans, strict=True) if q.finder and q.n1 > 0}
+    assert len(counts) <= 1
+    for p, q in zip(out, plans, strict=True):
+        if not (q.finder and q.n1 > 0):
+            assert p == q  # nothing to pay for
+            continue
+        assert p.sweeps in (1, MAX_SWEEPS)
+        assert p.expected_multiple == pytest.approx(
+            q.expected_multiple + (p.sweeps - 1) * finder / (epochs * n)
+        )
+        assert p.expected_multiple <= budget - RESCUE_RESERVE + 1e-9  # the guard's reserve
+
+
+def test_a_plan_without_the_finder_or_probes_is_left_alone():
+    bare = no_probe_plan(4000, 3800, 64, 15, "no probes")
+    assert bare.sweeps == 0 and with_sweeps([bare], 2000, ONE_RUN, 3.0) == [bare]
+    assert make_plan(4000, 3800, 64, 15, 1.3, 2000).sweeps == 1
+
+
+# ------------------------------------------------------------------ a run
+def test_a_run_with_room_for_three_sweeps_records_them_and_counts_them(tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    args = ["auto", "--task", "mnist1d-mlp", "--epochs", "3", "--budget", "2", "--out", str(out)]
+    assert main(args) == 0
+    info = json.loads((out / "autopilot.json").read_text())
+    prior = info["prior"]
+    # the progress line and the ladder's reason give every sweep's suggestion
+    said = capsys.readouterr()
+    assert describe_sweeps(prior).startswith("3 sweeps, each in its own data order: ")
+    assert f"finder ({describe_sweeps(prior)}): " in said.out + said.err
+    ladder = next(d for d in info["decisions"] if d["name"] == "round1_candidates")
+    assert describe_sweeps(prior) in ladder["reason"]
+    assert info["plan"]["sweeps"] == 3 and len(prior["sweeps"]) == 3
+    # each sweep in its own data order: three different curves
+    values = [s["suggestion"] for s in prior["sweeps"]]
+    assert len({v for v in values if v is not None}) == sum(v is not None for v in values)
+    assert prior["samples"] == info["compute"]["finder_samples"]
+    assert prior["samples"] == sum(s["samples"] for s in prior["sweeps"])
+    # the same run at budget 1.3 affords one sweep: the first of the three (sweep 0 is the
+    # single sweep's data order), at its cost
+    single = tmp_path / "single"
+    assert main(["auto", "--task", "mnist1d-mlp", "--epochs", "3", "--out", str(single)]) == 0
+    alone = json.loads((single / "autopilot.json").read_text())
+    assert alone["plan"]["sweeps"] == 1 and "sweeps" not in alone["prior"]
+    assert values[0] == alone["prior"]["suggestion"]
+    assert prior["sweeps"][0]["samples"] == alone["prior"]["samples"]
+    again = combine_sweeps([sweep(s["verdict"], s["suggestion"]) for s in prior["sweeps"]])
+    assert prior["verdict"] == again["verdict"] and prior["suggestion"] == again["suggestion"]
+    assert info["compute"]["compute_multiple"] <= 2.0 + 1e-9
+
+
+def test_the_sweeps_come_out_of_what_the_batch_probe_left_and_not_in_restart_mode():
+    from lrpilot.autopilot._batch import BatchChoice
+    from lrpilot.autopilot._request import _plan, _sweeps
+
+    sizes = (4000, 3800, 64, 15, 1.6, None, "search")
+    plans = [_plan(*sizes), _plan(*sizes, candidates=3)]
+    assert [p.sweeps for p in _sweeps(plans, *sizes)] == [3, 3]
+    # a batch probe that spent 0.3 of a run leaves 1.3: one sweep, as at the default
+    spent = BatchChoice(64, 1, 64, 64, "linear", 1.0, "kept", samples=18_000)
+    sizes = (4000, 3800, 64, 15, 1.6, spent, "search")
+    plans = [_plan(*sizes), _plan(*sizes, candidates=3)]
+    assert [p.sweeps for p in _sweeps(plans, *sizes)] == [1, 1]
+    # only the peak free (the user's schedule from step 0): the plans fit their kept holds
+    sizes = (4000, 3800, 64, 15, 4.0, None, "restart")
+    plans = [_plan(*sizes), _plan(*sizes, candidates=3)]
+    assert _sweeps(plans, *sizes) == plans and plans[0].sweeps == 1
