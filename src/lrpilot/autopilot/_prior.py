@@ -4,11 +4,12 @@ them.
 The suggestion of one half-epoch sweep at batch ``B // 8`` moves as much with the order
 of the data as between seeds. Five sweeps from one initialisation of mnist1d-cnn/AdamW,
 each in its own data order, suggested 0.0057-0.066 (seed 0) and 0.0044-0.045 (seed 2),
-while the medians of the five sat at 0.024-0.027 on four seeds of five; the spread of
-log10(suggestion) across seeds fell from 0.31 (first sweep) to 0.10 with two sweeps and
-0.07 with five (``bench/results/autopilot_research.md``, fourteenth session). The plan
-pays for the sweeps it can afford (:func:`lrpilot.autopilot._plan.with_sweeps`), and
-:func:`combine_sweeps` takes their median in log LR.
+while the medians of the five sat at 0.017-0.027 on all five seeds; the spread of
+log10(suggestion) across seeds fell from 0.31 (the first sweep) to 0.17 (the median of
+three) and 0.07 (of five) (``bench/results/autopilot_research.md``, fourteenth session).
+A plan takes three sweeps when the budget leaves room for them beyond its probes
+(:func:`lrpilot.autopilot._plan.with_sweeps`), and :func:`combine_sweeps` takes their
+median in log LR.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ SWEEP_SEED_STEP = 1000
 
 
 def combine_sweeps(found: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One prior from the finder's sweeps: ``ok`` when at least half of them are (``ok``
-    with a positive, finite suggestion; else the first failing sweep's verdict and no
-    suggestion); its suggestion the median in log LR of the ``ok`` ones (for an even count the geometric
-    mean of the middle two), its interval and message from the sweep nearest to that;
-    ``samples`` the sum. A single sweep is returned as it is. Every sweep's verdict,
-    suggestion and samples are kept under ``sweeps`` (the evidence).
+    """One prior from the finder's sweeps.
+
+    * ``ok`` when at least half of them are (``ok`` with a positive, finite suggestion);
+      else the first failing sweep's verdict and no suggestion;
+    * the suggestion: the median in log LR of the ``ok`` ones (for an even count the
+      geometric mean of the middle two); the interval from the sweep nearest to it;
+    * ``samples``: the sum; ``sweeps``: every sweep's verdict, suggestion and samples (the
+      evidence).
+
+    A single sweep is returned as it is.
 
     >>> s = [{"verdict": "ok", "suggestion": x, "samples": 10} for x in (0.008, 0.045)]
     >>> p = combine_sweeps(s)
