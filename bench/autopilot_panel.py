@@ -143,7 +143,9 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    # a13 (of record): a12, and a budget beyond the longest plan buys three finder sweeps
+    # a14 (of record): a13 with the sweeps' floor at 0 (they may take the guard's reserve):
+    # at budget 1.3 every 15-epoch plan here takes three sweeps (tiny-lm: one);
+    # a13: a12, and a budget beyond the longest plan buys three finder sweeps
     # in their own data orders (their median is the prior); at budget 1.3 every plan
     # affords one, so a13 repeats a12 bit for bit on this panel;
     # a12: a11 with anchored_peak's "decisively worse" a gap above half the
@@ -162,7 +164,7 @@ METHOD_VERSION = {
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
     # floor); a7: the same method before that rebase
-    "auto": "a13",
+    "auto": "a14",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",

@@ -88,27 +88,29 @@ def test_no_sweep_at_all_is_refused():
 ONE_RUN = 15 * 4000
 
 
-def test_at_the_default_budget_the_plans_are_left_as_they_were():
+def test_at_the_default_budget_a_15_epoch_plan_takes_three_sweeps_and_keeps_its_holds():
     three = make_plan(4000, 3800, 64, 15, 1.3, 2000, candidates=3)
     four = make_plan(4000, 3800, 64, 15, 1.3, 2000)
-    assert with_sweeps([four, three], 2000, ONE_RUN, 1.3) == [four, three]
-    assert four.sweeps == three.sweeps == 1
-
-
-def test_a_larger_budget_buys_three_sweeps_and_keeps_the_holds():
-    three = make_plan(4000, 3800, 64, 15, 1.6, 2000, candidates=3)
-    four = make_plan(4000, 3800, 64, 15, 1.6, 2000)
-    a, b = with_sweeps([four, three], 2000, ONE_RUN, 1.6)
+    a, b = with_sweeps([four, three], 2000, ONE_RUN, 1.3)
     # both plans take the same count: the sweeps run before the verdict is known
     assert a.sweeps == b.sweeps == 3
     assert (a.n1, a.hold1, a.cool1) == (four.n1, four.hold1, four.cool1)
     assert (b.n1, b.hold1, b.cool1) == (three.n1, three.hold1, three.cool1)
     assert b.expected_multiple == pytest.approx(three.expected_multiple + 2 * 2000 / ONE_RUN)
+    # they take the guard's reserve, never the budget itself
+    assert 1.3 - RESCUE_RESERVE < a.expected_multiple <= 1.3 - SWEEP_RESERVE_FLOOR
     assert "3 finder sweeps" in a.reason
-    # the plan without a suggestion costs more: at 1.4 it affords one sweep, so both take one
-    three, four = (make_plan(4000, 3800, 64, 15, 1.4, 2000, c) for c in (3, 4))
-    assert with_sweeps([three], 2000, ONE_RUN, 1.4)[0].sweeps == 3
-    assert [p.sweeps for p in with_sweeps([four, three], 2000, ONE_RUN, 1.4)] == [1, 1]
+
+
+def test_a_short_run_or_a_costlier_plan_keeps_one_sweep():
+    # 5 epochs: a sweep is a tenth of a run
+    p = make_plan(4000, 3800, 64, 5, 1.3, 2000, candidates=3)
+    assert with_sweeps([p], 2000, 5 * 4000, 1.3) == [p] and p.sweeps == 1
+    # at 1.38 the plan with a suggestion affords three, the one without (4 x 7%) does not:
+    # both take one
+    three, four = (make_plan(4000, 3800, 64, 15, 1.38, 2000, c) for c in (3, 4))
+    assert with_sweeps([three], 2000, ONE_RUN, 1.38)[0].sweeps == 3
+    assert with_sweeps([four, three], 2000, ONE_RUN, 1.38) == [four, three]
 
 
 def test_the_reserve_floor_is_the_boundary_and_two_sweeps_are_never_taken():
@@ -139,7 +141,10 @@ def test_a_plan_with_sweeps_never_passes_its_budget(budget, n, epochs):
         assert p.expected_multiple == pytest.approx(
             q.expected_multiple + (p.sweeps - 1) * finder / (epochs * n)
         )
-        assert p.expected_multiple <= budget - RESCUE_RESERVE + 1e-9  # the guard's reserve
+        if p.sweeps == 1:  # the plan as made: the guard's reserve is left
+            assert p.expected_multiple <= budget - RESCUE_RESERVE + 1e-9
+        else:  # three sweeps may take the reserve, never the budget
+            assert p.expected_multiple <= budget - SWEEP_RESERVE_FLOOR + 1e-9
 
 
 def test_a_plan_without_the_finder_or_probes_is_left_alone():
@@ -187,8 +192,8 @@ def test_the_sweeps_come_out_of_what_the_batch_probe_left_and_not_in_restart_mod
     sizes = (4000, 3800, 64, 15, 1.6, None, "search")
     plans = [_plan(*sizes), _plan(*sizes, candidates=3)]
     assert [p.sweeps for p in _sweeps(plans, *sizes)] == [3, 3]
-    # a batch probe that spent 0.3 of a run leaves 1.3: one sweep, as at the default
-    spent = BatchChoice(64, 1, 64, 64, "linear", 1.0, "kept", samples=18_000)
+    # a batch probe that spent 0.32 of a run leaves 1.28: no room for two more sweeps
+    spent = BatchChoice(64, 1, 64, 64, "linear", 1.0, "kept", samples=19_200)
     sizes = (4000, 3800, 64, 15, 1.6, spent, "search")
     plans = [_plan(*sizes), _plan(*sizes, candidates=3)]
     assert [p.sweeps for p in _sweeps(plans, *sizes)] == [1, 1]

@@ -7,9 +7,9 @@ each in its own data order, suggested 0.0057-0.066 (seed 0) and 0.0044-0.045 (se
 while the medians of the five sat at 0.017-0.027 on all five seeds; the spread of
 log10(suggestion) across seeds fell from 0.31 (the first sweep) to 0.17 (the median of
 three) and 0.07 (of five) (``bench/results/autopilot_research.md``, fourteenth session).
-A plan takes three sweeps when the budget leaves room for them beyond its probes
-(:func:`lrpilot.autopilot._plan.with_sweeps`), and :func:`combine_sweeps` takes their
-median in log LR.
+A plan takes three sweeps when the budget leaves room for them beyond its probes, the
+guard's reserve included (:func:`lrpilot.autopilot._plan.with_sweeps`; at 15 epochs and
+budget 1.3 it does), and :func:`combine_sweeps` takes their median in log LR.
 """
 
 from __future__ import annotations

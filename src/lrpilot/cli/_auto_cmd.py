@@ -37,7 +37,7 @@ def register(subparsers) -> None:  # type: ignore[no-untyped-def]
         default=1.3,
         help=(
             "total compute as a multiple of one run of --epochs epochs (default 1.3; in "
-            "[1.0, 10]); what the longest plan leaves buys up to three finder sweeps"
+            "[1.0, 10]); what the probe plan leaves buys up to three finder sweeps"
         ),
     )
     p.add_argument("--seed", type=int, default=0)
