@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lrpilot.autopilot._decide import prior_lr
 from lrpilot.tasks import Task
 
 #: the data-order seed of sweep ``k`` is ``seed + SWEEP_SEED_STEP x k`` (sweep 0 is the
@@ -48,11 +49,11 @@ def combine_sweeps(found: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         raise ValueError("combine_sweeps needs at least one sweep")
     if len(found) == 1:
         return dict(found[0])
-    ok = [f for f in found if _usable(f)]
+    ok = [f for f in found if prior_lr(f) is not None]
     evidence = [{k: f.get(k) for k in ("verdict", "suggestion", "samples")} for f in found]
     samples = sum(int(f.get("samples", 0)) for f in found)
     if 2 * len(ok) < len(found):  # the first failing sweep's verdict says why
-        failing = [f for f in found if not _usable(f)]
+        failing = [f for f in found if prior_lr(f) is None]
         first = next((f for f in failing if f.get("verdict") != "ok"), failing[0])
         verdict = first.get("verdict") if first.get("verdict") != "ok" else "no suggestion"
         message = f"{len(ok)} of {len(found)} sweeps gave a suggestion: no prior"
@@ -85,16 +86,6 @@ def describe_sweeps(prior: Mapping[str, Any]) -> str:
         f"{s['suggestion']:.3g}" if s.get("suggestion") else str(s.get("verdict")) for s in sweeps
     )
     return f"{len(sweeps)} sweeps, each in its own data order: {each}"
-
-
-def _usable(sweep: Mapping[str, Any]) -> bool:
-    sugg = sweep.get("suggestion")
-    return (
-        sweep.get("verdict") == "ok"
-        and isinstance(sugg, (int, float))
-        and math.isfinite(sugg)
-        and sugg > 0
-    )
 
 
 def finder_prior(engine: Any, fit_task: Task, batch: int, seed: int, sweeps: int = 1) -> dict:

@@ -96,12 +96,12 @@ def _plain_log_ticks(ax: Any) -> None:
 
 def _plot_prior(ax: Any, prior: dict) -> None:
     """The finder's suggestion (green), and each sweep's when there were several (dotted)."""
+    from lrpilot.autopilot._decide import prior_lr
+
     for sweep in prior.get("sweeps") or []:
-        value = sweep.get("suggestion")
-        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        if (value := prior_lr(sweep)) is not None:
             ax.axvline(value, color="green", ls=":", lw=1, alpha=0.6)
-    value = prior.get("suggestion")
-    if prior.get("verdict") == "ok" and isinstance(value, (int, float)) and value > 0:
+    if (value := prior_lr(prior)) is not None:
         ax.axvline(value, color="green", lw=1, alpha=0.8, label=f"finder {value:.3g}")
 
 
