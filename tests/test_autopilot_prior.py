@@ -201,3 +201,45 @@ def test_the_sweeps_come_out_of_what_the_batch_probe_left_and_not_in_restart_mod
     sizes = (4000, 3800, 64, 15, 4.0, None, "restart")
     plans = [_plan(*sizes), _plan(*sizes, candidates=3)]
     assert _sweeps(plans, *sizes) == plans and plans[0].sweeps == 1
+
+
+def test_a_run_interrupted_between_sweeps_leaves_nothing_and_runs_again_the_same(
+    tmp_path: Path, monkeypatch
+):
+    """The run directory is made once every sweep is done: an interruption in the second
+    sweep leaves nothing behind (``--resume`` says there is nothing to resume), and the
+    same command again ends as a run that was never interrupted."""
+    import torch
+
+    import lrpilot
+    import lrpilot.finder as finder_pkg
+    from lrpilot.errors import ConfigError
+
+    kwargs = dict(optimizer="adamw", epochs=3, budget=2.0, seed=1, progress="none")
+    ref = lrpilot.auto("mnist1d-mlp", out_dir=tmp_path / "ref", **kwargs)
+
+    real, calls = finder_pkg.find_lr, []
+
+    def second_sweep_fails(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("interrupted in the second sweep")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(finder_pkg, "find_lr", second_sweep_fails)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        lrpilot.auto("mnist1d-mlp", out_dir=out, **kwargs)
+    assert len(calls) == 2 and not (out.exists() and any(out.iterdir()))
+    monkeypatch.setattr(finder_pkg, "find_lr", real)
+    with pytest.raises(ConfigError, match="cannot resume"):
+        lrpilot.auto("mnist1d-mlp", out_dir=out, resume=True, **kwargs)
+    again = lrpilot.auto("mnist1d-mlp", out_dir=out, **kwargs)
+    a = json.loads((out / "autopilot.json").read_text())
+    b = json.loads((ref.run_dir / "autopilot.json").read_text())
+    assert len(a["prior"]["sweeps"]) == 3 and a["prior"] == b["prior"]
+    assert a["candidates"] == b["candidates"] and a["decisions"] == b["decisions"]
+    wa = torch.load(out / "checkpoints" / "best.pt", weights_only=True)["model"]
+    wb = torch.load(ref.run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert again.summary["compute_multiple"] == ref.summary["compute_multiple"]
