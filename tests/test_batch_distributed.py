@@ -151,6 +151,7 @@ def test_online_noise_scale_in_fit_matches_exact_truth(tmp_path):
 
 def _ddp_noise_worker(rank: int, world: int, port: int, queue) -> None:  # type: ignore[no-untyped-def]
     import datetime
+    import gc
     import os
 
     import torch.distributed as dist
@@ -174,6 +175,13 @@ def _ddp_noise_worker(rank: int, world: int, port: int, queue) -> None:  # type:
             task.loss_fn(model(x[idx]), y[idx]).backward()  # the comm hook sees the local gradient
             monitor.end_step()
         queue.put((rank, monitor.value, truth))
+        # an orderly teardown: the DDP reducer (and its hook) go before the group, and
+        # neither rank closes the group while the other still uses it. Without it a rank
+        # aborted at exit, once, under load ("terminate called without an active
+        # exception", exit code -6) after its result was delivered
+        del monitor, model
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
