@@ -143,7 +143,9 @@ METHOD_VERSION = {
     "default": "d1",
     "finder": "f1",
     "oracle_fit": "o1",
-    # a14 (of record): a13 with the sweeps' floor at 0 (they may take the guard's reserve):
+    # a15 (of record): a14, and the first sweep alone decides whether there is a prior
+    # (the later ones only refine its suggestion; no panel run's branch differs from a14);
+    # a14: a13 with the sweeps' floor at 0 (they may take the guard's reserve):
     # at budget 1.3 every 15-epoch plan here takes three sweeps (tiny-lm: one);
     # a13: a12, and a budget beyond the longest plan buys three finder sweeps
     # in their own data orders (their median is the prior); at budget 1.3 every plan
@@ -164,7 +166,7 @@ METHOD_VERSION = {
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
     # floor); a7: the same method before that rebase
-    "auto": "a14",
+    "auto": "a15",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
     "lr_finder": "l1",

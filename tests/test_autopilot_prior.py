@@ -51,26 +51,27 @@ def test_an_even_count_takes_the_geometric_mean_of_the_middle_two():
     assert p["suggestion"] == pytest.approx(math.sqrt(0.1 * 1.0))
 
 
-def test_at_least_half_of_the_sweeps_must_suggest():
-    # 1 of 2: the one that suggested
-    p = combine_sweeps([sweep("noisy", None), sweep("ok", 0.1)])
+def test_the_first_sweep_alone_decides_whether_there_is_a_prior():
+    # the first gave none: no prior, whatever the later ones say, and the message says why
+    for later in ([sweep("ok", 0.1)], [sweep("ok", 0.1), sweep("ok", 0.2)]):
+        p = combine_sweeps([sweep("diverged at once", None), *later])
+        assert p["verdict"] == "diverged at once" and p["suggestion"] is None
+        assert p["message"].startswith("the first sweep gave no suggestion: no prior")
+        assert p["samples"] == 100 * (1 + len(later)) and len(p["sweeps"]) == 1 + len(later)
+    # the first gave one: the later failures do not take it away
+    p = combine_sweeps([sweep("ok", 0.1), sweep("noisy", None), sweep("noisy", None)])
     assert p["verdict"] == "ok" and p["suggestion"] == pytest.approx(0.1)
-    # 2 of 3: the geometric mean of the two
-    p = combine_sweeps([sweep("ok", 0.084), sweep("ok", 0.089), sweep("noisy", None)])
+    # 2 of 3 with the first among them: the geometric mean of the two
+    p = combine_sweeps([sweep("ok", 0.084), sweep("noisy", None), sweep("ok", 0.089)])
     assert p["verdict"] == "ok" and p["suggestion"] == pytest.approx(math.sqrt(0.084 * 0.089))
-    # 1 of 3: no prior, the first failing sweep's verdict, and the message says why
-    p = combine_sweeps([sweep("noisy", None), sweep("ok", 0.1), sweep("diverged at once", None)])
-    assert p["verdict"] == "noisy" and p["suggestion"] is None
-    assert p["message"] == "1 of 3 sweeps gave a suggestion: no prior"
-    assert p["samples"] == 300 and len(p["sweeps"]) == 3
 
 
 @pytest.mark.parametrize("bad", [None, math.nan, math.inf, 0.0, -0.1])
 def test_a_suggestion_that_is_not_a_positive_number_does_not_count(bad):
-    p = combine_sweeps([sweep("ok", bad), sweep("ok", 0.02), sweep("ok", 0.05)])
+    p = combine_sweeps([sweep("ok", 0.02), sweep("ok", bad), sweep("ok", 0.05)])
     assert p["suggestion"] == pytest.approx(math.sqrt(0.02 * 0.05))
-    # only 1 of 3 usable: no prior, and nothing reads as a suggestion
-    p = combine_sweeps([sweep("ok", bad), sweep("ok", bad), sweep("ok", 0.05)])
+    # the first one's: no prior, and nothing reads as a suggestion
+    p = combine_sweeps([sweep("ok", bad), sweep("ok", 0.02), sweep("ok", 0.05)])
     assert p["verdict"] == "no suggestion" and p["suggestion"] is None
 
 

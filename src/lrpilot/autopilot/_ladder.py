@@ -67,7 +67,7 @@ def first_round(prior: Mapping[str, Any], family: str, n: int) -> Decision:
         )
     sweeps = describe_sweeps(prior)  # lrpilot.autopilot._prior.combine_sweeps
     if sweeps:
-        how = "the median" if sugg is not None else "fewer than half suggested an LR"
+        how = "the median" if sugg is not None else "the first gave none: no prior"
         why += f" ({sweeps}; {how})"
     return Decision("round1_candidates", lrs, why, {"prior": dict(prior), "family": family})
 
