@@ -244,3 +244,30 @@ def test_a_run_interrupted_between_sweeps_leaves_nothing_and_runs_again_the_same
     wb = torch.load(ref.run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert again.summary["compute_multiple"] == ref.summary["compute_multiple"]
+
+
+@pytest.mark.parametrize(("first", "runs"), [("noisy", 1), ("ok", 3)])
+def test_the_later_sweeps_run_only_when_the_first_gave_a_suggestion(monkeypatch, first, runs):
+    """A first sweep without a suggestion decides "no prior" on its own: the later sweeps
+    would cost two sweeps' compute for nothing, so they are not run."""
+    from types import SimpleNamespace
+
+    import lrpilot.finder as finder_pkg
+    from lrpilot.autopilot._prior import finder_prior
+    from lrpilot.tasks import get_task
+
+    calls = []
+
+    def fake_find_lr(*args, **kw):
+        calls.append(kw)
+        ok = first == "ok" or len(calls) > 1
+        return SimpleNamespace(
+            verdict="ok" if ok else first, suggestion=0.01 * len(calls) if ok else None,
+            suggestion_interval=None, samples=100, message="",
+        )  # fmt: skip
+
+    monkeypatch.setattr(finder_pkg, "find_lr", fake_find_lr)
+    engine = SimpleNamespace(model=None, optimizer=None)
+    prior = finder_prior(engine, get_task("mnist1d-mlp"), 64, seed=0, sweeps=3)
+    assert len(calls) == runs and prior["samples"] == 100 * runs
+    assert (prior["verdict"] == "ok") == (first == "ok")

@@ -101,8 +101,9 @@ def finder_prior(engine: Any, fit_task: Task, batch: int, seed: int, sweeps: int
     """The finder's sweep on the engine's model and optimizer (``lrpilot.find_lr``, the
     protocol of ``lrpilot find``: half an epoch at batch ``batch // 8``), ``sweeps`` times
     from the same state, sweep ``k`` in the data order of ``seed + SWEEP_SEED_STEP x k``;
-    ``find_lr`` restores everything it touches after each. Returns what the decisions read
-    (:func:`combine_sweeps`)."""
+    ``find_lr`` restores everything it touches after each. A first sweep without a
+    suggestion ends it: the later ones could not give a prior (:func:`combine_sweeps`).
+    Returns what the decisions read."""
     from lrpilot.finder import find_lr
     from lrpilot.finder.protocol import probe_plan
     from lrpilot.finder.task_probe import probe_loader
@@ -132,4 +133,6 @@ def finder_prior(engine: Any, fit_task: Task, batch: int, seed: int, sweeps: int
                 "message": getattr(res, "message", ""),
             }
         )
+        if prior_lr(found[0]) is None:  # no prior whatever the later sweeps say: stop
+            break
     return combine_sweeps(found)
