@@ -549,6 +549,8 @@ COLUMNS = (
     ("dadapt", "D-Adapt+cos"),
     ("auto", "lrpilot auto"),
 )
+#: the columns computed from the grid itself, not from runs of a method
+GRID_COLUMNS = ("oracle", "oracle_held_out")
 PEERS = ("lr_finder", "prodigy", "schedulefree", "dadapt")
 
 
@@ -584,7 +586,7 @@ def collect(rows: list[str]) -> dict:
             "scores": held_out_oracle(grid),
             "compute": "the same grid",
         }
-        for method, _ in COLUMNS[2:]:
+        for method, _ in (c for c in COLUMNS if c[0] not in GRID_COLUMNS):
             got = [runs.get(method, row, s) for s in SEEDS]
             got = [g for g in got if g is not None]
             if not got:
