@@ -13,8 +13,10 @@ and backward / (epochs x training-set size)):
 
 * grid oracle: the best (schedule, LR) of the half-decade grid of one-cycle and
   warmup+cosine (the recorded rows: ``finder_quality_runs.json``, 5 seeds, plus the
-  quarter-decade points around each best; the new rows: 3 seeds, half-decade only), trained
-  by ``finder_quality.train_once``; its cost is the grid's runs;
+  quarter-decade points around each best; the new rows: ``autopilot_panel_grid*.json``,
+  half-decade only), trained by ``finder_quality.train_once`` at seeds 0-4 on every row (the
+  new rows' grids ran seeds 0-2 until the fifteenth session); its cost is the grid's runs;
+* oracle, seed held out: per seed, the grid point with the best mean over the other seeds;
 * default: AdamW 1e-3 / SGD 0.1, one epoch of warmup then cosine (``lrpilot fit``);
 * lrpilot find: today's finder rule (``finder_quality.finder_curve``, the run's seed), the
   one-cycle suggestion trained with ``lrpilot fit``; a sweep with no suggestion leaves the
@@ -26,7 +28,10 @@ and backward / (epochs x training-set size)):
   (``Engine(optimizer_factory=...)``), no guard;
 * lrpilot auto: ``lrpilot.auto(..., budget=1.3)`` (the method's version is
   ``METHOD_VERSION["auto"]``; every version's runs stay in the cache under their key, and
-  ``bench/results/autopilot_research.md`` compares them).
+  ``bench/results/autopilot_research.md`` compares them);
+* auto - oracle: the mean of auto's score minus the oracle point's score at the same seed,
+  with the standard error of that mean (:func:`paired_gap`): how far the gap is from the
+  target's 0.5 point in units of its own noise.
 
 Stages: ``grid`` (the new rows' grids), ``run --methods ... --rows ...`` (cached in
 ``results/autopilot_panel_runs*.json``, one file per method so methods run in parallel
@@ -64,9 +69,11 @@ import finder_quality as fq  # noqa: E402
 RESULTS = BENCH / "results"
 GRID_CACHE = RESULTS / "autopilot_panel_grid.json"
 EPOCHS = 15
-#: the methods' seeds (the table of record); the new rows' grids ran seeds 0-2 only
+#: the methods' seeds (the table of record)
 SEEDS = (0, 1, 2, 3, 4)
-NEW_GRID_SEEDS = (0, 1, 2)
+#: the new rows' grid seeds (0-2 until the fifteenth session; now the table's seeds, so that
+#: the oracle and every method are means over the same seeds)
+NEW_GRID_SEEDS = SEEDS
 
 #: the rows of the panel: name -> task spec, optimizer, and where its grid lives
 ROWS: dict[str, dict] = {
@@ -623,6 +630,36 @@ def held_out_oracle(grid: dict[tuple[str, float], list[float]]) -> list[float]:
     return out
 
 
+def paired_gap(method: list[float], oracle: list[float]) -> tuple[float, float]:
+    """``(mean, se)`` of ``method[s] - oracle[s]``, two lists of scores at the same seeds in
+    the same order: a seed fixes the initialisation and the data order of both runs, so
+    pairing removes part of the seed-to-seed spread.
+
+    ``se = stdev(d) / sqrt(n)`` (nan below two pairs).
+
+    >>> paired_gap([1.0, 2.0, 3.0], [1.5, 2.5, 3.0])
+    (-0.3333333333333333, 0.16666666666666666)
+    """
+    d = [m - o for m, o in zip(method, oracle, strict=True)]
+    if not d:
+        return math.nan, math.nan
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return statistics.fmean(d), se
+
+
+def _gap_cell(row: str, cells: dict) -> str:
+    """The auto - oracle column: accuracy points (the LM row: its validation loss, so a
+    positive gap is worse there)."""
+    # pairs by position: only when both hold every seed of the table, in its order
+    if "auto" not in cells or len(cells["auto"]["scores"]) != len(SEEDS):
+        return "-"
+    if len(cells["oracle"]["scores"]) != len(SEEDS):
+        return "-"
+    mean, se = paired_gap(cells["auto"]["scores"], cells["oracle"]["scores"])
+    lm = setup(row)["task"] == "heldout_tasks:tiny_lm"
+    return f"{0.0 - mean:+.3f} ± {se:.3f}" if lm else f"{mean:+.2f} ± {se:.2f}"
+
+
 def targets(row: str, cells: dict) -> str:
     """The issue's targets for the auto column: >= oracle - 0.5 point (the LM row: loss
     within 1% of the oracle's), >= every peer's mean, compute <= 1.3."""
@@ -647,7 +684,8 @@ def targets(row: str, cells: dict) -> str:
 
 def print_table(rows: list[str]) -> str:
     data = collect(rows)
-    head = ["row"] + [name for _, name in COLUMNS] + ["auto: LR / shape", "targets"]
+    head = ["row"] + [name for _, name in COLUMNS]
+    head += ["auto - oracle (paired by seed, ± se)", "auto: LR / shape", "targets"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for row, cells in data.items():
         line = [row]
@@ -663,6 +701,7 @@ def print_table(rows: list[str]) -> str:
             )
             extra = extra if method != "oracle_held_out" else ""
             line.append(f"{_fmt(row, c['scores'])} ({comp}{extra})")
+        line.append(_gap_cell(row, cells))
         a = cells.get("auto")
         line.append(
             "-"
@@ -677,14 +716,16 @@ def print_table(rows: list[str]) -> str:
         lines.append(" | ".join(line))
     text = "\n".join(lines)
     notes = (
-        f"\n{EPOCHS} epochs, batch {fq.BATCH}, seeds {list(SEEDS)} (the grids: seeds 0-4 on the "
-        f"recorded rows, {list(NEW_GRID_SEEDS)} on the new ones); "
+        f"\n{EPOCHS} epochs, batch {fq.BATCH}, seeds {list(SEEDS)} (every column, the grids "
+        "included); "
         "cells: mean±std over seeds (compute multiple of one run); accuracy in % (tiny-lm: "
         "validation loss, nats/byte, lower is better); oracle: best (schedule, LR) of the "
         "half-decade grid (+ quarter-decade refinement on the recorded rows), its cost in runs; "
         "oracle, seed held out: per seed, the grid point with the best mean over the other "
         "seeds, scored at that seed (the plain oracle's selection bias is the difference; "
-        "the targets are against the plain oracle)"
+        "the targets are against the plain oracle); auto - oracle: the mean over seeds of "
+        "auto's score minus the oracle point's at the same seed, ± its standard error "
+        "(tiny-lm: in validation loss, positive is worse)"
     )
     return text + notes
 
