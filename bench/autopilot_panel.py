@@ -267,9 +267,10 @@ class Runs:
         locked_put(self.path(method), self.key(method, row, seed), value)
 
 
-def locked_put(path: Path, key: str, value: dict) -> None:
+def locked_put(path: Path, key: str, value: dict | float, indent: int | None = None) -> None:
     """Add ``key: value`` to the JSON cache ``path`` under an exclusive lock (processes
-    share the file): re-read, add, write to a temporary file of this process, rename."""
+    share the file): re-read, add, write to a temporary file of this process, rename.
+    ``indent``: ``json.dumps``'s (0 writes ``finder_quality.RunCache``'s format)."""
     import fcntl
 
     with open(path.with_name(path.name + ".lock"), "w") as lock:
@@ -277,7 +278,7 @@ def locked_put(path: Path, key: str, value: dict) -> None:
         data = json.loads(path.read_text()) if path.is_file() else {}  # others may have added
         data[key] = value
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
+        tmp.write_text(json.dumps(data, indent=indent, sort_keys=True))
         os.replace(tmp, path)
 
 

@@ -197,6 +197,11 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
         (["--budget", "nan"], "budget=nan is out of range"),
         (["--optimizer", "lion"], "optimizer='lion' is not one of sgd, adamw, adam"),
         (["--epochs", "0"], "epochs"),
+        (["--seed", "-1"], "seed=-1 is out of range; allowed: [0, 9223372036854775807]"),
+        (
+            ["--seed", str(2**70)],
+            f"seed={2**70} is out of range; allowed: [0, 9223372036854775807]",
+        ),
         (["--batch-size", "100000"], "batch_size=100000 is larger than the training part"),
     ],
 )

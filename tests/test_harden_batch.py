@@ -39,6 +39,15 @@ def test_implausible_plan_refused_before_any_probe(flag, value, capsys, monkeypa
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_seed_out_of_range_refused_before_any_probe(seed, capsys, monkeypatch):
+    monkeypatch.setattr("lrpilot.batch.recommend.probe_memory", _no_probe)
+    assert main(["batch", "--task", "digits-cnn", "--seed", seed]) == 2
+    err = capsys.readouterr().err
+    assert f"seed={seed} is out of range; allowed: [0, {2**63 - 1}]" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("base", "effective", "flagged"),
     [(64, 64 * 32, False), (64, 64 * 32 + 1, True), (2048, 64, False), (2049, 64, True)],

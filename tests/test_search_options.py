@@ -156,6 +156,8 @@ def _argv(tmp_path: Path, *extra: str) -> list[str]:
         (["--backend", "ray", "--prune-warmup", "2"], "--prune-warmup apply to --backend optuna"),
         (["--sampler-startup", "-1"], "--sampler-startup=-1 is out of range"),
         (["--sampler", "random", "--sampler-startup", "3"], "applies to --sampler tpe or cmaes"),
+        (["--seed", str(2**32)], "--seed=4294967296 is out of range; allowed: [0, 4294967295]"),
+        (["--seed", "-1"], "--seed=-1 is out of range; allowed: [0, 4294967295]"),
     ],
 )
 def test_cli_bad_pruner_options_exit_2_one_line_nothing_written(
@@ -266,3 +268,18 @@ def test_real_study_schedule_choice_steps_are_epochs_trained(
         assert trained["schedule"].get("warmup") == row["params"]["schedule"].get("warmup")
     best = yaml.safe_load(Path(summary["best_yaml"]).read_text())
     assert best["schedule"] == summary["best"]["params"]["schedule"]
+
+
+def test_sampler_seeds_derived_from_the_largest_seed_stay_in_numpys_range() -> None:
+    """Worker k seeds its sampler with ``seed + 1000 k + trials so far``, wrapped into
+    numpy's ``[0, 2**32 - 1]``: the largest ``--seed`` works on a second worker."""
+    optuna = pytest.importorskip("optuna")
+    from lrpilot.search._study import make_sampler, sampler_seed
+
+    assert sampler_seed(7, 0, 0) == 7 and sampler_seed(7, 2, 3) == 2010
+    for name in ("tpe", "random"):
+        study = optuna.create_study(sampler=make_sampler(name, sampler_seed(2**32 - 1, 1, 5)))
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=2)
+        assert len(study.trials) == 2
+    with pytest.raises(ValueError, match="2\\*\\*32"):  # what an unwrapped seed meets
+        make_sampler("random", 2**32 - 1 + 1000 + 5)

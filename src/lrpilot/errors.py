@@ -82,6 +82,24 @@ def check_int(name: str, value: object, *, low: int | None = None, high: int | N
     return value
 
 
+#: The largest seed lrpilot accepts: ``torch.manual_seed`` and ``torch.Generator`` take
+#: 64-bit seeds; offsets derived from a seed (a sweep's ``seed + 1000 k``) stay below 2**64.
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(value: object, name: str = "seed", high: int = SEED_MAX) -> int:
+    """``value`` as a seed in ``[0, high]``, or ``ConfigError`` naming ``name`` and the range.
+
+    >>> check_seed(7)
+    7
+    >>> check_seed(2**64)
+    Traceback (most recent call last):
+    ...
+    lrpilot.errors.ConfigError: seed=18446744073709551616 is out of range; allowed: [0, 9223372036854775807]
+    """
+    return check_int(name, value, low=0, high=high)
+
+
 def check_keys(section: str, raw: Mapping[str, Any], valid: tuple[str, ...]) -> None:
     """Refuse a key of the config section ``section`` that is not in ``valid``.
 

@@ -18,7 +18,7 @@ from lrpilot.autopilot._decide import Decision
 from lrpilot.autopilot._plan import ProbePlan, check_budget, make_plan, no_probe_plan, with_sweeps
 from lrpilot.autopilot._probe import Outcome, ProbeStore
 from lrpilot.autopilot._split import decision_size, split_task
-from lrpilot.errors import ConfigError, check_int
+from lrpilot.errors import ConfigError, check_int, check_seed
 from lrpilot.tasks import Task
 from lrpilot.train._auto_config import AUTO
 
@@ -344,7 +344,7 @@ def settings(req: Request, choice: BatchChoice | None = None) -> Settings:
         task.defaults.get("batch_size", 64) if req.batch_size in (None, AUTO) else req.batch_size
     )
     reference = check_int("batch_size", given, low=1)
-    check_int("seed", req.seed, low=0)
+    check_seed(req.seed)
     _check_lr(req.lr)
     _check_schedule(req.schedule, req.lr)
     mode = _mode(req)

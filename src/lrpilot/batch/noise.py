@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, TensorDataset
 
-from lrpilot.errors import ConfigError, check_int, check_keys, check_range
+from lrpilot.errors import ConfigError, check_int, check_keys, check_range, check_seed
 
 STATE_VERSION = 1
 
@@ -222,6 +222,7 @@ def noise_scale(
     small_batch = check_int("small_batch", small_batch, low=1)
     big_batch = check_int("big_batch", big_batch, low=2)
     measurements = check_int("measurements", measurements, low=1)
+    seed = check_seed(seed)
     if big_batch % small_batch or big_batch == small_batch:
         raise ConfigError(
             f"big_batch={big_batch} must be a multiple of small_batch={small_batch} and larger"

@@ -22,7 +22,7 @@ from lrpilot.batch.memory import MemoryProbe, probe_memory
 from lrpilot.batch.noise import NoiseScaleResult, noise_scale
 from lrpilot.batch.plan import AccumulationPlan, has_batchnorm, plan_accumulation
 from lrpilot.batch.scaling import get_rule, rule_for_optimizer
-from lrpilot.errors import ConfigError, check_int, check_range, short_repr
+from lrpilot.errors import ConfigError, check_int, check_range, check_seed, short_repr
 from lrpilot.tasks import Task, get_task
 from lrpilot.tasks.base import dataset_len
 
@@ -189,9 +189,14 @@ def fit_config(
 
 
 def _validate(
-    device: str, budget_gib: float | None, reals: dict[str, Any], ints: dict[str, Any]
+    device: str,
+    budget_gib: float | None,
+    reals: dict[str, Any],
+    ints: dict[str, Any],
+    seed: int,
 ) -> None:
     """Every argument checked before any probe runs; errors name the argument."""
+    check_seed(seed)
     if budget_gib is not None:
         check_range("budget_gib", budget_gib, low=0, low_inclusive=False)
     lows = {"noise_big": 2}
@@ -257,7 +262,8 @@ def recommend_batch(
     ints = {"nominal": nominal, "processes": processes, "base_batch": base_batch}
     ints.update(max_batch=max_batch, noise_small=noise_small, noise_big=noise_big)
     ints.update(noise_measurements=noise_measurements)
-    _validate(device, budget_gib, {"lr": lr, "rule": rule, "conservative": conservative}, ints)
+    reals = {"lr": lr, "rule": rule, "conservative": conservative}
+    _validate(device, budget_gib, reals, ints, seed)
     note = status or (lambda text: None)
     task = get_task(task)
     opt = dict(task.defaults.get("optimizer", {}))

@@ -40,7 +40,9 @@ def register(subparsers) -> None:  # type: ignore[no-untyped-def]
             "[1.0, 10]); what the probe plan leaves buys up to three finder sweeps"
         ),
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialisation, data order and probes"
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/<task>-<time>)")
     p.add_argument("--json", action="store_true", help="print decisions, compute and summary")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")

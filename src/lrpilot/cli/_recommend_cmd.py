@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lrpilot._atomic_io import atomic_write_bytes
-    from lrpilot.errors import ConfigError, check_int
+    from lrpilot.errors import ConfigError, check_seed
     from lrpilot.recommend import Request
     from lrpilot.recommend._advise import advise
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out {args.out!r} must name a .yaml or .yml file")
         if not (out.parent if str(out.parent) else Path(".")).is_dir():
             raise ConfigError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
-    check_int("--seed", args.seed, low=0)
+    check_seed(args.seed, "--seed")
     req = Request(
         args.scenario,
         args.dataset_size,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lrpilot.errors import ConfigError, check_int
+from lrpilot.errors import ConfigError, check_int, check_seed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -130,7 +130,7 @@ def _check_options(args: argparse.Namespace) -> None:
     check_int("--trials", args.trials, low=1)
     check_int("--workers", args.workers, low=1)
     check_int("--heartbeat", args.heartbeat, low=1)
-    check_int("--seed", args.seed, low=0)
+    check_seed(args.seed, "--seed", high=2**32 - 1)  # the samplers' numpy seeds
     if args.pruner == "none" and args.prune_warmup is not None:
         raise ConfigError("--prune-warmup applies to --pruner median or hyperband")
     if args.pruner != "median" and args.prune_startup is not None:

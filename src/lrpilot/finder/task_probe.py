@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lrpilot.errors import ConfigError, check_int
+from lrpilot.errors import ConfigError, check_int, check_seed
 from lrpilot.finder.core import find_lr
 from lrpilot.finder.policy import schedule_fraction
 from lrpilot.finder.protocol import (
@@ -129,7 +129,7 @@ def prepare_probe(
     if batch_size > n:
         raise ConfigError(f"batch_size={batch_size} is larger than the training set ({n})")
     plan = probe_plan(n, batch_size, budget_epochs=budget_epochs, probe_batch=probe_batch)
-    check_int("seed", seed, low=0, high=2**63 - 1)
+    check_seed(seed)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = task.build_model().to(dev)

@@ -138,6 +138,18 @@ def make_storage(storage: str, heartbeat: int) -> Any:
         raise ConfigError(f"--storage: cannot open {storage!r}: {first}") from None
 
 
+def sampler_seed(seed: int, worker: int, existing: int) -> int:
+    """Worker ``worker``'s sampler seed in a study that holds ``existing`` trials: distinct
+    per worker and per resumption, wrapped into numpy's seed range.
+
+    ``(seed + 1000 worker + existing) mod 2**32``
+
+    >>> sampler_seed(0, 1, 5), sampler_seed(2**32 - 1, 1, 5)
+    (1005, 1004)
+    """
+    return (seed + 1000 * worker + existing) % 2**32
+
+
 def make_sampler(name: str, seed: int, startup: int | None = None) -> Any:
     """The Optuna sampler for ``--sampler``; ``startup`` (``--sampler-startup``, TPE and
     CMA-ES): the random trials before the model is used (Optuna's default: 10 for TPE, 1 for
@@ -210,7 +222,7 @@ def open_study(
         study_name=spec.study_name,
         direction="minimize" if spec.direction == "min" else "maximize",
         sampler=make_sampler(
-            spec.sampler, spec.seed + 1000 * worker + existing, spec.sampler_startup
+            spec.sampler, sampler_seed(spec.seed, worker, existing), spec.sampler_startup
         ),
         pruner=make_pruner(
             spec.pruner, spec.trials, spec.full_epochs, spec.prune_warmup, spec.prune_startup

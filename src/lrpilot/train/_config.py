@@ -54,7 +54,7 @@ from typing import Any
 from lrpilot._distributed import launched_world_size
 from lrpilot.batch.noise import parse_noise_scale
 from lrpilot.batch.scaling import parse_lr_scaling
-from lrpilot.errors import ConfigError, check_int, check_range, short_repr
+from lrpilot.errors import ConfigError, check_int, check_range, check_seed, short_repr
 from lrpilot.optim import IMPLEMENTATIONS, optimizer_defaults
 from lrpilot.tasks import Task, get_task
 
@@ -401,7 +401,7 @@ def parse_config(raw: Mapping[str, Any], task: Task | None = None) -> FitConfig:
     objects); otherwise ``raw["task"]`` is resolved with :func:`lrpilot.tasks.get_task`.
     """
     cfg = _check_keys("config", raw, TOP_KEYS)
-    seed = check_int("seed", cfg.get("seed", 0), low=0, high=2**63 - 1)  # before any task work
+    seed = check_seed(cfg.get("seed", 0))  # before any task work
     if task is None:
         if "task" not in cfg:
             raise ConfigError("config needs 'task' (a built-in name or 'module:function')")
