@@ -173,9 +173,24 @@ METHOD_VERSION = {
     # epoch boundary after the decision (the plan's holds shrink to pay for it); a7m: the a7
     # method on main after autofeat's merge (fit's prepare seam, the guard's spike-scale
     # floor); a7: the same method before that rebase
+    # a17 (measured, not adopted; its runs stay in the cache): the shape rule picked
+    # warmup-stable-decay, probes held at the peak with only the horizon's part of the
+    # probe bias (bench/autopilot_shapes.py). a18, the code now: a15's one-cycle rule,
+    # and probes held at the peak (a fixed wsd or cosine, a late decision's cosine) take
+    # only the horizon's part of the bias. Every panel decision is one-cycle, whose probes
+    # hold below the peak and take the whole bias as in a15: a18's panel runs are a15's
+    # (checked: bench/autopilot_panel.py run --methods auto_a18_check)
     "auto": "a15",
+    "auto_a18_check": "a18",
     "auto_progress_tie": "a2",
     "auto_rec": "a1",
+    # the schedule shape fixed by the user (cosine, or warmup-stable-decay with its linear
+    # decay over the last 20%): the shape rule's alternatives. a16: the probes, held at the
+    # peak itself for these shapes, take no probe bias (probe_bias(held_at_peak=True));
+    # a15: the one-cycle bias applied to them too (picks about 2x lower); a17: at the
+    # peak, Adam keeps the horizon's quarter decade of its half (SGD: a16's runs)
+    "auto_cosine": "a17",
+    "auto_wsd": "a17",
     "lr_finder": "l1",
     "prodigy": "p1",
     "schedulefree": "s1",
@@ -256,11 +271,13 @@ class Runs:
         path = self.path(method)
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def key(self, method: str, row: str, seed: int) -> str:
-        return f"{METHOD_VERSION[method]}|{method}|{row}|{seed}|e{EPOCHS}|b{fq.BATCH}"
+    def key(self, method: str, row: str, seed: int, version: str | None = None) -> str:
+        version = version or METHOD_VERSION[method]
+        return f"{version}|{method}|{row}|{seed}|e{EPOCHS}|b{fq.BATCH}"
 
-    def get(self, method: str, row: str, seed: int) -> dict | None:
-        return self._load(method).get(self.key(method, row, seed))
+    def get(self, method: str, row: str, seed: int, version: str | None = None) -> dict | None:
+        """A cached run (``version``: an earlier version's, default the current one)."""
+        return self._load(method).get(self.key(method, row, seed, version))
 
     def put(self, method: str, row: str, seed: int, value: dict) -> None:
         """Add one run (processes running the same method share the file: :func:`locked_put`)."""
@@ -320,8 +337,10 @@ def run_oracle_fit(row: str, seed: int) -> dict:
     return {**out, "compute": 1.0, "lr": lr, "schedule": sched}
 
 
-def run_auto(row: str, seed: int) -> dict:
-    """``lrpilot.auto`` with the row's optimizer settings, 15 epochs, batch 64, budget 1.3."""
+def run_auto(row: str, seed: int, shape: str | None = None) -> dict:
+    """``lrpilot.auto`` with the row's optimizer settings, 15 epochs, batch 64, budget 1.3;
+    ``shape``: a schedule shape fixed by the user (``auto_cosine``, ``auto_wsd``: what the
+    autopilot gives when that shape is taken instead of its rule's choice)."""
     import lrpilot
     from lrpilot import TrainingAborted
 
@@ -336,6 +355,7 @@ def run_auto(row: str, seed: int) -> dict:
                 batch_size=fq.BATCH,
                 budget=1.3,
                 seed=seed,
+                schedule=shape,
                 out_dir=Path(tmp) / "run",
                 progress="none",
             )
@@ -530,6 +550,9 @@ METHODS = {
     "oracle_fit": run_oracle_fit,
     "auto": run_auto,
     "auto_rec": run_auto,
+    "auto_a18_check": run_auto,
+    "auto_cosine": lambda row, seed: run_auto(row, seed, "cosine"),
+    "auto_wsd": lambda row, seed: run_auto(row, seed, "wsd"),
     "lr_finder": run_lr_finder,
     "prodigy": run_prodigy,
     "schedulefree": run_schedulefree,

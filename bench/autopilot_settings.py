@@ -56,7 +56,9 @@ TABLE = P.RESULTS / "autopilot_settings_table.md"
 SEEDS = (0, 1)
 #: the autopilot's version (the panel's ``METHOD_VERSION["auto"]``): its runs are cached
 #: under it; the grid and the default do not change with it
-AUTO_VERSION = "a15"
+AUTO_VERSION = "a18"  # the code now; the panel's "auto" key keeps a15 (the same runs there)
+#: the version before it, shown beside it (a15: the one-cycle shape rule)
+PREVIOUS_VERSION = "a15"
 
 SETTINGS: dict[str, dict] = {
     "A": {"task": "mnist1d-cnn", "opt": "sgd", "epochs": 4, "batch": 256},
@@ -199,10 +201,10 @@ def _mean(values: list[float]) -> float:
 def table() -> str:
     data = load()
     lines = [
-        "setting | grid best (schedule@LR) | default | lrpilot auto | auto - grid best (loss: "
-        "share of the best loss; negative: worse) "
+        f"setting | grid best (schedule@LR) | default | auto {PREVIOUS_VERSION} | lrpilot auto "
+        "| auto - grid best (loss: share of the best loss; negative: worse) "
         "| auto: LR per seed | auto: compute",
-        "--- | --- | --- | --- | --- | --- | ---",
+        "--- | --- | --- | --- | --- | --- | --- | ---",
     ]
     for sid, s in SETTINGS.items():
         cells: dict[str, list[float]] = {}
@@ -224,7 +226,9 @@ def table() -> str:
         lines.append(
             f"{sid}: {s['task'].split(':')[-1]}/{s['opt']}, {s['epochs']} epochs x batch "
             f"{s['batch']} | {fmt(_mean(grid[best]))} ({best}) | "
-            f"{fmt(_mean(cells.get('default', [math.nan])))} | {fmt(_mean(cells[auto_key]))} | "
+            f"{fmt(_mean(cells.get('default', [math.nan])))} | "
+            f"{fmt(_mean(cells.get(f'auto-{PREVIOUS_VERSION}', [math.nan])))} | "
+            f"{fmt(_mean(cells[auto_key]))} | "
             f"{shortfall} | {lrs} | {max(a.get('compute', math.nan) for a in autos):.3f}"
         )
     lines.append(

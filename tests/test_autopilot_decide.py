@@ -155,7 +155,9 @@ def test_second_round_refines_or_extends():
 def test_shape_rule_and_a_fixed_shape_is_kept():
     assert shapes.choose_shape(100, 30).value == "one_cycle"
     assert shapes.choose_shape(100, 31).value == "cosine"
-    assert shapes.choose_shape(100, 10, user="wsd").value == "wsd"
+    for user in shapes.SHAPES:
+        kept = shapes.choose_shape(100, 10, user=user)
+        assert kept.value == user and kept.reason == "fixed by the user"
 
 
 # ------------------------------------------------------------------- budget
@@ -498,6 +500,9 @@ def test_without_a_prior_and_no_candidate_learning_the_largest_lr_is_taken():
 def test_probe_bias_is_a_quarter_decade_for_sgd_and_half_a_decade_for_adam():
     assert probe_bias("sgd") == pytest.approx(10**0.25)
     assert probe_bias("adam") == pytest.approx(10**0.5)
+    # probes held at the peak itself: only Adam's horizon part (a15 applied the whole bias)
+    assert probe_bias("sgd", held_at_peak=True) == 1.0
+    assert probe_bias("adam", held_at_peak=True) == pytest.approx(10**0.25)
     with pytest.raises(KeyError):
         probe_bias("lion")
 

@@ -172,10 +172,13 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
     kept = anchored_peak(r1, prior_lr(info["prior"]), initial=initial, name="prior_pick")
     if "prior_pick" in recorded:
         assert kept.value == recorded["prior_pick"]
-    assert blend_peak(kept, r1, bias=probe_bias(family)).value == recorded[first]
+    at_peak = info["decisions"][0]["evidence"]["hold_level"] >= 1
+    assert blend_peak(kept, r1, bias=probe_bias(family, at_peak)).value == recorded[first]
     if r2:
         assert choose_peak(r2, initial=initial).value == recorded["peak_lr"]
-    # the final schedule: the pick's peak is reached exactly once the ramp ends at 30%
+    # the rule's shape at this plan: one-cycle, its probes held below the peak
+    assert recorded["schedule"] == "one_cycle" and not at_peak
+    # a one-cycle: the pick's peak is reached exactly once the ramp ends at 30%
     if recorded["schedule"] == "one_cycle" and r1:
         from lrpilot.autopilot._shapes import ONE_CYCLE_PEAK, to_schedule
 
@@ -188,6 +191,39 @@ def test_recorded_decisions_are_re_derived_from_the_recorded_probes(run_dir):
         src = pick["evidence"].get("continue_from")
         held = next((p.lr for p in r1 if p.name == src), recorded["peak_lr"])
         assert sched(at - 1) == pytest.approx(held * level)
+
+
+def test_a_fixed_wsd_holds_the_probes_at_the_peak_and_takes_no_probe_bias_for_sgd(tmp_path):
+    """Probes held at the peak itself compare peaks directly: SGD's blend takes no bias
+    (its quarter decade corrects probes held below the peak, as a one-cycle's are; a15
+    applied it here too and picked about 2x lower, bench/results/autopilot_shapes_table.md).
+    The shape stays the user's: the peak held to 80% of the run, then linear to 0."""
+    import lrpilot
+    from lrpilot.autopilot._shapes import WSD_DECAY, to_schedule
+
+    out = tmp_path / "wsd"
+    lrpilot.auto(
+        "mnist1d-mlp", optimizer="sgd", epochs=2, schedule="wsd", out_dir=out, progress="none"
+    )
+    info = json.loads((out / "autopilot.json").read_text())
+    decisions = {d["name"]: d for d in info["decisions"]}
+    assert decisions["round1_candidates"]["evidence"]["hold_level"] == 1.0
+    assert decisions["schedule"]["value"] == "wsd"
+    assert decisions["schedule"]["reason"] == "fixed by the user"
+    pick = decisions["peak_lr"]
+    assert pick["evidence"]["bias"] == 1.0 and "no bias" in pick["reason"]
+    r1 = [Probe.from_dict(c) for c in info["candidates"] if c["round"] == 1]
+    kept = anchored_peak(r1, prior_lr(info["prior"]), initial=info["initial_score"])
+    lowest = min((p for p in r1 if p.ok), key=lambda p: (p.score, -p.lr))
+    expected = float(f"{math.sqrt(kept.value * lowest.lr):.4g}")  # no / bias
+    assert pick["value"] == expected
+    assert blend_peak(kept, r1, bias=probe_bias("sgd")).value < expected  # a15's pick
+    sched = to_schedule([(n, p) for n, p in _segments(info["schedule"])])
+    total = info["plan"]["total_steps"]
+    decay_at = total - round(WSD_DECAY * total)
+    assert sched(decay_at - 1) == pytest.approx(pick["value"])
+    assert sched(decay_at) == pytest.approx(pick["value"])  # the linear decay's first step
+    assert sched(total - 1) < pick["value"] / 2 and sched(total) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -332,6 +368,7 @@ def test_one_cycle_cycles_adams_beta1_through_probes_and_the_final_run(tmp_path)
     info = json.loads((tmp_path / "run" / "autopilot.json").read_text())
     shape = next(d for d in info["decisions"] if d["name"] == "schedule")
     assert shape["value"] == "one_cycle"
+    assert info["decisions"][0]["evidence"]["hold_level"] < 1  # probes at one-cycle's level
     assert "0.95 -> 0.85 -> 0.95" in shape["evidence"]["momentum"]
     total = info["plan"]["total_steps"]
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())

@@ -413,21 +413,37 @@ def blend_peak(
         "bias": bias,
         "continue_from": near.name,
     }
+    held = (
+        f"/ {bias:.3g}: the probe bias, lrpilot.autopilot._decide.probe_bias"
+        if bias != 1
+        else "probes held at the peak itself: no bias"
+    )
     why = (
         f"geometric mean of the prior's decision {anchored.value:.3g} and the probes' "
-        f"estimate {est:.3g} (lowest loss at {lowest.lr:.3g}, / {bias:.3g}: probes held at "
-        f"one-cycle's level favour larger LRs); continues from {near.name} ({near.lr:.3g})"
+        f"estimate {est:.3g} (lowest loss at {lowest.lr:.3g}, {held}); continues from "
+        f"{near.name} ({near.lr:.3g})"
     )
     return Decision(name, value, why, evidence)
 
 
-def probe_bias(family: str) -> float:
+def probe_bias(family: str, held_at_peak: bool = False) -> float:
     """:func:`blend_peak`'s ``bias`` for an optimizer family (:data:`FAMILY_PROBE_BIAS`).
+
+    The family's bias has two parts. A quarter decade (:data:`PROBE_BIAS`) corrects
+    probes held *below* the peak (one-cycle's level at the decision point), which favour
+    larger peaks; Adam's other quarter decade is the horizon's (its long-run optimum
+    falls further below the short probes' best). Probes held at the peak itself
+    (``held_at_peak``: warmup-stable-decay, warmup+cosine) compare peaks directly, so only
+    the horizon's part applies: 1 for SGD, a quarter decade for Adam. Measured:
+    ``bench/autopilot_shapes.py``.
 
     >>> round(probe_bias("sgd"), 3), round(probe_bias("adam"), 3)
     (1.778, 3.162)
+    >>> probe_bias("sgd", held_at_peak=True), round(probe_bias("adam", held_at_peak=True), 3)
+    (1.0, 1.778)
     """
-    return FAMILY_PROBE_BIAS[family]
+    bias = FAMILY_PROBE_BIAS[family]
+    return bias / PROBE_BIAS if held_at_peak else bias
 
 
 def learned(probe: Probe, initial: float | None) -> bool:

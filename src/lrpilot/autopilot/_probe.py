@@ -18,6 +18,7 @@ Procedure (``plan`` = :class:`~lrpilot.autopilot._plan.ProbePlan`):
    of the plan); for one-cycle every candidate peak ``c`` is *held* at
    ``c x level``, one-cycle's LR at the decision point as a fraction of its peak
    (:func:`~lrpilot.autopilot._shapes.cycle_level`), so the trajectory is one-cycle-like;
+   under wsd and cosine (the user's, or the rule's after a late decision) at ``c`` itself;
 3. trunk: linear warmup from 0 to the smallest candidate's hold LR over ``plan.warmup``
    steps (shared by every branch);
 4. round 1: each candidate ramps from there to its hold LR and holds it ``plan.hold1``
@@ -25,14 +26,17 @@ Procedure (``plan`` = :class:`~lrpilot.autopilot._plan.ProbePlan`):
    on the decision split; :func:`~lrpilot.autopilot._decide.anchored_peak` decides from
    the finder's suggestion (the probes only lower it, on decisive evidence) and
    :func:`~lrpilot.autopilot._decide.blend_peak` averages that with the probes' own
-   bias-corrected estimate in log LR;
+   estimate in log LR, corrected by :func:`~lrpilot.autopilot._decide.probe_bias` (at the
+   peak: Adam's horizon part only, a quarter decade; below it, as one-cycle's probes hold,
+   the family's whole bias);
 5. optional round 2 (``plan.n2 > 0``): from the pick's snapshot, three LRs a quarter
    decade apart, same scoring, :func:`~lrpilot.autopilot._decide.choose_peak`;
 6. the engine is left at the pick's snapshot with the final schedule set: for one-cycle a
    linear ramp from the hold LR to the peak at 30% of the run, then cosine to 0, under
    one-cycle's momentum cycle (:func:`~lrpilot.autopilot._shapes.cycle_momentum`, set
-   before the trunk: the probes step under it too). The final run trains on the
-   decision split too from the plan's ``switch_epoch`` (:meth:`lrpilot.train.Engine.switch_data`).
+   before the trunk: the probes step under it too); for wsd the peak held to 80% of the
+   run, then linear to 0. The final run trains on the decision split too from the plan's
+   ``switch_epoch`` (:meth:`lrpilot.train.Engine.switch_data`).
 
 The first round has ``plan.n1`` candidates: the plan once the finder has suggested
 (``prior_plan``, 3 candidates around the suggestion) or without a suggestion (4, up from the
@@ -338,7 +342,8 @@ class Prober:
             return self._no_search(prior, finder_samples, decisions)
         shape = shapes.choose_shape(plan.total_steps, plan.decided_at, self.user_shape)
         shape, momentum = self._momentum(shape, plan.total_steps)
-        # one-cycle: the probes hold at one-cycle's level at the decision point
+        # one-cycle: the probes hold at one-cycle's level at the decision point; wsd and
+        # cosine: at the peak itself
         level = shapes.cycle_level(plan.decided_at, plan.total_steps)
         level = level if shape.value == "one_cycle" else 1.0
         c1 = first_round(prior, self.family, plan.n1)
@@ -354,7 +359,10 @@ class Prober:
         anchor = prior_lr(prior)
         kept = anchored_peak(r1, anchor, initial=initial, name="prior_pick")
         pick1 = blend_peak(
-            kept, r1, bias=probe_bias(self.family), name="round1_pick" if plan.n2 else "peak_lr"
+            kept,
+            r1,
+            bias=probe_bias(self.family, held_at_peak=level >= 1),
+            name="round1_pick" if plan.n2 else "peak_lr",
         )
         decisions += [kept, pick1] if "anchored" in pick1.evidence else [pick1]
         # the run continues from the pick's own probe, or (a margin below the prior) the

@@ -162,7 +162,10 @@ def choose_shape(total_steps: int, decided_at: int, user: str | None = None) -> 
     budget cannot afford to try twice): ``one_cycle`` when the decision point is at most
     30% of the run (the tuned grids of ``bench/results/finder_quality_runs.json`` put
     one-cycle at or above warmup+cosine in 7 of 10 task/optimizer pairs), ``cosine``
-    otherwise; a schedule the user fixed is kept.
+    otherwise; a schedule the user fixed is kept. ``wsd`` as the rule's choice was
+    measured and not adopted (``bench/autopilot_shapes.py``; research notes, sixteenth
+    session): higher on 6 of 10 panel tasks over ten seeds, but a GRU run aborted late in
+    its stable phase and all three language-model measurements ended 2.7-6.5% worse in loss.
 
     >>> choose_shape(1000, 200).value, choose_shape(1000, 400).value
     ('one_cycle', 'cosine')
