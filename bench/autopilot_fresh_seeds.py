@@ -113,22 +113,15 @@ def _scores(runs: ap.Runs, method: str, row: str, seeds) -> list[float] | None: 
     return None if any(g is None for g in got) else [g["score"] for g in got]
 
 
-def _lm(row: str) -> bool:
-    return ap.setup(row)["task"] == "heldout_tasks:tiny_lm"
-
-
 def _mean(row: str, xs: list[float] | None) -> str:
     if xs is None:
         return "-"
     m = statistics.fmean(xs)
-    return f"{-m:.3f}" if _lm(row) else f"{m:.2f}"
+    return f"{-m:.3f}" if ap.loss_scored(row) else f"{m:.2f}"
 
 
 def _gap(row: str, a: list[float] | None, o: list[float]) -> str:
-    if a is None:
-        return "-"
-    mean, se = ap.paired_gap(a, o)
-    return f"{0.0 - mean:+.3f} ± {se:.3f}" if _lm(row) else f"{mean:+.2f} ± {se:.2f}"
+    return "-" if a is None else ap.gap_text(row, a, o)
 
 
 def _peer_means(runs: ap.Runs, row: str, peers: list[str]) -> dict[str, tuple[float, str]]:
@@ -152,7 +145,7 @@ def ten_seed_targets(  # type: ignore[no-untyped-def]
     at seeds 0-4 only is compared with auto's mean over the same seeds."""
     a, o = statistics.fmean(auto), statistics.fmean(oracle)
     a_five = statistics.fmean(auto[: len(ap.SEEDS)])
-    tol = 0.01 * abs(o) if _lm(row) else 0.5
+    tol = 0.01 * abs(o) if ap.loss_scored(row) else 0.5
     miss = [f"oracle by {o - a:.3g}"] if a < o - tol else []
     for p, (m, seeds) in peers.items():
         if (a if seeds == "0-9" else a_five) < m:
@@ -186,14 +179,14 @@ def table(rows: list[str], peers: dict[str, list[str]], top: int) -> str:
         best = max(tens, key=lambda q: statistics.fmean(tens[q]))
         pm = _peer_means(runs, row, peers.get(row, []))
         computes = [runs.get("auto", row, s)["compute"] for s in ALL_SEEDS]
-        sign = -1 if _lm(row) else 1
+        sign = -1 if ap.loss_scored(row) else 1
         cells = [
             row, f"{point[0]} {point[1]:.3g}", _mean(row, o_old), _mean(row, o_new),
             _mean(row, a_new), _gap(row, a_new, o_new),
             f"{best[0]} {best[1]:.3g}: {_mean(row, tens[best])} ({len(tens)} of {size})",
             _mean(row, a_all),
             _gap(row, a_all, tens[best]),
-            ", ".join(f"{p} {sign * m:.{3 if _lm(row) else 2}f} ({k})" for p, (m, k) in pm.items()),
+            ", ".join(f"{p} {sign * m:.{3 if ap.loss_scored(row) else 2}f} ({k})" for p, (m, k) in pm.items()),
             ten_seed_targets(row, a_all, tens[best], pm, max(computes), runs),
         ]  # fmt: skip
         lines.append(" | ".join(cells))

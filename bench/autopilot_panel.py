@@ -252,7 +252,7 @@ def fit_score(row: str, seed: int, optimizer: dict, schedule: dict) -> dict:
 
 def _diverged_score(row: str) -> float:
     """The grid's score of a diverged run: 10 (chance, 10 classes) or minus ln(128)."""
-    return 10.0 if setup(row)["task"] != "heldout_tasks:tiny_lm" else -math.log(128)
+    return -math.log(128) if loss_scored(row) else 10.0
 
 
 class Runs:
@@ -585,9 +585,21 @@ GRID_COLUMNS = ("oracle", "oracle_held_out")
 PEERS = ("lr_finder", "prodigy", "schedulefree", "dadapt")
 
 
+def loss_scored(row: str) -> bool:
+    """Whether ``row`` is scored by minus its validation loss (the LM row), not accuracy."""
+    return setup(row)["task"] == "heldout_tasks:tiny_lm"
+
+
+def gap_text(row: str, method: list[float], reference: list[float]) -> str:
+    """:func:`paired_gap` as a table cell: accuracy points (2 decimals); the LM row in
+    validation loss (3 decimals), so a positive gap is worse there."""
+    mean, se = paired_gap(method, reference)
+    return f"{0.0 - mean:+.3f} ± {se:.3f}" if loss_scored(row) else f"{mean:+.2f} ± {se:.2f}"
+
+
 def _fmt(row: str, vals: list[float]) -> str:
     """Accuracy rows: percent; the LM row: validation loss (the score is minus it)."""
-    lm = setup(row)["task"] == "heldout_tasks:tiny_lm"
+    lm = loss_scored(row)
     xs = [-v for v in vals] if lm else vals
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
     return f"{statistics.fmean(xs):.{3 if lm else 1}f}±{sd:.{3 if lm else 1}f}"
@@ -679,9 +691,7 @@ def _gap_cell(row: str, cells: dict) -> str:
         return "-"
     if len(cells["oracle"]["scores"]) != len(SEEDS):
         return "-"
-    mean, se = paired_gap(cells["auto"]["scores"], cells["oracle"]["scores"])
-    lm = setup(row)["task"] == "heldout_tasks:tiny_lm"
-    return f"{0.0 - mean:+.3f} ± {se:.3f}" if lm else f"{mean:+.2f} ± {se:.2f}"
+    return gap_text(row, cells["auto"]["scores"], cells["oracle"]["scores"])
 
 
 def targets(row: str, cells: dict) -> str:
@@ -693,7 +703,7 @@ def targets(row: str, cells: dict) -> str:
         return "grid incomplete"
     auto = statistics.fmean(cells["auto"]["scores"])
     oracle = statistics.fmean(cells["oracle"]["scores"])
-    lm = setup(row)["task"] == "heldout_tasks:tiny_lm"
+    lm = loss_scored(row)
     tol = 0.01 * abs(oracle) if lm else 0.5
     miss = []
     if auto < oracle - tol:

@@ -49,20 +49,9 @@ SHAPE_RUNS = (
 )
 
 
-def _lm(row: str) -> bool:
-    return ap.setup(row)["task"] == "heldout_tasks:tiny_lm"
-
-
 def _fmt(row: str, xs: list[float]) -> str:
     m, sd = statistics.fmean(xs), statistics.stdev(xs)
-    return f"{-m:.3f}±{sd:.3f}" if _lm(row) else f"{m:.2f}±{sd:.2f}"
-
-
-def _gap(row: str, xs: list[float], ref: list[float]) -> str:
-    mean, se = ap.paired_gap(xs, ref)
-    if _lm(row):  # the LM's gap in loss: positive is worse
-        return f"{-mean:+.3f} ± {se:.3f}"
-    return f"{mean:+.2f} ± {se:.2f}"
+    return f"{-m:.3f}±{sd:.3f}" if ap.loss_scored(row) else f"{m:.2f}±{sd:.2f}"
 
 
 def _lrs(runs: list[dict]) -> str:
@@ -100,7 +89,7 @@ def table(rows: list[str]) -> str:
         best = max(three, key=lambda k: statistics.fmean(three[k]))
         wins[best] += 1
         cells = [row, "/".join(shapes), *(_fmt(row, sc[(m, v)]) for m, v, _ in SHAPE_RUNS)]
-        cells += [_gap(row, three["cosine"], rule), _gap(row, three["wsd"], rule)]
+        cells += [ap.gap_text(row, three["cosine"], rule), ap.gap_text(row, three["wsd"], rule)]
         peaks = [got[("auto", None)], got[("auto_wsd", "a15")], got[("auto_wsd", "a17")]]
         cells.append(" / ".join(_lrs(p) for p in peaks))
         for schedule in ("one_cycle", "cosine"):
